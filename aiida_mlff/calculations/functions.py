@@ -1,0 +1,108 @@
+"""Calcfunctions: small, fast steps that must appear in the provenance graph (sampling, merging, collecting)."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from aiida_mlff.core import sampling
+from aiida_mlff.data.dataset import EV_PER_A3_PER_GPA, TrainingSetData, merge_frames
+
+__all__ = [
+    'dataset_from_pw',
+    'dihedral_scan_structure',
+    'frame_key',
+    'merge_datasets',
+    'rattle_structure',
+    'strain_structure',
+]
+
+
+def frame_key(index: int) -> str:
+    """Link label of the ``index``-th structure in a namespace of structures (``s0000``, ``s0001``, ...)."""
+    return f's{index:04d}'
+
+
+def _as_outputs(frames) -> dict[str, orm.StructureData]:
+    return {frame_key(k): orm.StructureData(ase=atoms) for k, atoms in enumerate(frames)}
+
+
+@calcfunction
+def rattle_structure(structure: orm.StructureData, n: orm.Int, stdev: orm.Float, seed: orm.Int) -> dict:
+    """Return ``n`` Gaussian-rattled copies of ``structure`` (``stdev`` in Å) as ``s0000``, ``s0001``, ..."""
+    return _as_outputs(sampling.rattle(structure.get_ase(), n=n.value, stdev=stdev.value, seed=seed.value))
+
+
+@calcfunction
+def strain_structure(structure: orm.StructureData, n: orm.Int, max_strain: orm.Float, seed: orm.Int) -> dict:
+    """Return ``n`` randomly strained copies of a periodic ``structure``."""
+    return _as_outputs(sampling.strain(structure.get_ase(), n=n.value, max_strain=max_strain.value, seed=seed.value))
+
+
+@calcfunction
+def dihedral_scan_structure(
+    structure: orm.StructureData, indices: orm.List, angles: orm.List, rattle_stdev: orm.Float, seed: orm.Int
+) -> dict:
+    """Return copies of ``structure`` with the dihedral ``indices`` set to each of ``angles`` (degrees)."""
+    frames = sampling.dihedral_scan(
+        structure.get_ase(),
+        indices=indices.get_list(),
+        angles=angles.get_list(),
+        rattle_stdev=rattle_stdev.value,
+        seed=seed.value,
+    )
+    return _as_outputs(frames)
+
+
+@calcfunction
+def merge_datasets(**datasets: TrainingSetData) -> TrainingSetData:
+    """Concatenate datasets (in the order of their sorted link labels) and drop exact duplicates.
+
+    The number of dropped duplicates is stored in the ``n_duplicates_dropped`` attribute of the result.
+    """
+    if not datasets:
+        raise ValueError('merge_datasets needs at least one dataset')
+    ordered = [datasets[key] for key in sorted(datasets)]
+    frames, sources, dropped = merge_frames(ordered)
+    methods = sorted({d.base.attributes.get('label_method', '') for d in ordered} - {''})
+    merged = TrainingSetData(frames, sources=sources, label_method='; '.join(methods))
+    merged.base.attributes.set('n_duplicates_dropped', dropped)
+    return merged
+
+
+@calcfunction
+def dataset_from_pw(label_method: orm.Str, **labels) -> TrainingSetData:
+    """Collect pw.x results into one dataset.
+
+    ``labels`` holds, for each key ``K``, ``structure_K`` (StructureData), ``parameters_K`` (the
+    ``output_parameters`` Dict of a PwCalculation: energy in eV) and ``trajectory_K`` (its ``output_trajectory``: forces in eV/Å, stress in
+    GPa, sign flipped to ASE's convention). The source of each label is the UUID of the PwCalculation that created ``parameters_K``.
+    """
+    keys = sorted(k[len('structure_') :] for k in labels if k.startswith('structure_'))
+    frames, sources = [], []
+    for key in keys:
+        structure = labels[f'structure_{key}']
+        parameters = labels[f'parameters_{key}']
+        trajectory = labels[f'trajectory_{key}']
+        atoms = structure.get_ase()
+        forces_units = parameters.get('forces_units', 'ev / angstrom').lower().replace(' ', '')
+        if forces_units not in {'ev/angstrom', 'ev/å'}:
+            raise ValueError(f'unexpected forces units {forces_units!r} in {parameters}')
+        results = {
+            'energy': float(parameters['energy']),
+            'forces': np.asarray(trajectory.get_array('forces'))[-1],
+        }
+        if 'stress' in trajectory.get_arraynames():
+            stress_units = parameters.get('stress_units', 'GPascal')
+            if stress_units.lower() != 'gpascal':
+                raise ValueError(f'unexpected stress units {stress_units!r}')
+            # pw.x reports the stress with the opposite sign of ASE's convention (sigma = dE/d(strain) / V).
+            s = -np.asarray(trajectory.get_array('stress'))[-1] * EV_PER_A3_PER_GPA
+            results['stress'] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+        creator = parameters.creator
+        sources.append(creator.uuid if creator is not None else '')
+    return TrainingSetData(frames, sources=sources, label_method=label_method.value)

@@ -1,0 +1,318 @@
+"""``mlff.dft.label``: label many structures with pw.x (one ``PwBaseWorkChain`` each) into one dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain, while_
+from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
+
+from aiida_mlff.calculations.functions import dataset_from_pw, frame_key
+from aiida_mlff.core.structures import closest_pair, to_atoms
+from aiida_mlff.data.dataset import TrainingSetData
+from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
+
+__all__ = ['DftLabelWorkChain']
+
+
+class DftLabelWorkChain(ProtocolMixin, WorkChain):
+    """Run pw.x on every input structure, at most ``max_concurrent`` at a time, and collect one dataset.
+
+    A label that fails (its ``PwBaseWorkChain`` does not finish ok after its own restarts) is reported and listed in
+    the ``failed`` output. The dataset holds every successful label, even when more than ``max_failure_fraction``
+    failed; the work chain then ends with ``ERROR_TOO_MANY_FAILED_LABELS``.
+    """
+
+    _protocol_file = 'dft/label.yaml'
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.input_namespace(
+            'structures', valid_type=orm.StructureData, dynamic=True, required=False, help='The structures to label.'
+        )
+        spec.expose_inputs(
+            PwBaseWorkChain,
+            namespace='pw',
+            exclude=('clean_workdir', 'pw.structure', 'pw.pseudos', 'pw.parent_folder'),
+            namespace_options={'help': 'Inputs of the `PwBaseWorkChain` run for each structure.'},
+        )
+        spec.input(
+            'pseudo_family', valid_type=orm.Str, required=False, help='Label of the pseudopotential family to use.'
+        )
+        spec.input_namespace(
+            'pseudos',
+            valid_type=orm.Data,
+            dynamic=True,
+            required=False,
+            help='Pseudopotentials by element, used where no `pseudo_family` is given.',
+        )
+        spec.input(
+            'conv_thr_per_atom',
+            valid_type=orm.Float,
+            required=False,
+            help='SCF threshold per atom (Ry): each structure gets `conv_thr = natoms * conv_thr_per_atom`.',
+        )
+        spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4), help='Labels running at once.')
+        spec.input(
+            'max_failure_fraction',
+            valid_type=orm.Float,
+            default=lambda: orm.Float(0.1),
+            help='Largest tolerated fraction of failed labels.',
+        )
+        spec.input(
+            'min_distance',
+            valid_type=orm.Float,
+            default=lambda: orm.Float(0.5),
+            help='Smallest allowed interatomic distance (Å): closer atoms stop the work chain before any DFT.',
+        )
+        spec.input('label_method', valid_type=orm.Str, required=False, help='Description stored on the dataset.')
+        spec.input(
+            'clean_workdir',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(False),
+            help='Clean remote folders at the end.',
+        )
+        spec.outline(
+            cls.validate_inputs,
+            cls.setup,
+            while_(cls.has_pending)(cls.run_labels, cls.inspect_labels),
+            cls.results,
+        )
+        spec.output('dataset', valid_type=TrainingSetData, required=False, help='Every successful label.')
+        spec.output('failed', valid_type=orm.Dict, required=False, help='Failed labels: structure key -> reason.')
+        spec.exit_code(201, 'ERROR_NO_STRUCTURES', message='No structures were given to label.')
+        spec.exit_code(202, 'ERROR_MISSING_PSEUDOPOTENTIAL', message='{message}')
+        spec.exit_code(203, 'ERROR_OVERLAPPING_ATOMS', message='{message}')
+        spec.exit_code(204, 'ERROR_MISSING_EXECUTABLE', message='{message}')
+        spec.exit_code(205, 'ERROR_INVALID_PSEUDO_FAMILY', message='{message}')
+        spec.exit_code(401, 'ERROR_TOO_MANY_FAILED_LABELS', message='{message}')
+        spec.exit_code(402, 'ERROR_ALL_LABELS_FAILED', message='All {count} labels failed; see the `failed` output.')
+
+    # ------------------------------------------------------------------------------------------------ protocols
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode | str,
+        structures: Sequence | Mapping,
+        protocol: str | None = None,
+        overrides: dict | None = None,
+        options: dict | None = None,
+        molecule: bool | None = None,
+        stress: bool = False,
+    ):
+        """Return a builder for ``structures`` filled from a protocol.
+
+        Parameters
+        ----------
+        code
+            The ``quantumespresso.pw`` code (or its label).
+        structures
+            ``StructureData``, ``ase.Atoms`` or pymatgen objects, as a list or a mapping of keys to structures.
+        protocol
+            ``fast``, ``balanced`` (default) or ``stringent``.
+        overrides
+            Inputs merged over the protocol, in the nesting of this work chain's inputs.
+        options
+            ``metadata.options`` of each PwCalculation (resources, walltime, ...), merged over the protocol's.
+        molecule
+            Use the Gamma point only (molecules in a box). Default: True when every structure has no periodic
+            direction or is a molecule in a box (not fully periodic bulk is undecidable: set it yourself for slabs).
+        stress
+            Compute the stress (periodic solids).
+        """
+        if isinstance(code, str):
+            code = orm.load_code(code)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        if options:
+            inputs['pw']['pw']['metadata']['options'] = recursive_merge(
+                inputs['pw']['pw']['metadata']['options'], options
+            )
+        items = structures.items() if isinstance(structures, Mapping) else enumerate(structures)
+        nodes = {}
+        for index, (key, obj) in enumerate(items):
+            node = obj if isinstance(obj, orm.StructureData) else orm.StructureData(ase=to_atoms(obj))
+            nodes[str(key) if isinstance(structures, Mapping) else frame_key(index)] = node
+        if molecule is None:
+            molecule = all(not any(n.pbc) or n.base.extras.get('molecule', False) for n in nodes.values())
+        parameters = inputs['pw']['pw']['parameters']
+        parameters['CONTROL']['tstress'] = bool(stress)
+
+        builder = cls.get_builder()
+        builder.structures = nodes
+        builder.pw.pw.code = code
+        builder.pw.pw.parameters = orm.Dict(parameters)
+        builder.pw.pw.metadata = inputs['pw']['pw']['metadata']
+        builder.pw.max_iterations = orm.Int(inputs['pw']['max_iterations'])
+        if molecule:
+            kpoints = orm.KpointsData()
+            kpoints.set_kpoints_mesh([1, 1, 1])
+            builder.pw.kpoints = kpoints
+            builder.pw.pw.settings = orm.Dict({'gamma_only': True})
+        else:
+            builder.pw.kpoints_distance = orm.Float(inputs['pw']['kpoints_distance'])
+        builder.pseudo_family = orm.Str(inputs['pseudo_family'])
+        builder.conv_thr_per_atom = orm.Float(inputs['conv_thr_per_atom'])
+        builder.max_concurrent = orm.Int(inputs['max_concurrent'])
+        builder.max_failure_fraction = orm.Float(inputs['max_failure_fraction'])
+        builder.min_distance = orm.Float(inputs['min_distance'])
+        return builder
+
+    # ------------------------------------------------------------------------------------------------ outline
+    def validate_inputs(self):
+        """Stop before any DFT on: no structures, missing pseudopotentials, overlapping atoms, no pw.x."""
+        structures = dict(self.inputs.get('structures', {}))
+        if not structures:
+            return self.exit_codes.ERROR_NO_STRUCTURES
+
+        elements = sorted({kind.symbol for s in structures.values() for kind in s.kinds})
+        if 'pseudo_family' in self.inputs:
+            from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+            label = self.inputs.pseudo_family.value
+            family = orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': label}).first(flat=True)
+            if family is None:
+                return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
+                    message=f'the pseudo family `{label}` does not exist: run `aiida-mlff setup` or install it'
+                )
+            available = set(family.elements)
+            source = f'the pseudo family `{label}`'
+        elif 'pseudos' in self.inputs:
+            available = set(self.inputs.pseudos.keys())
+            source = 'the `pseudos` input'
+        else:
+            return self.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.format(
+                message='neither `pseudo_family` nor `pseudos` was given'
+            )
+        missing = [el for el in elements if el not in available]
+        if missing:
+            where = {
+                el: [k for k, s in structures.items() if el in {kind.symbol for kind in s.kinds}] for el in missing
+            }
+            listing = '; '.join(f'{el} (in {", ".join(keys[:5])})' for el, keys in where.items())
+            return self.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.format(
+                message=f'no pseudopotential for {listing} in {source}, which has {", ".join(sorted(available))}'
+            )
+
+        limit = self.inputs.min_distance.value
+        for key, structure in structures.items():
+            i, j, distance = closest_pair(structure.get_ase())
+            if distance < limit:
+                return self.exit_codes.ERROR_OVERLAPPING_ATOMS.format(
+                    message=f'structure `{key}`: atoms {i} and {j} are {distance:.3f} Å apart, closer than '
+                    f'min_distance = {limit} Å'
+                )
+
+        code = self.inputs.pw.pw.code
+        if code.computer.transport_type == 'core.local' and hasattr(code, 'filepath_executable'):
+            executable = str(code.filepath_executable)
+            if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+                return self.exit_codes.ERROR_MISSING_EXECUTABLE.format(
+                    message=f'the code `{code.full_label}` points to {executable}, which is not an executable file '
+                    'on this computer: install Quantum ESPRESSO or fix the code'
+                )
+        return None
+
+    def setup(self):
+        """Queue every structure."""
+        self.ctx.pending = sorted(self.inputs.structures.keys())
+        self.ctx.succeeded = {}
+        self.ctx.failed = {}
+        self.ctx.running = []
+
+    def has_pending(self):
+        """Whether structures are waiting to be labelled."""
+        return bool(self.ctx.pending)
+
+    def _pw_inputs(self, key: str) -> AttributeDict:
+        structure = self.inputs.structures[key]
+        inputs = AttributeDict(self.exposed_inputs(PwBaseWorkChain, namespace='pw'))
+        inputs.pw = AttributeDict(inputs.pw)
+        inputs.pw.structure = structure
+        if 'pseudo_family' in self.inputs:
+            from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+            family = (
+                orm.QueryBuilder()
+                .append(PseudoPotentialFamily, filters={'label': self.inputs.pseudo_family.value})
+                .one()[0]
+            )
+            inputs.pw.pseudos = family.get_pseudos(structure=structure)
+        else:
+            inputs.pw.pseudos = {kind.name: self.inputs.pseudos[kind.symbol] for kind in structure.kinds}
+        parameters = inputs.pw.parameters.get_dict()
+        system = parameters.setdefault('SYSTEM', {})
+        if 'ecutwfc' not in system and 'pseudo_family' in self.inputs:
+            wfc, rho = family.get_recommended_cutoffs(structure=structure, unit='Ry')
+            system['ecutwfc'], system['ecutrho'] = wfc, rho
+        if 'conv_thr_per_atom' in self.inputs:
+            electrons = parameters.setdefault('ELECTRONS', {})
+            electrons['conv_thr'] = self.inputs.conv_thr_per_atom.value * len(structure.sites)
+        inputs.pw.parameters = orm.Dict(parameters)
+        inputs.clean_workdir = self.inputs.clean_workdir
+        inputs.metadata = AttributeDict(inputs.get('metadata', {}))
+        inputs.metadata.call_link_label = f'label_{key}'
+        return inputs
+
+    def run_labels(self):
+        """Submit the next batch of at most ``max_concurrent`` labels."""
+        batch = self.ctx.pending[: self.inputs.max_concurrent.value]
+        self.ctx.pending = self.ctx.pending[len(batch) :]
+        self.ctx.running = batch
+        futures = {f'label_{key}': self.submit(PwBaseWorkChain, **self._pw_inputs(key)) for key in batch}
+        self.report(f'submitted {len(batch)} labels ({len(self.ctx.pending)} still waiting)')
+        return ToContext(**futures)
+
+    def inspect_labels(self):
+        """Sort the finished batch into successes and failures; a failure is reported, never dropped silently."""
+        for key in self.ctx.running:
+            node = self.ctx[f'label_{key}']
+            outputs = node.outputs
+            if node.is_finished_ok and 'output_trajectory' in outputs and 'output_parameters' in outputs:
+                self.ctx.succeeded[key] = node
+            else:
+                reason = f'{node.process_label}<{node.pk}> exit status {node.exit_status}: {node.exit_message}'
+                self.ctx.failed[key] = reason
+                self.report(f'label of structure `{key}` failed: {reason}')
+        self.ctx.running = []
+
+    def results(self):
+        """Collect the successful labels into one dataset and judge the failure fraction."""
+        total = len(self.inputs.structures)
+        if self.ctx.failed:
+            self.out('failed', orm.Dict({k: v for k, v in sorted(self.ctx.failed.items())}).store())
+        if not self.ctx.succeeded:
+            return self.exit_codes.ERROR_ALL_LABELS_FAILED.format(count=total)
+        labels = {}
+        for key, node in sorted(self.ctx.succeeded.items()):
+            labels[f'structure_{key}'] = self.inputs.structures[key]
+            labels[f'parameters_{key}'] = node.outputs.output_parameters
+            labels[f'trajectory_{key}'] = node.outputs.output_trajectory
+        method = self.inputs.get('label_method', None)
+        if method is None:
+            method = orm.Str(self._describe_method())
+        dataset = dataset_from_pw(label_method=method, **labels)
+        self.out('dataset', dataset)
+        fraction = len(self.ctx.failed) / total
+        self.report(
+            f'{len(self.ctx.succeeded)} of {total} labels succeeded -> {dataset.__class__.__name__}<{dataset.pk}>'
+        )
+        if fraction > self.inputs.max_failure_fraction.value:
+            return self.exit_codes.ERROR_TOO_MANY_FAILED_LABELS.format(
+                message=f'{len(self.ctx.failed)} of {total} labels failed ({fraction:.0%}), more than '
+                f'max_failure_fraction = {self.inputs.max_failure_fraction.value:.0%}; the dataset holds the '
+                f'{len(self.ctx.succeeded)} that succeeded'
+            )
+        return None
+
+    def _describe_method(self) -> str:
+        parameters = self.inputs.pw.pw.parameters.get_dict()
+        system = parameters.get('SYSTEM', {})
+        functional = system.get('input_dft', 'from pseudopotentials')
+        family = self.inputs.pseudo_family.value if 'pseudo_family' in self.inputs else 'explicit pseudos'
+        cutoff = f'{system["ecutwfc"]} Ry' if 'ecutwfc' in system else 'family cutoffs'
+        return f'pw.x, functional {functional}, {family}, {cutoff}'

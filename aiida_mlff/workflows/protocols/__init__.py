@@ -1,0 +1,68 @@
+"""Protocols: named sets of inputs in YAML files, one file per work chain, and the one mixin that reads them."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+from functools import cache
+from typing import Any
+
+import yaml
+
+__all__ = ['ProtocolMixin', 'recursive_merge']
+
+PROTOCOL_DIR = pathlib.Path(__file__).parent
+
+
+def recursive_merge(left: dict, right: dict) -> dict:
+    """Return a deep copy of ``left`` with ``right`` merged in; values of ``right`` win."""
+    merged = copy.deepcopy(left)
+    for key, value in right.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = recursive_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@cache
+def _load(path: pathlib.Path) -> dict:
+    with path.open() as handle:
+        return yaml.safe_load(handle)
+
+
+class ProtocolMixin:
+    """Gives a work chain ``get_available_protocols`` and ``get_protocol_inputs`` from its YAML file.
+
+    The file holds ``default_protocol``, ``default_inputs`` and ``protocols`` (each with a ``description`` and the
+    inputs that differ from the defaults).
+    """
+
+    _protocol_file: str  # path relative to this folder, e.g. 'dft/label.yaml'
+
+    @classmethod
+    def _protocol_data(cls) -> dict:
+        return _load(PROTOCOL_DIR / cls._protocol_file)
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        """Name of the protocol used when none is given."""
+        return cls._protocol_data()['default_protocol']
+
+    @classmethod
+    def get_available_protocols(cls) -> dict[str, dict[str, str]]:
+        """Map each protocol name to ``{'description': ...}``."""
+        return {name: {'description': p['description']} for name, p in cls._protocol_data()['protocols'].items()}
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+        """Return the inputs of ``protocol`` (default if None) with ``overrides`` merged last."""
+        data = cls._protocol_data()
+        protocol = protocol or data['default_protocol']
+        if protocol not in data['protocols']:
+            raise ValueError(
+                f'`{protocol}` is not a protocol of {cls.__name__}: choose from {sorted(data["protocols"])}'
+            )
+        inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
+        inputs.pop('description', None)
+        return recursive_merge(inputs, overrides or {})
