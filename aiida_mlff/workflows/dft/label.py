@@ -276,6 +276,10 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
                 self.ctx.succeeded[key] = node
             else:
                 reason = f'{node.process_label}<{node.pk}> exit status {node.exit_status}: {node.exit_message}'
+                calcs = sorted(node.called, key=lambda n: n.ctime)
+                if calcs and not calcs[-1].is_finished_ok:
+                    last = calcs[-1]
+                    reason += f' (last {last.process_label}<{last.pk}>: {last.exit_status} {last.exit_message})'
                 self.ctx.failed[key] = reason
                 self.report(f'label of structure `{key}` failed: {reason}')
         self.ctx.running = []
