@@ -77,8 +77,9 @@ def dataset_from_pw(label_method: orm.Str, **labels) -> TrainingSetData:
     """Collect pw.x results into one dataset.
 
     ``labels`` holds, for each key ``K``, ``structure_K`` (StructureData), ``parameters_K`` (the
-    ``output_parameters`` Dict of a PwCalculation: energy in eV) and ``trajectory_K`` (its ``output_trajectory``: forces in eV/Å, stress in
-    GPa, sign flipped to ASE's convention). The source of each label is the UUID of the PwCalculation that created ``parameters_K``.
+    ``output_parameters`` Dict of a PwCalculation: energy in eV) and ``trajectory_K`` (its ``output_trajectory``:
+    forces in eV/Å, stress in GPa, sign flipped to ASE's convention). The source of each label is the UUID of the
+    PwCalculation that created ``parameters_K``.
     """
     keys = sorted(k[len('structure_') :] for k in labels if k.startswith('structure_'))
     frames, sources = [], []

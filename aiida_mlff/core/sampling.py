@@ -84,8 +84,8 @@ def strain(atoms: Atoms, n: int, max_strain: float = 0.02, seed: int = 0, rattle
 def bonded_side(atoms: Atoms, b: int, c: int) -> np.ndarray:
     """Return the indices of the atoms on the ``c`` side of the bond ``b``-``c`` (``c`` included).
 
-    Bonds come from ASE's natural covalent radii scaled by 1.2. Raises ``ValueError`` when the bond is part of a ring, because then
-    no side can be rotated alone.
+    Bonds come from ASE's natural covalent radii scaled by 1.2. Raises ``ValueError`` when the bond is part of a
+    ring, because then no side can be rotated alone.
     """
     cutoffs = natural_cutoffs(atoms, mult=1.2)
     nl = NeighborList(cutoffs, self_interaction=False, bothways=True, skin=0.0)

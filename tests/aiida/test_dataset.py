@@ -78,9 +78,7 @@ def test_merge_drops_exact_duplicates_and_keeps_order(aiida_profile, labelled_fr
     merged = merge_datasets(a=first, b=second)
     assert merged.n_structures == 4
     assert merged.base.attributes.get('n_duplicates_dropped') == 2
-    np.testing.assert_array_equal(
-        merged.get_array('energy'), [a.get_potential_energy() for a in labelled_frames]
-    )
+    np.testing.assert_array_equal(merged.get_array('energy'), [a.get_potential_energy() for a in labelled_frames])
     # provenance: the merged set is created by the calcfunction from both inputs
     creator = merged.creator
     assert {link.node.pk for link in creator.base.links.get_incoming().all()} == {first.pk, second.pk}

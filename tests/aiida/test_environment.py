@@ -51,5 +51,5 @@ def test_cli_setup_check_exit_code(aiida_profile):
 
 def test_missing_pw_executable_is_reported(aiida_profile, monkeypatch):
     monkeypatch.setattr(environment, 'find_pw', lambda: None)
-    with pytest.raises(FileNotFoundError, match='pw.x was not found'):
+    with pytest.raises(FileNotFoundError, match=r'pw\.x was not found'):
         environment.ensure_pw_code(label='pw-missing')

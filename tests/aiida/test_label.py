@@ -56,7 +56,8 @@ def test_label_rattled_water_with_one_failing_structure(mlff_environment, h2o):
     # provenance: every PwCalculation that succeeded is an ancestor of the dataset, and the dataset says which
     calcs = [n for n in node.called_descendants if n.process_class is PwCalculation]
     ok_calcs = {c.uuid for c in calcs if c.is_finished_ok}
-    assert len(calcs) == 4 and len(ok_calcs) == 3
+    assert len(calcs) == 4
+    assert len(ok_calcs) == 3
     query = orm.QueryBuilder()
     query.append(TrainingSetData, filters={'id': dataset.pk}, tag='dataset')
     query.append(PwCalculation, with_descendants='dataset', project='uuid')

@@ -17,7 +17,7 @@ def test_no_core_module_imports_aiida():
         f'for name in {modules!r}:\n'
         '    importlib.import_module(name)\n'
         "bad = sorted(m for m in sys.modules if m == 'aiida' or m.startswith('aiida.'))\n"
-        "assert not bad, bad\n"
+        'assert not bad, bad\n'
     )
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
