@@ -19,6 +19,7 @@ __all__ = [
     'CheckItem',
     'check',
     'ensure_computer',
+    'ensure_mlff_code',
     'ensure_profile',
     'ensure_pseudo_family',
     'ensure_pw_code',
@@ -29,6 +30,7 @@ __all__ = [
 DEFAULT_PROFILE = 'mlff'
 DEFAULT_COMPUTER = 'localhost'
 DEFAULT_PW_CODE = 'pw'
+DEFAULT_MLFF_CODE = 'mlff-run'
 DEFAULT_FAMILY = 'mlff/espresso-deb/PBE'
 PSEUDO_DIR = Path('/usr/share/espresso/pseudo')
 
@@ -173,6 +175,40 @@ def ensure_pw_code(label: str = DEFAULT_PW_CODE, computer_label: str = DEFAULT_C
     return code, True
 
 
+def find_mlff_run() -> str | None:
+    """Absolute path of the ``mlff-run`` console script of this installation, or None."""
+    import sys
+
+    beside = Path(sys.executable).parent / 'mlff-run'
+    if beside.exists():
+        return str(beside)
+    return shutil.which('mlff-run')
+
+
+def ensure_mlff_code(label: str = DEFAULT_MLFF_CODE, computer_label: str = DEFAULT_COMPUTER):
+    """Return the ``mlff-run`` code on ``computer_label``, creating it from this installation if missing."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        return orm.load_code(f'{label}@{computer_label}'), False
+    except NotExistent:
+        pass
+    executable = find_mlff_run()
+    if executable is None:
+        raise FileNotFoundError('mlff-run was not found: install aiida-mlff (pip install -e .) in this environment')
+    computer, _ = ensure_computer(computer_label)
+    code = orm.InstalledCode(
+        label=label,
+        computer=computer,
+        filepath_executable=executable,
+        default_calc_job_plugin='mlff.train',
+        description='mlff-run (aiida-mlff) for training and MD, set up by aiida-mlff',
+        prepend_text='export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}',
+    ).store()
+    return code, True
+
+
 def ensure_pseudo_family(label: str = DEFAULT_FAMILY, pseudo_dir: Path = PSEUDO_DIR):
     """Return the pseudo family ``label``, creating it with recommended cutoffs from ``pseudo_dir`` if missing."""
     from aiida.orm import QueryBuilder
@@ -209,6 +245,8 @@ def setup(profile: str | None = None, echo=print) -> None:
     computer, created = ensure_computer()
     echo(f'computer `{computer.label}`: {"created" if created else "exists, kept"}')
     code, created = ensure_pw_code()
+    echo(f'code `{code.full_label}` -> {code.filepath_executable}: {"created" if created else "exists, kept"}')
+    code, created = ensure_mlff_code()
     echo(f'code `{code.full_label}` -> {code.filepath_executable}: {"created" if created else "exists, kept"}')
     family, created = ensure_pseudo_family()
     elements = sorted(family.elements)
@@ -267,6 +305,19 @@ def check(profile: str | None = None) -> list[CheckItem]:
         )
     except NotExistent:
         items.append(CheckItem('pw code', False, f'code `{DEFAULT_PW_CODE}@{DEFAULT_COMPUTER}` is missing'))
+    try:
+        code = orm.load_code(f'{DEFAULT_MLFF_CODE}@{DEFAULT_COMPUTER}')
+        exists = os.path.exists(str(code.filepath_executable))
+        items.append(
+            CheckItem(
+                'mlff-run code',
+                exists,
+                f'code `{code.full_label}` -> {code.filepath_executable}'
+                + ('' if exists else ' (that file does not exist)'),
+            )
+        )
+    except NotExistent:
+        items.append(CheckItem('mlff-run code', False, f'code `{DEFAULT_MLFF_CODE}@{DEFAULT_COMPUTER}` is missing'))
     family = orm.QueryBuilder().append(CutoffsPseudoPotentialFamily, filters={'label': DEFAULT_FAMILY}).first(flat=True)
     if family is None:
         items.append(CheckItem('pseudo family', False, f'pseudo family `{DEFAULT_FAMILY}` is missing'))

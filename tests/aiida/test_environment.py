@@ -23,7 +23,15 @@ def test_setup_creates_once_and_keeps_what_exists(aiida_profile):
 def test_check_reports_every_item(aiida_profile):
     environment.ensure_pseudo_family()
     items = {item.name: item for item in environment.check(aiida_profile.name)}
-    assert set(items) == {'pw.x', 'pseudopotential files', 'profile', 'computer', 'pw code', 'pseudo family'}
+    assert set(items) == {
+        'pw.x',
+        'pseudopotential files',
+        'profile',
+        'computer',
+        'pw code',
+        'mlff-run code',
+        'pseudo family',
+    }
     assert items['profile'].ok
     assert items['pseudo family'].ok
 
@@ -38,6 +46,7 @@ def test_check_names_a_missing_profile(aiida_profile):
 def test_cli_setup_check_exit_code(aiida_profile):
     environment.ensure_computer()
     environment.ensure_pw_code()
+    environment.ensure_mlff_code()
     environment.ensure_pseudo_family()
     runner = CliRunner()
     result = runner.invoke(cmd_root, ['-p', aiida_profile.name, 'setup', '--check'])

@@ -1,0 +1,102 @@
+"""``mlff.train``: train one potential with ``mlff-run train`` on the (remote) computer."""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.common import datastructures
+from aiida.engine import CalcJob
+
+from aiida_mlff.core import files
+from aiida_mlff.data.dataset import TrainingSetData
+from aiida_mlff.data.potential import PotentialData
+
+__all__ = ['TrainCalculation']
+
+
+def validate_parameters(value: orm.Dict, _) -> str | None:
+    """Check the training parameters before anything is submitted; name every bad field."""
+    if value is None:
+        return None
+    _, errors = files.validate_train_parameters(value.get_dict())
+    if errors:
+        return 'invalid training parameters: ' + '; '.join(errors)
+    return None
+
+
+class TrainCalculation(CalcJob):
+    """Train a potential (or continue a checkpoint) on a dataset node, which is uploaded as a file."""
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.input('dataset', valid_type=TrainingSetData, help='The labelled structures (eV, eV/Å).')
+        spec.input(
+            'parameters',
+            valid_type=orm.Dict,
+            validator=validate_parameters,
+            help='Training options and model hyperparameters (see `aiida_mlff.core.files.TRAIN_DEFAULTS`).',
+        )
+        spec.input('parent_potential', valid_type=PotentialData, required=False, help='Start from these weights.')
+        spec.input(
+            'parent_folder',
+            valid_type=orm.RemoteData,
+            required=False,
+            help='Remote folder of an interrupted training whose checkpoint to resume.',
+        )
+        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        spec.inputs['metadata']['options']['withmpi'].default = False
+        spec.inputs['metadata']['options']['parser_name'].default = 'mlff.train'
+        spec.inputs['metadata']['options']['input_filename'].default = files.JOB_FILE
+        spec.inputs['metadata']['options']['output_filename'].default = 'mlff-run.out'
+
+        spec.output('potential', valid_type=PotentialData, help='The trained potential.')
+        spec.output('metrics', valid_type=orm.Dict, help='Validation errors (meV/atom, meV/Å), per element too.')
+        spec.output('learning_curve', valid_type=orm.ArrayData, help='Loss and errors per epoch.')
+
+        spec.exit_code(300, 'ERROR_MISSING_SUMMARY', message='mlff-run wrote no summary: it crashed; see its output.')
+        spec.exit_code(301, 'ERROR_READING_SUMMARY', message='The summary file could not be read: {error}')
+        spec.exit_code(302, 'ERROR_MISSING_POTENTIAL', message='The job finished but wrote no potential file.')
+        spec.exit_code(303, 'ERROR_INVALID_POTENTIAL', message='The potential file is unusable: {error}')
+        spec.exit_code(310, 'ERROR_BAD_INPUT', message='mlff-run refused the input: {error}')
+        spec.exit_code(400, 'ERROR_NAN_LOSS', message='The loss became NaN or infinite at epoch {epoch}.')
+        spec.exit_code(
+            410, 'ERROR_WALLTIME', message='Training stopped at the time limit after {epoch} epochs (checkpoint kept).'
+        )
+
+    def prepare_for_submission(self, folder):
+        """Write the job file and the dataset; copy a parent potential or checkpoint."""
+        parameters, _ = files.validate_train_parameters(self.inputs.parameters.get_dict())
+        job = {'task': 'train', 'parameters': parameters, 'dataset': files.DATASET_FILE}
+        self.inputs.dataset.to_extxyz(folder.get_abs_path(files.DATASET_FILE))
+        local_copy_list = []
+        remote_copy_list = []
+        if 'parent_potential' in self.inputs:
+            parent = self.inputs.parent_potential
+            local_copy_list.append((parent.uuid, parent.filename, files.PARENT_POTENTIAL_FILE))
+            job['parent_potential'] = files.PARENT_POTENTIAL_FILE
+        if 'parent_folder' in self.inputs:
+            remote = self.inputs.parent_folder
+            remote_copy_list.append(
+                (remote.computer.uuid, f'{remote.get_remote_path()}/{files.CHECKPOINT_FILE}', files.CHECKPOINT_FILE)
+            )
+            job['resume'] = True
+        files.write_json(folder.get_abs_path(files.JOB_FILE), job)
+
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = ['train', files.JOB_FILE]
+        codeinfo.stdout_name = self.inputs.metadata.options.output_filename
+        codeinfo.join_files = True
+
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.local_copy_list = local_copy_list
+        calcinfo.remote_copy_list = remote_copy_list
+        calcinfo.retrieve_list = [
+            files.SUMMARY_FILE,
+            files.POTENTIAL_FILE,
+            files.LEARNING_CURVE_FILE,
+            self.inputs.metadata.options.output_filename,
+        ]
+        return calcinfo

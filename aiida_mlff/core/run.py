@@ -1,0 +1,260 @@
+"""``mlff-run``: the executable a CalcJob runs on the (remote) computer.
+
+``mlff-run train job.json`` and ``mlff-run md job.json`` read the job file and its input files from the working
+directory, write outputs and ``summary.json``, and exit with the statuses of :mod:`aiida_mlff.core.files`.
+The device is ``auto`` by default: CUDA when present, else the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import files
+
+__all__ = ['main', 'run_md', 'run_train']
+
+
+class BadInputError(ValueError):
+    """The job file or an input file is unusable; the message names what is wrong."""
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is bad input."""
+    import torch
+
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise BadInputError('`device` is cuda, but no CUDA device is available on this machine')
+    return name
+
+
+def _dtype(name: str):
+    import torch
+
+    return {'float32': torch.float32, 'float64': torch.float64}[name]
+
+
+# ------------------------------------------------------------------------------------------------------- md
+def _cv_from_spec(spec: dict):
+    from . import colvars
+
+    kinds = {
+        'distance': colvars.Distance,
+        'angle': colvars.Angle,
+        'dihedral': colvars.Dihedral,
+        'distance_difference': colvars.DistanceDifference,
+    }
+    return kinds[spec['type']](*spec['atoms'])
+
+
+def run_md(job: dict[str, Any], workdir: Path) -> int:
+    """Run the MD job in ``workdir`` in chunks, checkpointing the state; return the exit status."""
+    from ase.io import read, write
+
+    from .md import MDState, simulate
+    from .models import Potential
+
+    params, errors = files.validate_md_parameters(job.get('parameters', {}))
+    if errors:
+        raise BadInputError('; '.join(errors))
+    started = time.monotonic()
+    device = resolve_device(params['device'])
+    dtype = _dtype(params['dtype'])
+    potential = Potential.load(workdir / job['potential'], device=device).to(dtype)
+    structures = read(workdir / job['structures'], index=':', format='extxyz')
+    keys = list(job.get('structure_keys') or range(len(structures)))
+
+    biases_spec = params['biases'] or []
+    n_centres = len(biases_spec[0]['centers']) if biases_spec else 0
+    if n_centres and len(structures) == 1:
+        structures = [structures[0].copy() for _ in range(n_centres)]
+        keys = [keys[0]] * n_centres
+    from .colvars import HarmonicBias
+
+    biases = [HarmonicBias(_cv_from_spec(b['cv']), b['centers'], b['kappa']) for b in biases_spec]
+    extra = [_cv_from_spec(cv) for cv in params['colvars'] or []]
+    for structure in structures:
+        for cv in [b.cv for b in biases] + extra:
+            if max(cv.atoms) >= len(structure):
+                raise BadInputError(f'{cv.name} uses atom {max(cv.atoms)}, but a structure has {len(structure)} atoms')
+
+    checkpoint = workdir / files.MD_CHECKPOINT_FILE
+    state = None
+    if job.get('resume'):
+        if not checkpoint.exists():
+            raise BadInputError(f'resume asked for, but {files.MD_CHECKPOINT_FILE} is missing')
+        state = MDState.load(checkpoint, device=device, dtype=dtype)
+    done = int(state.step) if state is not None else 0
+    previous = workdir / files.TRAJECTORY_FILE
+    chunks: list = []
+    if job.get('resume') and previous.exists():
+        with np.load(previous) as data:
+            chunks.append({k: data[k] for k in data.files})
+
+    total = params['steps']
+    chunk_steps = math.ceil(params['checkpoint_every'] / params['stride']) * params['stride']
+    common = {
+        'ensemble': params['ensemble'],
+        'timestep': params['timestep'],
+        'temperature': params['temperature'],
+        'friction': params['friction'],
+        'biases': biases,
+        'colvars': extra,
+        'stride': params['stride'],
+        'seed': params['seed'],
+        'device': device,
+        'dtype': dtype,
+        'max_force_deviation': params['max_force_deviation'],
+        'min_distance': params['min_distance'],
+        'max_energy_jump': params['max_energy_jump'],
+    }
+    result = None
+    walltime = False
+    while done < total:
+        n = min(chunk_steps, total - done)
+        result = simulate(potential, structures if state is None else None, steps=n, state=state, **common)
+        state = result.final_state
+        chunks.append(_result_arrays(result))
+        done += n
+        state.save(checkpoint)
+        _write_md_outputs(workdir, chunks, result, structures, keys, params, biases, done, started, device)
+        if all(s != 'ok' for s in result.status):
+            break
+        if params['max_time'] is not None and time.monotonic() - started > params['max_time'] and done < total:
+            walltime = True
+            break
+    if result is None:  # zero steps asked for
+        result = simulate(potential, structures, steps=0, **common)
+        chunks.append(_result_arrays(result))
+        _write_md_outputs(workdir, chunks, result, structures, keys, params, biases, done, started, device)
+    blown = [i for i, s in enumerate(result.status) if s == 'blown_up']
+    status = files.EXIT_UNSTABLE_MD if blown else files.EXIT_WALLTIME if walltime else files.EXIT_OK
+    summary = files.read_json(workdir / files.SUMMARY_FILE)
+    summary['exit_status'] = status
+    if blown:
+        summary['error'] = '; '.join(result.diagnostic[i] for i in blown)
+    files.write_json(workdir / files.SUMMARY_FILE, summary)
+    write(workdir / files.FINAL_STRUCTURES_FILE, _final_structures(result, structures), format='extxyz')
+    return status
+
+
+def _result_arrays(result) -> dict[str, np.ndarray]:
+    arrays = {
+        'step': np.asarray(result.step),
+        'time': np.asarray(result.time),
+        'positions': result.positions,
+        'atom_mask': result.atom_mask,
+        'numbers': result.numbers,
+        'colvars': result.colvars,
+        'max_force_deviation': result.max_force_deviation,
+        'energy_std': result.energy_std,
+        'flagged': result.flagged,
+    }
+    for key in ('potential_energy', 'bias_energy', 'kinetic_energy', 'total_energy', 'temperature'):
+        arrays[key] = getattr(result, key)
+    return arrays
+
+
+def _concatenate(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    merged = {}
+    for key in chunks[-1]:
+        if key in ('atom_mask', 'numbers'):
+            merged[key] = chunks[-1][key]
+        else:
+            merged[key] = np.concatenate([c[key] for c in chunks], axis=0)
+    return merged
+
+
+def _final_structures(result, structures):
+    from ase import Atoms
+
+    frames = []
+    positions = result.final_state.batch.positions.detach().cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in structures])])
+    for r, structure in enumerate(structures):
+        atoms = Atoms(
+            numbers=structure.numbers,
+            positions=positions[offsets[r] : offsets[r + 1]],
+            cell=structure.cell,
+            pbc=structure.pbc,
+        )
+        frames.append(atoms)
+    return frames
+
+
+def _write_md_outputs(workdir, chunks, result, structures, keys, params, biases, done, started, device) -> None:
+    arrays = _concatenate(chunks)
+    arrays['cells'] = np.stack([s.cell.array for s in structures])
+    arrays['pbc'] = np.stack([s.pbc for s in structures])
+    if biases:
+        arrays['centers'] = np.stack([b.centers.numpy() for b in biases], axis=-1)
+    tmp = workdir / (files.TRAJECTORY_FILE + '.tmp.npz')
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(workdir / files.TRAJECTORY_FILE)
+    files.write_json(
+        workdir / files.SUMMARY_FILE,
+        {
+            'exit_status': files.EXIT_OK,
+            'status': list(result.status),
+            'diagnostic': list(result.diagnostic),
+            'stop_step': [int(s) for s in result.stop_step],
+            'replica_structures': [str(k) for k in keys],
+            'colvar_names': list(result.colvar_names),
+            'kappa': [b.kappa.tolist() for b in biases] or None,
+            'temperature': params['temperature'],
+            'steps_done': done,
+            'wall_time': time.monotonic() - started,
+            'device': device,
+            'n_neighbor_builds': int(result.n_neighbor_builds),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def run_train(job: dict[str, Any], workdir: Path) -> int:
+    """Train one potential in ``workdir``; return the exit status."""
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mlff-run`` console script."""
+    parser = argparse.ArgumentParser(prog='mlff-run', description=__doc__.splitlines()[0])
+    parser.add_argument('task', choices=['train', 'md'])
+    parser.add_argument('job', nargs='?', default=files.JOB_FILE, help='the job file (default: job.json)')
+    args = parser.parse_args(argv)
+    from .potential_io import PotentialFileError
+
+    workdir = Path(args.job).resolve().parent
+    try:
+        job = files.read_json(args.job)
+        if job.get('task') != args.task:
+            raise BadInputError(f'the job file is for task {job.get("task")!r}, not {args.task!r}')
+        runner = run_train if args.task == 'train' else run_md
+        status = runner(job, workdir)
+    except (BadInputError, FileNotFoundError, PotentialFileError) as exception:
+        files.write_json(workdir / files.SUMMARY_FILE, {'exit_status': files.EXIT_BAD_INPUT, 'error': str(exception)})
+        print(f'mlff-run: bad input: {exception}', file=sys.stderr)
+        return files.EXIT_BAD_INPUT
+    except Exception as exception:
+        traceback.print_exc()
+        files.write_json(
+            workdir / files.SUMMARY_FILE,
+            {'exit_status': files.EXIT_CRASH, 'error': f'{type(exception).__name__}: {exception}'},
+        )
+        return files.EXIT_CRASH
+    print(f'mlff-run {args.task}: finished with status {status}')
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
