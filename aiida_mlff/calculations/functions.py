@@ -11,6 +11,7 @@ from aiida_mlff.core import sampling
 from aiida_mlff.data.dataset import EV_PER_A3_PER_GPA, TrainingSetData, merge_frames
 
 __all__ = [
+    'combine_potentials',
     'dataset_from_pw',
     'dihedral_scan_structure',
     'frame_key',
@@ -107,3 +108,20 @@ def dataset_from_pw(label_method: orm.Str, **labels) -> TrainingSetData:
         creator = parameters.creator
         sources.append(creator.uuid if creator is not None else '')
     return TrainingSetData(frames, sources=sources, label_method=label_method.value)
+
+
+@calcfunction
+def combine_potentials(**potentials):
+    """Combine potentials (in the order of their sorted link labels) into one committee ``mlff.potential``."""
+    import tempfile
+    from pathlib import Path
+
+    from aiida_mlff.core.committee import combine
+    from aiida_mlff.data.potential import PotentialData
+
+    if not potentials:
+        raise ValueError('combine_potentials needs at least one potential')
+    committee = combine([potentials[key].load_potential() for key in sorted(potentials)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = committee.save(Path(tmp) / PotentialData.DEFAULT_FILENAME)
+        return PotentialData(path)

@@ -100,13 +100,8 @@ class MdCalculation(CalcJob):
         remote_copy_list = []
         if 'parent_folder' in self.inputs:
             remote = self.inputs.parent_folder
-            remote_copy_list.append(
-                (
-                    remote.computer.uuid,
-                    f'{remote.get_remote_path()}/{files.MD_CHECKPOINT_FILE}',
-                    files.MD_CHECKPOINT_FILE,
-                )
-            )
+            for name in (files.MD_CHECKPOINT_FILE, files.TRAJECTORY_FILE):
+                remote_copy_list.append((remote.computer.uuid, f'{remote.get_remote_path()}/{name}', name))
             job['resume'] = True
         files.write_json(folder.get_abs_path(files.JOB_FILE), job)
 

@@ -221,8 +221,78 @@ def _write_md_outputs(workdir, chunks, result, structures, keys, params, biases,
 
 # ---------------------------------------------------------------------------------------------------- train
 def run_train(job: dict[str, Any], workdir: Path) -> int:
-    """Train one potential in ``workdir``; return the exit status."""
-    raise NotImplementedError
+    """Train one potential (possibly a committee trained in one batched pass) in ``workdir``; return the status."""
+    from ase.io import read
+
+    from .models import Potential
+    from .training import train
+
+    params, errors = files.validate_train_parameters(job.get('parameters', {}))
+    if errors:
+        raise BadInputError('; '.join(errors))
+    started = time.monotonic()
+    device = resolve_device(params['device'])
+    dtype = _dtype(params['dtype'])
+    frames = read(workdir / job['dataset'], index=':', format='extxyz')
+    if not frames:
+        raise BadInputError(f'{job["dataset"]} holds no structures')
+    for k, atoms in enumerate(frames):
+        if atoms.calc is None or 'energy' not in atoms.calc.results or 'forces' not in atoms.calc.results:
+            raise BadInputError(f'structure {k} of {job["dataset"]} has no energy and forces')
+    elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    if job.get('parent_potential'):
+        pot = Potential.load(workdir / job['parent_potential'], device=device).to(dtype)
+        unknown = sorted(set(elements) - set(pot.elements))
+        if unknown:
+            raise BadInputError(f'the parent potential knows {pot.elements}, the dataset also has {unknown}')
+    else:
+        model = dict(params['model'])
+        pot = Potential.build(elements, seed=params['seed'], dtype=dtype, device=device, **model)
+    checkpoint = workdir / files.CHECKPOINT_FILE
+    if job.get('resume') and not checkpoint.exists():
+        raise BadInputError(f'resume asked for, but {files.CHECKPOINT_FILE} is missing')
+    options = {
+        key: params[key]
+        for key in (
+            'epochs',
+            'batch_size',
+            'learning_rate',
+            'energy_weight',
+            'forces_weight',
+            'validation_fraction',
+            'patience',
+            'max_time',
+            'seed',
+            'checkpoint_every',
+        )
+    }
+    report = train(pot, frames, checkpoint=checkpoint, **options)
+    curve = report['learning_curve']
+    columns = sorted({key for row in curve for key in row})
+    files.write_json(workdir / files.LEARNING_CURVE_FILE, {key: [row.get(key) for row in curve] for key in columns})
+    summary = {
+        'epoch': report['epochs_run'],
+        'best_epoch': report['best_epoch'],
+        'metrics': {'train': report['train'], 'validation': report['validation']},
+        'device': device,
+        'n_structures': len(frames),
+        'elements': elements,
+        'committee_size': pot.committee_size,
+        'wall_time': time.monotonic() - started,
+    }
+    bad = next((row['epoch'] for row in curve if not math.isfinite(row['train_loss'])), None)
+    if bad is not None:
+        summary.update(exit_status=files.EXIT_NAN_LOSS, epoch=bad, metrics=None)
+        files.write_json(workdir / files.SUMMARY_FILE, summary)
+        return files.EXIT_NAN_LOSS
+    if not report['finished']:
+        summary['exit_status'] = files.EXIT_WALLTIME
+        files.write_json(workdir / files.SUMMARY_FILE, summary)
+        return files.EXIT_WALLTIME
+    pot.save(workdir / files.POTENTIAL_FILE)
+    summary['exit_status'] = files.EXIT_OK
+    files.write_json(workdir / files.SUMMARY_FILE, summary)
+    return files.EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------------- main

@@ -1,0 +1,94 @@
+"""``mlff.train.base``: ``mlff.train`` with restarts (walltime -> resume the checkpoint; NaN -> lower rate)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ProcessHandlerReport, process_handler, while_
+
+from aiida_mlff.calculations.train import TrainCalculation
+from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
+from aiida_mlff.workflows.restart import MlffRestartWorkChain
+
+__all__ = ['TrainBaseWorkChain']
+
+
+class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
+    """Train one potential (a committee of ``model.committee`` members in one batched pass) and recover failures."""
+
+    _process_class = TrainCalculation
+    _protocol_file = 'train/base.yaml'
+    defaults: ClassVar[dict] = {'learning_rate_factor': 0.3, 'min_learning_rate': 1e-5}
+
+    @classmethod
+    def define(cls, spec):
+        """Define the process specification."""
+        super().define(spec)
+        spec.expose_inputs(TrainCalculation, namespace='train')
+        spec.expose_outputs(TrainCalculation)
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
+            cls.results,
+        )
+        spec.exit_code(
+            310, 'ERROR_BAD_INPUT', message='mlff-run refused the input, which no restart can fix: {message}'
+        )
+        spec.exit_code(
+            320, 'ERROR_LEARNING_RATE_EXHAUSTED', message='The loss stayed NaN down to the smallest learning rate.'
+        )
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode | str,
+        dataset,
+        protocol: str | None = None,
+        overrides: dict | None = None,
+        options: dict | None = None,
+    ):
+        """Return a builder that trains on ``dataset`` with a protocol (fast, balanced, stringent)."""
+        if isinstance(code, str):
+            code = orm.load_code(code)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        metadata = inputs['train']['metadata']
+        if options:
+            metadata['options'] = recursive_merge(metadata['options'], options)
+        builder = cls.get_builder()
+        builder.train.code = code
+        builder.train.dataset = dataset
+        builder.train.parameters = orm.Dict(inputs['train']['parameters'])
+        builder.train.metadata = metadata
+        builder.max_iterations = orm.Int(inputs['max_iterations'])
+        return builder
+
+    def setup(self):
+        """Take the inputs of the first run."""
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'train'))
+
+    @process_handler(priority=600, exit_codes=[TrainCalculation.exit_codes.ERROR_BAD_INPUT])
+    def handle_bad_input(self, node):
+        """Bad input cannot be fixed by a restart: stop with the message of mlff-run."""
+        self.report_error_handled(node, 'none: the input must be fixed')
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_BAD_INPUT.format(message=node.exit_message))
+
+    @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_WALLTIME])
+    def handle_walltime(self, node):
+        """Resume from the checkpoint in the remote folder: the run continues where it stopped."""
+        self.ctx.inputs.parent_folder = node.outputs.remote_folder
+        return self.restart(node, f'resume from the checkpoint in RemoteData<{node.outputs.remote_folder.pk}>')
+
+    @process_handler(priority=400, exit_codes=[TrainCalculation.exit_codes.ERROR_NAN_LOSS])
+    def handle_nan_loss(self, node):
+        """Start again from scratch with a lower learning rate."""
+        parameters = self._parameters()
+        rate = float(parameters.get('learning_rate', 3e-3)) * self.defaults['learning_rate_factor']
+        if rate < self.defaults['min_learning_rate']:
+            self.report_error_handled(node, 'none: the learning rate would fall below the minimum')
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_LEARNING_RATE_EXHAUSTED)
+        self.ctx.inputs.pop('parent_folder', None)
+        self._set_parameters(learning_rate=rate)
+        return self.restart(node, f'restart from scratch with the learning rate lowered to {rate:.3g}')
