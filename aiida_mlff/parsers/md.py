@@ -51,9 +51,13 @@ class MdParser(Parser):
             symbols = [chemical_symbols[z] for z in arrays['numbers'][r, mask]]
             cells = np.repeat(arrays['cells'][r][None], int(valid.sum()), axis=0)
             trajectory.set_trajectory(
-                symbols, positions[valid], stepids=arrays['step'][valid], cells=cells, times=time[valid]
+                symbols,
+                positions[valid],
+                stepids=arrays['step'][valid],
+                cells=cells,
+                times=time[valid],
+                pbc=[bool(p) for p in arrays['pbc'][r]],
             )
-            trajectory.base.attributes.set('pbc', [bool(p) for p in arrays['pbc'][r]])
             self.out(f'trajectories.{replica_key(r)}', trajectory)
 
         thermo = orm.ArrayData()

@@ -1,0 +1,145 @@
+"""``mlff-run`` as a program: bad input, a killed training that resumes, an MD run that continues."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from aiida_mlff.core import files
+from aiida_mlff.core.models import Potential
+from aiida_mlff.core.sampling import rattle
+
+TINY = {'cutoff': 3.0, 'angular_cutoff': 2.5, 'hidden': [8], 'n_radial': 4, 'n_angular': 2, 'zetas': [1, 4]}
+
+
+def labelled_water(n: int = 16):
+    base = molecule('H2O')
+    base.center(vacuum=3.0)
+    frames = rattle(base, n=n, stdev=0.05, seed=3)
+    for atoms in frames:
+        d = atoms.positions - base.positions
+        atoms.calc = SinglePointCalculator(atoms, energy=float(5.0 * (d**2).sum()), forces=-10.0 * d)
+    return frames
+
+
+def mlff_run(workdir: Path, task: str, job: dict, background: bool = False):
+    files.write_json(workdir / files.JOB_FILE, job)
+    cmd = [sys.executable, '-m', 'aiida_mlff.core.run', task, files.JOB_FILE]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    if background:
+        return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
+
+
+def train_job(**changes):
+    params = {'model': TINY, 'epochs': 40, 'batch_size': 4, 'device': 'cpu', 'dtype': 'float64', 'seed': 2}
+    params.update(changes)
+    return {'task': 'train', 'dataset': files.DATASET_FILE, 'parameters': params}
+
+
+@pytest.fixture
+def train_dir(tmp_path):
+    write(tmp_path / files.DATASET_FILE, labelled_water(), format='extxyz')
+    return tmp_path
+
+
+def test_bad_input_writes_a_summary_naming_the_field(train_dir):
+    result = mlff_run(train_dir, 'train', train_job(batch_size=0))
+    assert result.returncode == files.EXIT_BAD_INPUT
+    summary = files.read_json(train_dir / files.SUMMARY_FILE)
+    assert '`batch_size` must be positive' in summary['error']
+
+
+def test_wrong_task_is_bad_input(train_dir):
+    result = mlff_run(train_dir, 'md', train_job())
+    assert result.returncode == files.EXIT_BAD_INPUT
+    assert "not 'md'" in files.read_json(train_dir / files.SUMMARY_FILE)['error']
+
+
+def test_killed_training_resumes_from_its_checkpoint(train_dir, tmp_path_factory):
+    # reference: the same training, never interrupted
+    reference_dir = tmp_path_factory.mktemp('reference')
+    write(reference_dir / files.DATASET_FILE, labelled_water(), format='extxyz')
+    assert mlff_run(reference_dir, 'train', train_job(checkpoint_every=2)).returncode == 0
+    reference = files.read_json(reference_dir / files.LEARNING_CURVE_FILE)
+
+    process = mlff_run(train_dir, 'train', train_job(checkpoint_every=2), background=True)
+    checkpoint = train_dir / files.CHECKPOINT_FILE
+    deadline = time.monotonic() + 120
+    epochs_at_kill = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            try:
+                epochs_at_kill = torch.load(checkpoint, weights_only=True)['state']['epoch']
+            except Exception:  # the file may be half-replaced at this instant
+                epochs_at_kill = 0
+            if epochs_at_kill >= 4:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epochs_at_kill = torch.load(checkpoint, weights_only=True)['state']['epoch']
+    assert 0 < epochs_at_kill < 40, 'the kill must land mid-training'
+    assert not (train_dir / files.POTENTIAL_FILE).exists()
+
+    job = train_job(checkpoint_every=2)
+    job['resume'] = True
+    result = mlff_run(train_dir, 'train', job)
+    assert result.returncode == 0, result.stderr
+    resumed = files.read_json(train_dir / files.LEARNING_CURVE_FILE)
+    # the second run did only the remaining epochs: its history starts with the epochs of the killed run
+    assert resumed['epoch'][:epochs_at_kill] == list(range(1, epochs_at_kill + 1))
+    assert resumed['epoch'] == reference['epoch']
+    np.testing.assert_allclose(resumed['train_loss'], reference['train_loss'], rtol=1e-10)
+    assert files.read_json(train_dir / files.SUMMARY_FILE)['epoch'] == reference['epoch'][-1]
+
+
+def test_resume_without_checkpoint_is_bad_input(train_dir):
+    job = train_job()
+    job['resume'] = True
+    assert mlff_run(train_dir, 'train', job).returncode == files.EXIT_BAD_INPUT
+
+
+def test_md_walltime_then_continue(tmp_path):
+    pot = Potential.build(['H', 'O'], committee=2, seed=0, dtype=torch.float64, **TINY)
+    pot.save(tmp_path / files.POTENTIAL_FILE)
+    water = molecule('H2O')
+    water.center(vacuum=3.0)
+    write(tmp_path / files.STRUCTURES_FILE, [water, water], format='extxyz')
+    params = {
+        'steps': 60,
+        'stride': 5,
+        'checkpoint_every': 20,
+        'max_time': 1e-6,  # stop after the first chunk, as at a walltime
+        'device': 'cpu',
+        'dtype': 'float64',
+        'temperature': 100.0,
+    }
+    job = {'task': 'md', 'potential': files.POTENTIAL_FILE, 'structures': files.STRUCTURES_FILE, 'parameters': params}
+    result = mlff_run(tmp_path, 'md', job)
+    assert result.returncode == files.EXIT_WALLTIME, result.stderr
+    first = json.loads((tmp_path / files.SUMMARY_FILE).read_text())
+    assert first['steps_done'] == 20
+    with np.load(tmp_path / files.TRAJECTORY_FILE) as data:
+        assert data['step'].tolist() == [0, 5, 10, 15, 20]
+
+    job['parameters'] = {**params, 'max_time': None}
+    job['resume'] = True
+    result = mlff_run(tmp_path, 'md', job)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / files.TRAJECTORY_FILE) as data:
+        assert data['step'].tolist() == list(range(0, 61, 5))
+        assert data['positions'].shape == (13, 2, 3, 3)
+        assert np.isfinite(data['total_energy']).all()
