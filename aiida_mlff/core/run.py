@@ -136,6 +136,8 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
         result = simulate(potential, structures, steps=0, **common)
         chunks.append(_result_arrays(result))
         _write_md_outputs(workdir, chunks, result, structures, keys, params, biases, done, started, device)
+    if potential.committee_size > 1:
+        _add_member_energies(workdir, potential, structures, device, dtype)
     blown = [i for i, s in enumerate(result.status) if s == 'blown_up']
     status = files.EXIT_UNSTABLE_MD if blown else files.EXIT_WALLTIME if walltime else files.EXIT_OK
     summary = files.read_json(workdir / files.SUMMARY_FILE)
@@ -145,6 +147,45 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     files.write_json(workdir / files.SUMMARY_FILE, summary)
     write(workdir / files.FINAL_STRUCTURES_FILE, _final_structures(result, structures), format='extxyz')
     return status
+
+
+def _add_member_energies(workdir: Path, potential, structures, device: str, dtype, chunk: int = 1024) -> None:
+    """Add ``member_energies`` (frames, replicas, M) in eV to the trajectory file (NaN for stopped frames).
+
+    Free energies per committee member are then obtained by reweighting, without extra MD.
+    """
+    import torch
+    from ase import Atoms
+
+    from .atoms import AtomsBatch
+
+    path = workdir / files.TRAJECTORY_FILE
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    positions, mask = arrays['positions'], arrays['atom_mask']
+    n_frames, n_rep = positions.shape[:2]
+    out = np.full((n_frames, n_rep, potential.committee_size), np.nan)
+    todo = [(f, r) for f in range(n_frames) for r in range(n_rep) if np.isfinite(positions[f, r, mask[r]]).all()]
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        frames = [
+            Atoms(
+                numbers=structures[r].numbers,
+                positions=positions[f, r, mask[r]],
+                cell=structures[r].cell,
+                pbc=structures[r].pbc,
+            )
+            for f, r in part
+        ]
+        batch = AtomsBatch.from_atoms(frames, dtype=dtype, device=device)
+        with torch.no_grad():
+            energies = potential.evaluate(batch, forces=False)['energies'].double().cpu().numpy()  # (M, B)
+        for k, (f, r) in enumerate(part):
+            out[f, r] = energies[:, k]
+    arrays['member_energies'] = out
+    tmp = workdir / (files.TRAJECTORY_FILE + '.tmp.npz')
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
 
 
 def _result_arrays(result) -> dict[str, np.ndarray]:

@@ -81,8 +81,9 @@ class MdParser(Parser):
             self.out('colvars', colvars)
 
         deviations = orm.ArrayData()
-        for key in ('max_force_deviation', 'energy_std', 'flagged'):
-            deviations.set_array(key, arrays[key])
+        for key in ('max_force_deviation', 'energy_std', 'flagged', 'member_energies'):
+            if key in arrays:
+                deviations.set_array(key, arrays[key])
         deviations.base.attributes.set('units', {'max_force_deviation': 'eV/Å', 'energy_std': 'eV'})
         self.out('deviations', deviations)
 

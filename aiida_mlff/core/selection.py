@@ -1,0 +1,113 @@
+"""Active-learning selection: classify frames by committee force deviation, then pick diverse candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ['Classification', 'classify', 'farthest_point_sampling', 'fingerprints', 'select_candidates']
+
+ACCURATE, CANDIDATE, FAILED = 0, 1, 2
+
+
+@dataclass
+class Classification:
+    """Frames sorted by the max committee force deviation (eV/Å).
+
+    ``labels`` holds, per frame, 0 (accurate: deviation < lower), 1 (candidate: lower <= deviation < upper) or
+    2 (failed: deviation >= upper); frames with no finite deviation (after a replica stopped) are left out.
+    """
+
+    labels: np.ndarray
+    lower: float
+    upper: float
+
+    @property
+    def n_frames(self) -> int:
+        """Number of classified frames."""
+        return len(self.labels)
+
+    def fraction(self, label: int) -> float:
+        """Fraction of frames with ``label`` (0 when there are no frames)."""
+        return float(np.mean(self.labels == label)) if len(self.labels) else 0.0
+
+    def as_dict(self) -> dict:
+        """Counts and fractions as plain data."""
+        return {
+            'n_frames': self.n_frames,
+            'accurate': self.fraction(ACCURATE),
+            'candidate': self.fraction(CANDIDATE),
+            'failed': self.fraction(FAILED),
+            'trust_lower': self.lower,
+            'trust_upper': self.upper,
+        }
+
+
+def classify(deviations: np.ndarray, lower: float, upper: float) -> Classification:
+    """Classify finite deviations (eV/Å) against the trust levels ``lower < upper``."""
+    if not 0 <= lower < upper:
+        raise ValueError(f'trust levels must satisfy 0 <= lower < upper, got {lower} and {upper}')
+    dev = np.asarray(deviations, dtype=float).ravel()
+    dev = dev[np.isfinite(dev)]
+    labels = np.where(dev < lower, ACCURATE, np.where(dev < upper, CANDIDATE, FAILED))
+    return Classification(labels=labels, lower=lower, upper=upper)
+
+
+def fingerprints(frames: Sequence[Atoms], cutoff: float = 4.0) -> np.ndarray:
+    """One vector per frame: per-element means and spreads of symmetry-function features (rotation invariant)."""
+    from .descriptors import describe
+
+    elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    rows = []
+    for atoms in frames:
+        features, _ = describe(atoms, cutoff=cutoff, chiral=False, elements=elements)
+        symbols = np.array(atoms.get_chemical_symbols())
+        parts = []
+        for element in elements:
+            block = features[symbols == element]
+            if len(block):
+                parts.extend([block.mean(0), block.std(0)])
+            else:
+                parts.extend([np.zeros(features.shape[1])] * 2)
+        rows.append(np.concatenate(parts))
+    return np.asarray(rows)
+
+
+def farthest_point_sampling(points: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """Indices of ``k`` points chosen greedily to be far from each other (standardised Euclidean distance)."""
+    points = np.asarray(points, dtype=float)
+    n = len(points)
+    if k <= 0 or n == 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    scale = points.std(0)
+    scale[scale == 0] = 1.0
+    x = (points - points.mean(0)) / scale
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]
+    distance = np.linalg.norm(x - x[chosen[0]], axis=1)
+    for _ in range(k - 1):
+        nxt = int(np.argmax(distance))
+        chosen.append(nxt)
+        distance = np.minimum(distance, np.linalg.norm(x - x[nxt], axis=1))
+    return chosen
+
+
+def select_candidates(
+    frames: Sequence[Atoms], deviations: Sequence[float], lower: float, upper: float, k: int, seed: int = 0
+) -> tuple[list[int], Classification]:
+    """Return the indices of at most ``k`` diverse candidate frames, and the classification of all frames."""
+    deviations = np.asarray(deviations, dtype=float)
+    if len(frames) != len(deviations):
+        raise ValueError(f'{len(frames)} frames but {len(deviations)} deviations')
+    finite = np.isfinite(deviations)
+    classification = classify(deviations[finite], lower, upper)
+    index = np.flatnonzero(finite)[classification.labels == CANDIDATE]
+    if len(index) == 0:
+        return [], classification
+    picked = farthest_point_sampling(fingerprints([frames[i] for i in index]), k, seed)
+    return sorted(int(index[i]) for i in picked), classification
