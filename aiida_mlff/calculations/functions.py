@@ -17,6 +17,7 @@ __all__ = [
     'frame_key',
     'merge_datasets',
     'rattle_structure',
+    'select_frames',
     'strain_structure',
 ]
 
@@ -125,3 +126,50 @@ def combine_potentials(**potentials):
     with tempfile.TemporaryDirectory() as tmp:
         path = committee.save(Path(tmp) / PotentialData.DEFAULT_FILENAME)
         return PotentialData(path)
+
+
+@calcfunction
+def select_frames(settings: orm.Dict, **runs) -> dict:
+    """Classify explored frames by committee force deviation and pick diverse candidates to label.
+
+    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``, ``fill_from_failed``. ``runs`` holds, per MD run
+    ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas)) and its trajectories as
+    ``trajectory_K_rNNNN``. Returns the ``candidates`` (StructureData) and ``statistics`` (a Dict of fractions).
+    """
+    from aiida_mlff.core.selection import select_candidates
+
+    s = settings.get_dict()
+    frames, deviations = [], []
+    for label, node in sorted(runs.items()):
+        if not label.startswith('deviations_'):
+            continue
+        key = label[len('deviations_') :]
+        dev = node.get_array('max_force_deviation')  # (F, R)
+        for r in range(dev.shape[1]):
+            trajectory = runs.get(f'trajectory_{key}_r{r:04d}')
+            if trajectory is None:
+                continue
+            steps = list(trajectory.get_stepids())
+            all_steps = None
+            if 'step' in node.get_arraynames():
+                all_steps = list(node.get_array('step'))
+            for k in range(trajectory.numsteps):
+                f = all_steps.index(steps[k]) if all_steps is not None else k
+                frames.append(trajectory.get_step_structure(k).get_ase())
+                deviations.append(float(dev[f, r]))
+    picked, classification = select_candidates(
+        frames,
+        deviations,
+        s['trust_lower'],
+        s['trust_upper'],
+        int(s['max_candidates']),
+        int(s.get('seed', 0)),
+        fill_from_failed=bool(s.get('fill_from_failed', False)),
+    )
+    stats = classification.as_dict()
+    stats['n_selected'] = len(picked)
+    stats['max_deviation'] = float(np.nanmax(deviations)) if deviations else 0.0
+    outputs = {'statistics': orm.Dict(stats)}
+    for k, index in enumerate(picked):
+        outputs[f'candidate_{k:04d}'] = orm.StructureData(ase=frames[index])
+    return outputs

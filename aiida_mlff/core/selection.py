@@ -98,15 +98,28 @@ def farthest_point_sampling(points: np.ndarray, k: int, seed: int = 0) -> list[i
 
 
 def select_candidates(
-    frames: Sequence[Atoms], deviations: Sequence[float], lower: float, upper: float, k: int, seed: int = 0
+    frames: Sequence[Atoms],
+    deviations: Sequence[float],
+    lower: float,
+    upper: float,
+    k: int,
+    seed: int = 0,
+    fill_from_failed: bool = False,
 ) -> tuple[list[int], Classification]:
-    """Return the indices of at most ``k`` diverse candidate frames, and the classification of all frames."""
+    """Return the indices of at most ``k`` diverse candidate frames, and the classification of all frames.
+
+    With ``fill_from_failed``, an exploration with no candidate at all (a young committee that fails everywhere)
+    yields diverse frames among the ``3 k`` failed ones with the smallest deviation instead, so learning can start.
+    """
     deviations = np.asarray(deviations, dtype=float)
     if len(frames) != len(deviations):
         raise ValueError(f'{len(frames)} frames but {len(deviations)} deviations')
     finite = np.isfinite(deviations)
     classification = classify(deviations[finite], lower, upper)
     index = np.flatnonzero(finite)[classification.labels == CANDIDATE]
+    if len(index) == 0 and fill_from_failed:
+        failed = np.flatnonzero(finite)[classification.labels == FAILED]
+        index = failed[np.argsort(deviations[failed], kind='stable')[: 3 * k]]
     if len(index) == 0:
         return [], classification
     picked = farthest_point_sampling(fingerprints([frames[i] for i in index]), k, seed)

@@ -81,6 +81,7 @@ class MdParser(Parser):
             self.out('colvars', colvars)
 
         deviations = orm.ArrayData()
+        deviations.set_array('step', arrays['step'])
         for key in ('max_force_deviation', 'energy_std', 'flagged', 'member_energies'):
             if key in arrays:
                 deviations.set_array(key, arrays[key])

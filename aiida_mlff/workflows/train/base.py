@@ -58,7 +58,8 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
             metadata['options'] = recursive_merge(metadata['options'], options)
         builder = cls.get_builder()
         builder.train.code = code
-        builder.train.dataset = dataset
+        if dataset is not None:
+            builder.train.dataset = dataset
         builder.train.parameters = orm.Dict(inputs['train']['parameters'])
         builder.train.metadata = metadata
         builder.max_iterations = orm.Int(inputs['max_iterations'])
