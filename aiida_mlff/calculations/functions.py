@@ -132,7 +132,8 @@ def combine_potentials(**potentials):
 def select_frames(settings: orm.Dict, **runs) -> dict:
     """Classify explored frames by committee force deviation and pick diverse candidates to label.
 
-    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``, ``fill_from_failed``. ``runs`` holds, per MD run
+    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``,
+    ``fill_from_failed``. ``runs`` holds, per MD run
     ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas)) and its trajectories as
     ``trajectory_K_rNNNN``. Returns the ``candidates`` (StructureData) and ``statistics`` (a Dict of fractions).
     """

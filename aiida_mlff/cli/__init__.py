@@ -29,3 +29,17 @@ cmd_root.add_command(cmd_setup)
 from aiida_mlff.cli.label import cmd_label  # noqa: E402
 
 cmd_root.add_command(cmd_label)
+
+from aiida_mlff.cli.campaign import cmd_campaign  # noqa: E402
+
+cmd_root.add_command(cmd_campaign)
+
+from aiida_mlff.cli.dataset import cmd_dataset  # noqa: E402
+from aiida_mlff.cli.lineage import cmd_lineage  # noqa: E402
+from aiida_mlff.cli.pmf import cmd_pmf  # noqa: E402
+from aiida_mlff.cli.potential import cmd_potential  # noqa: E402
+
+cmd_root.add_command(cmd_dataset)
+cmd_root.add_command(cmd_potential)
+cmd_root.add_command(cmd_pmf)
+cmd_root.add_command(cmd_lineage)

@@ -1,0 +1,174 @@
+"""``aiida-mlff campaign run|submit|status``: the main job, in-process or through the daemon."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+
+def _load(ctx):
+    from aiida_mlff.environment import load_mlff_profile
+
+    try:
+        return load_mlff_profile(getattr(ctx.obj, 'mlff_profile', None))
+    except ValueError as exception:
+        raise click.ClickException(str(exception)) from exception
+
+
+def _builder(ctx, path: str, pw_code: str, mlff_code: str):
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+    from aiida_mlff.workflows.campaign.config import CampaignConfigError, load_campaign
+
+    try:
+        config = load_campaign(path)
+    except CampaignConfigError as exception:
+        raise click.BadParameter('\n  ' + '\n  '.join(exception.errors), param_hint=f'campaign file {path}') from None
+    _load(ctx)
+    codes = {}
+    for option, label in (('--pw-code', pw_code), ('--mlff-code', mlff_code)):
+        try:
+            codes[option] = orm.load_code(label)
+        except NotExistent:
+            raise click.BadParameter(f'no code `{label}`: run `aiida-mlff setup`', param_hint=option) from None
+    builder = CampaignWorkChain.get_builder()
+    builder.config = orm.Dict(config)
+    builder.pw_code = codes['--pw-code']
+    builder.mlff_code = codes['--mlff-code']
+    builder.metadata.label = config['name']
+    builder.metadata.description = config['description']
+    return builder, config
+
+
+def _summary(node) -> None:
+    outputs = node.outputs
+    click.echo(
+        f'{node.process_label}<{node.pk}> {node.process_state.value if node.process_state else "?"}'
+        f' (exit status {node.exit_status})'
+    )
+    if 'history' in outputs:
+        history = outputs.history.get_dict()
+        click.echo('Active learning:')
+        for row in history.get('iterations', []):
+            val = row.get('validation') or {}
+            click.echo(
+                f'  iteration {row["iteration"]}: {row["n_structures"]} structures, accurate {row["accurate"]:.2f}, '
+                f'candidate {row["candidate"]:.2f}, failed {row["failed"]:.2f}, '
+                f'force MAE {val.get("force_mae_meV_per_A", float("nan")):.0f} meV/Å, '
+                f'blown-up replicas {row.get("n_blown_up", 0)}, failed labels {row.get("n_label_failures", 0)}'
+            )
+        click.echo(f'  stopped: {history.get("stop_reason")}')
+    if 'barriers' in outputs:
+        b = outputs.barriers.get_dict()
+        exp = b.get('experiment_kcal_mol', {})
+        for name in ('trans', 'cis'):
+            err = b[name].get('error_kcal_mol')
+            click.echo(
+                f'Barrier {name}: {b[name]["kcal_mol"]:.2f}'
+                + (f' ± {err:.2f}' if err is not None else '')
+                + f' kcal/mol (experiment {exp.get(name, "-")}), rate {outputs.rates[name]:.3g} s^-1'
+            )
+    if 'scan' in outputs:
+        diff = outputs.scan.base.attributes.get('max_abs_difference_kcal_mol')
+        click.echo(f'Relaxed scan: potential vs pw.x within {diff:.2f} kcal/mol (max abs difference)')
+    if 'dataset' in outputs:
+        click.echo(f'Dataset TrainingSetData<{outputs.dataset.pk}>: {outputs.dataset.n_structures} pw.x labels')
+    if 'potential' in outputs:
+        click.echo(f'Potential PotentialData<{outputs.potential.pk}> (committee of {outputs.potential.committee_size})')
+
+
+@click.group('campaign')
+def cmd_campaign():
+    """Run, submit and follow campaigns (a YAML file: system, sampling, DFT, training, active learning, umbrella)."""
+
+
+@cmd_campaign.command('run')
+@click.argument('path', type=click.Path(dir_okay=False))
+@click.option('--pw-code', default='pw@localhost', show_default=True, help='The pw.x code.')
+@click.option('--mlff-code', default='mlff-run@localhost', show_default=True, help='The mlff-run code.')
+@click.option('--submit', is_flag=True, help='Hand the campaign to the daemon instead of running it here.')
+@click.option('-o', '--output', type=click.Path(file_okay=False), default=None, help='Write the report here.')
+@click.pass_context
+def cmd_run(ctx, path, pw_code, mlff_code, submit, output):
+    """Run the campaign in PATH on this profile (in-process, with a progress display), or submit it."""
+    builder, config = _builder(ctx, path, pw_code, mlff_code)
+    if submit:
+        _do_submit(builder)
+        return
+    from aiida.engine import run_get_node
+
+    click.echo(f'Running campaign `{config["name"]}`: progress is reported below as each step starts and ends.')
+    started = time.monotonic()
+    _, node = run_get_node(builder)
+    click.echo(f'Finished in {(time.monotonic() - started) / 60:.1f} min.')
+    _summary(node)
+    if output:
+        from aiida_mlff.report import write_campaign_report
+
+        paths = write_campaign_report(node, output)
+        click.echo(f'Report written to {output} ({len(paths)} files)')
+    if not node.is_finished_ok:
+        raise click.ClickException(f'the campaign ended with exit status {node.exit_status}: {node.exit_message}')
+
+
+def _do_submit(builder):
+    from aiida.engine import submit
+    from aiida.manage import get_manager
+
+    profile = get_manager().get_profile()
+    if profile.process_control_backend is None:
+        raise click.ClickException(
+            f'profile `{profile.name}` has no broker, so nothing can be submitted: run without --submit, or use a '
+            'profile with RabbitMQ or ZeroMQ (aiida-mlff setup --full) and start the daemon (verdi daemon start)'
+        )
+    node = submit(builder)
+    click.echo(f'Submitted {node.process_label}<{node.pk}>; follow it with `aiida-mlff campaign status {node.pk}`')
+
+
+@cmd_campaign.command('submit')
+@click.argument('path', type=click.Path(dir_okay=False))
+@click.option('--pw-code', default='pw@localhost', show_default=True)
+@click.option('--mlff-code', default='mlff-run@localhost', show_default=True)
+@click.pass_context
+def cmd_submit(ctx, path, pw_code, mlff_code):
+    """Submit the campaign in PATH to the daemon."""
+    builder, _ = _builder(ctx, path, pw_code, mlff_code)
+    _do_submit(builder)
+
+
+@cmd_campaign.command('status')
+@click.argument('identifier')
+@click.pass_context
+def cmd_status(ctx, identifier):
+    """Say where campaign IDENTIFIER (PK or UUID) stands: state, steps run, and results so far."""
+    _load(ctx)
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        node = orm.load_node(identifier)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        raise click.BadParameter(f'no campaign {identifier!r}: {exception}', param_hint='IDENTIFIER') from None
+    if node.process_label != 'CampaignWorkChain':
+        raise click.BadParameter(
+            f'node {identifier} is a {node.process_label or type(node).__name__}, not a CampaignWorkChain',
+            param_hint='IDENTIFIER',
+        )
+    _summary(node)
+    steps = sorted(node.called_descendants, key=lambda n: n.ctime)
+    counts: dict[str, list[int]] = {}
+    for child in steps:
+        ok = child.is_finished_ok
+        entry = counts.setdefault(child.process_label, [0, 0, 0])
+        entry[0 if ok else 1 if child.is_finished else 2] += 1
+    click.echo('Steps (finished ok / failed / running):')
+    for label, (ok, failed, running) in counts.items():
+        click.echo(f'  {label:<28} {ok:>4} {failed:>4} {running:>4}')
+
+
+from aiida_mlff.cli.report import cmd_campaign_report  # noqa: E402
+
+cmd_campaign.add_command(cmd_campaign_report, name='report')

@@ -1,0 +1,110 @@
+"""``mlff.umbrella`` on an analytic potential whose PMF is known: umbrella MD + WHAM must recover it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import WorkflowFactory
+from ase.build import molecule
+
+from aiida_mlff.core.models import Potential
+from aiida_mlff.core.wham import KB_EV
+from aiida_mlff.data.potential import PotentialData
+
+UmbrellaWorkChain = WorkflowFactory('mlff.umbrella')
+TORSION = (0.02, 0.03, 0.0)  # eV: V(phi) = 0.02 (1 + cos phi) + 0.03 (1 + cos 2 phi)
+T = 300.0
+
+
+def exact_pmf(phi: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    v = scale * sum(c * (1 + np.cos((n + 1) * phi)) for n, c in enumerate(TORSION))
+    return v - v.min()
+
+
+@pytest.fixture
+def hooh():
+    atoms = molecule('H2O2')[[2, 0, 1, 3]]  # H O O H: a chain for the analytic model
+    atoms.center(vacuum=4.0)
+    return orm.StructureData(ase=atoms)
+
+
+@pytest.fixture
+def torsion_potential(tmp_path):
+    pot = Potential.build(
+        ['H', 'O'], architecture='torsion-analytic', committee=2, spread=0.1, torsion=TORSION, dtype=torch.float64
+    )
+    return PotentialData(pot.save(tmp_path / 'torsion.pt')).store()
+
+
+def test_umbrella_recovers_a_known_pmf(mlff_environment, hooh, torsion_potential):
+    builder = UmbrellaWorkChain.get_builder_from_protocol(
+        mlff_environment['mlff_code'],
+        torsion_potential,
+        hooh,
+        cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]},
+        windows={'start': -math.pi, 'stop': math.pi, 'count': 24, 'kappa': 0.5},
+        protocol='fast',
+        overrides={
+            'md': {
+                'temperature': T,
+                'equilibration_steps': 1000,
+                'production_steps': 20000,
+                'friction': 0.05,
+                'dtype': 'float64',
+                'device': 'cpu',
+            },
+            'bins': 48,
+            'bootstrap': 10,
+        },
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    pmf = results['pmf']
+    grid = pmf.get_x()[1]
+    y = {name: values for name, values, _ in pmf.get_y()}
+    kt = KB_EV * T
+    exact = exact_pmf(grid)
+    region = (exact < 5 * kt) & np.isfinite(y['free_energy'])
+    shift = np.mean(y['free_energy'][region] - exact[region])  # PMFs are defined up to a constant
+    rms = np.sqrt(np.mean((y['free_energy'][region] - exact[region] - shift) ** 2)) / kt
+    assert rms < 0.1, f'RMS error {rms:.3f} kT'
+    # each committee member's PMF (by reweighting) follows its own scaled torsion: 0.95 V and 1.05 V
+    for m, scale in enumerate((0.95, 1.05)):
+        member = y[f'member_{m}']
+        ref = exact_pmf(grid, scale)
+        shift = np.mean(member[region] - ref[region])
+        assert np.sqrt(np.mean((member[region] - ref[region] - shift) ** 2)) / kt < 0.15
+    # the error band includes the committee spread
+    spread = np.nanstd([y['member_0'], y['member_1']], axis=0)
+    assert np.all(y['error'][region] >= spread[region] - 1e-12)
+    # the barrier: from the minimum to the top of the lower path between the two wells of V
+    assert results['barrier'].base.attributes.get('kcal_mol') > 0
+    overlap = results['overlap']
+    assert overlap.get_array('neighbour_overlap').min() > 0.03
+    assert len(overlap.get_array('centers')) == 24
+
+
+def test_bad_windows_and_cv_are_refused(mlff_environment, hooh, torsion_potential):
+    common = {'code': mlff_environment['mlff_code'], 'potential': torsion_potential, 'structure': hooh}
+    md = orm.Dict({'equilibration_steps': 10, 'production_steps': 100})
+    with pytest.raises(ValueError, match=r'`windows\.kappa` must be positive'):
+        run_get_node(
+            UmbrellaWorkChain,
+            cv=orm.Dict({'type': 'dihedral', 'atoms': [0, 1, 2, 3]}),
+            windows=orm.Dict({'centers': [0.0, 1.0], 'kappa': -1.0}),
+            md=md,
+            **common,
+        )
+    with pytest.raises(ValueError, match=r'`cv\.atoms` must be 4 indices below 4'):
+        run_get_node(
+            UmbrellaWorkChain,
+            cv=orm.Dict({'type': 'dihedral', 'atoms': [0, 1, 2, 7]}),
+            windows=orm.Dict({'centers': [0.0, 1.0], 'kappa': 1.0}),
+            md=md,
+            **common,
+        )
