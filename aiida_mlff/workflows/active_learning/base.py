@@ -16,7 +16,17 @@ from aiida_mlff.workflows.train.base import TrainBaseWorkChain
 
 __all__ = ['ActiveLearningWorkChain']
 
-EXPLORE_KEYS = ('ensemble', 'timestep', 'steps', 'stride', 'friction', 'dtype', 'device')
+EXPLORE_KEYS = (
+    'ensemble',
+    'timestep',
+    'steps',
+    'stride',
+    'friction',
+    'dtype',
+    'device',
+    'min_distance',
+    'max_energy_jump',
+)
 
 
 def validate_inputs(value, _) -> str | None:
@@ -217,10 +227,14 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         """Merge the initial labels into the dataset."""
         node = self.ctx.initial_labels
         dataset, failed, problem = self._accept_labels(node, len(self.inputs.structures))
-        if dataset is None or problem:
+        if problem or (dataset is None and self.ctx.dataset is None):
             return self.exit_codes.ERROR_INITIAL_LABELS_FAILED.format(message=problem or node.exit_message)
         self.ctx.initial_label_failures = failed
-        self.ctx.dataset = dataset if self.ctx.dataset is None else merge_datasets(a=self.ctx.dataset, b=dataset)
+        self.ctx.initial_labelled = dataset.n_structures if dataset is not None else 0
+        if failed:
+            self.report(f'{failed} initial labels failed: {sorted(node.outputs.failed.keys())}')
+        if dataset is not None:
+            self.ctx.dataset = dataset if self.ctx.dataset is None else merge_datasets(a=self.ctx.dataset, b=dataset)
         return None
 
     def should_iterate(self):
@@ -348,6 +362,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             'validation': metrics.get('validation') or metrics.get('train'),
             'potential': self.ctx.potential.uuid,
             'n_labelled': 0,
+            'n_initial_labelled': getattr(self.ctx, 'initial_labelled', 0) if self.ctx.iteration == 1 else 0,
             'n_label_failures': getattr(self.ctx, 'initial_label_failures', 0) if self.ctx.iteration == 1 else 0,
         }
         self.ctx.history.append(entry)
