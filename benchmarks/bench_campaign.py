@@ -1,0 +1,54 @@
+"""Time the demo campaign end to end on this machine and print its key numbers against the targets.
+
+Run after `bash scripts/setup`: ``.venv/bin/python benchmarks/bench_campaign.py [campaign.yaml]``.
+Targets (issue "Umbrella sampling, active learning, and the campaign"): at most 20 minutes on 2 CPU cores; the
+potential's relaxed scan within 0.5 kcal/mol of the pw.x single points.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def main(path: str = 'examples/h2o2-torsion.yaml') -> int:
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_mlff.environment import load_mlff_profile
+
+    load_mlff_profile()
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+    from aiida_mlff.workflows.campaign.config import load_campaign
+
+    config = load_campaign(path)
+    builder = CampaignWorkChain.get_builder()
+    builder.config = orm.Dict(config)
+    builder.pw_code = orm.load_code('pw@localhost')
+    builder.mlff_code = orm.load_code('mlff-run@localhost')
+    start = time.perf_counter()
+    _, node = run_get_node(builder)
+    minutes = (time.perf_counter() - start) / 60
+    rows = [('campaign wall time', f'{minutes:.1f} min', '<= 20 min', minutes <= 20)]
+    out = node.outputs
+    if 'scan' in out:
+        diff = out.scan.base.attributes.get('max_abs_difference_kcal_mol')
+        rows.append(('relaxed scan: max |MLFF - pw.x|', f'{diff:.2f} kcal/mol', '<= 0.5 kcal/mol', diff <= 0.5))
+    if 'barriers' in out:
+        b = out.barriers.get_dict()
+        for name in ('trans', 'cis'):
+            exp = b.get('experiment_kcal_mol', {}).get(name)
+            rows.append((f'{name} barrier (experiment {exp})', f'{b[name]["kcal_mol"]:.2f} kcal/mol', '-', None))
+    if 'history' in out:
+        h = out.history.get_dict()
+        rows.append(('active-learning iterations', str(len(h['iterations'])), '-', None))
+        rows.append(('pw.x labels in the final dataset', str(out.dataset.n_structures), '-', None))
+    print(f'\nCampaign {node.process_label}<{node.pk}>: exit status {node.exit_status}')
+    print(f'{"quantity":<40} {"measured":>18} {"target":>16}  met')
+    for name, value, target, met in rows:
+        print(f'{name:<40} {value:>18} {target:>16}  {"" if met is None else "yes" if met else "NO"}')
+    return 0 if node.is_finished_ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main(*sys.argv[1:]))
