@@ -222,11 +222,11 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         self.ctx.pending = sorted(self.inputs.structures.keys())
         self.ctx.succeeded = {}
         self.ctx.failed = {}
-        self.ctx.running = []
+        self.ctx.running = {}  # structure key -> pk of its PwBaseWorkChain
 
     def has_pending(self):
-        """Whether structures are waiting to be labelled."""
-        return bool(self.ctx.pending)
+        """Whether structures are waiting to be labelled or still being labelled."""
+        return bool(self.ctx.pending or self.ctx.running)
 
     def _pw_inputs(self, key: str) -> AttributeDict:
         structure = self.inputs.structures[key]
@@ -259,18 +259,28 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         return inputs
 
     def run_labels(self):
-        """Submit the next batch of at most ``max_concurrent`` labels."""
-        batch = self.ctx.pending[: self.inputs.max_concurrent.value]
-        self.ctx.pending = self.ctx.pending[len(batch) :]
-        self.ctx.running = batch
-        futures = {f'label_{key}': self.submit(PwBaseWorkChain, **self._pw_inputs(key)) for key in batch}
-        self.report(f'submitted {len(batch)} labels ({len(self.ctx.pending)} still waiting)')
-        return ToContext(**futures)
+        """Keep ``max_concurrent`` labels running: submit until the cap, then wait for the oldest one.
+
+        The others go on meanwhile, so a slow label never holds back the next submissions (rolling concurrency).
+        """
+        submitted = []
+        while self.ctx.pending and len(self.ctx.running) < self.inputs.max_concurrent.value:
+            key = self.ctx.pending.pop(0)
+            node = self.submit(PwBaseWorkChain, **self._pw_inputs(key))
+            self.ctx.running[key] = node.pk
+            submitted.append(key)
+        if submitted:
+            self.report(f'submitted {len(submitted)} labels ({len(self.ctx.pending)} still waiting)')
+        oldest = min(self.ctx.running.values())
+        return ToContext(waiting=orm.load_node(oldest))
 
     def inspect_labels(self):
-        """Sort the finished batch into successes and failures; a failure is reported, never dropped silently."""
-        for key in self.ctx.running:
-            node = self.ctx[f'label_{key}']
+        """Sort every finished label into successes and failures; a failure is reported, never dropped silently."""
+        for key, pk in list(self.ctx.running.items()):
+            node = orm.load_node(pk)
+            if not node.is_terminated:
+                continue
+            del self.ctx.running[key]
             outputs = node.outputs
             if node.is_finished_ok and 'output_trajectory' in outputs and 'output_parameters' in outputs:
                 self.ctx.succeeded[key] = node
@@ -282,7 +292,6 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
                     reason += f' (last {last.process_label}<{last.pk}>: {last.exit_status} {last.exit_message})'
                 self.ctx.failed[key] = reason
                 self.report(f'label of structure `{key}` failed: {reason}')
-        self.ctx.running = []
 
     def results(self):
         """Collect the successful labels into one dataset and judge the failure fraction."""
