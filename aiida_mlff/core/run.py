@@ -37,6 +37,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def inside(workdir: Path, name: object, field: str) -> Path:
+    """Return ``workdir / name`` after checking that it stays inside ``workdir`` (no absolute paths, no ``..``)."""
+    if not isinstance(name, str) or not name:
+        raise BadInputError(f'`{field}` must be a file name in the job directory, got {name!r}')
+    path = (workdir / name).resolve()
+    if Path(name).is_absolute() or workdir.resolve() not in path.parents:
+        raise BadInputError(f'`{field}` = {name!r} points outside the job directory: only files inside it are read')
+    return path
+
+
 def _dtype(name: str):
     import torch
 
@@ -69,8 +79,8 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     started = time.monotonic()
     device = resolve_device(params['device'])
     dtype = _dtype(params['dtype'])
-    potential = Potential.load(workdir / job['potential'], device=device).to(dtype)
-    structures = read(workdir / job['structures'], index=':', format='extxyz')
+    potential = Potential.load(inside(workdir, job.get('potential'), 'potential'), device=device).to(dtype)
+    structures = read(inside(workdir, job.get('structures'), 'structures'), index=':', format='extxyz')
     keys = list(job.get('structure_keys') or range(len(structures)))
 
     biases_spec = params['biases'] or []
@@ -274,7 +284,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
     started = time.monotonic()
     device = resolve_device(params['device'])
     dtype = _dtype(params['dtype'])
-    frames = read(workdir / job['dataset'], index=':', format='extxyz')
+    frames = read(inside(workdir, job.get('dataset'), 'dataset'), index=':', format='extxyz')
     if not frames:
         raise BadInputError(f'{job["dataset"]} holds no structures')
     for k, atoms in enumerate(frames):
@@ -282,7 +292,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
             raise BadInputError(f'structure {k} of {job["dataset"]} has no energy and forces')
     elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
     if job.get('parent_potential'):
-        pot = Potential.load(workdir / job['parent_potential'], device=device).to(dtype)
+        pot = Potential.load(inside(workdir, job['parent_potential'], 'parent_potential'), device=device).to(dtype)
         unknown = sorted(set(elements) - set(pot.elements))
         if unknown:
             raise BadInputError(f'the parent potential knows {pot.elements}, the dataset also has {unknown}')

@@ -143,3 +143,12 @@ def test_md_walltime_then_continue(tmp_path):
         assert data['step'].tolist() == list(range(0, 61, 5))
         assert data['positions'].shape == (13, 2, 3, 3)
         assert np.isfinite(data['total_energy']).all()
+
+
+@pytest.mark.parametrize('name', ['../outside.extxyz', '/etc/passwd', 'sub/../../x.extxyz'])
+def test_job_files_cannot_point_outside_the_job_directory(train_dir, name):
+    job = train_job()
+    job['dataset'] = name
+    result = mlff_run(train_dir, 'train', job)
+    assert result.returncode == files.EXIT_BAD_INPUT
+    assert 'outside the job directory' in files.read_json(train_dir / files.SUMMARY_FILE)['error']
