@@ -204,7 +204,7 @@ def ensure_mlff_code(label: str = DEFAULT_MLFF_CODE, computer_label: str = DEFAU
         filepath_executable=executable,
         default_calc_job_plugin='mlff.train',
         description='mlff-run (aiida-mlff) for training and MD, set up by aiida-mlff',
-        prepend_text='export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}',
+        prepend_text='export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}',
     ).store()
     return code, True
 

@@ -135,12 +135,12 @@ def select_frames(settings: orm.Dict, **runs) -> dict:
     ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``,
     ``fill_from_failed``. ``runs`` holds, per MD run
     ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas)) and its trajectories as
-    ``trajectory_K_rNNNN``. Returns the ``candidates`` (StructureData) and ``statistics`` (a Dict of fractions).
+    ``trajectory_K_rNNNN``. Starting frames (step 0) and repeated geometries are left out. Returns the ``candidates`` (StructureData) and ``statistics`` (a Dict of fractions).
     """
     from aiida_mlff.core.selection import select_candidates
 
     s = settings.get_dict()
-    frames, deviations = [], []
+    frames, deviations, seen = [], [], set()
     for label, node in sorted(runs.items()):
         if not label.startswith('deviations_'):
             continue
@@ -155,8 +155,15 @@ def select_frames(settings: orm.Dict, **runs) -> dict:
             if 'step' in node.get_arraynames():
                 all_steps = list(node.get_array('step'))
             for k in range(trajectory.numsteps):
+                if steps[k] == 0:
+                    continue  # the starting structure itself: already known, never worth a new label
                 f = all_steps.index(steps[k]) if all_steps is not None else k
-                frames.append(trajectory.get_step_structure(k).get_ase())
+                atoms = trajectory.get_step_structure(k).get_ase()
+                digest = hash(np.round(atoms.positions, 6).tobytes())
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                frames.append(atoms)
                 deviations.append(float(dev[f, r]))
     picked, classification = select_candidates(
         frames,

@@ -47,6 +47,21 @@ def inside(workdir: Path, name: object, field: str) -> Path:
     return path
 
 
+def configure_threads(n_atoms: int) -> int:
+    """Set torch's CPU threads: ``MLFF_THREADS`` if set, else 1 below 2000 atoms in the batch, else up to 4.
+
+    Small batches gain nothing from more threads, and on a loaded machine extra threads slow them down many times.
+    """
+    import os
+
+    import torch
+
+    wanted = os.environ.get('MLFF_THREADS')
+    threads = int(wanted) if wanted else (1 if n_atoms < 2000 else min(4, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, threads))
+    return threads
+
+
 def _dtype(name: str):
     import torch
 
@@ -81,6 +96,8 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     dtype = _dtype(params['dtype'])
     potential = Potential.load(inside(workdir, job.get('potential'), 'potential'), device=device).to(dtype)
     structures = read(inside(workdir, job.get('structures'), 'structures'), index=':', format='extxyz')
+    n_centres_hint = len((params['biases'] or [{}])[0].get('centers', [])) if params['biases'] else 1
+    configure_threads(sum(len(s) for s in structures) * max(1, n_centres_hint))
     keys = list(job.get('structure_keys') or range(len(structures)))
 
     biases_spec = params['biases'] or []
@@ -291,6 +308,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
         if atoms.calc is None or 'energy' not in atoms.calc.results or 'forces' not in atoms.calc.results:
             raise BadInputError(f'structure {k} of {job["dataset"]} has no energy and forces')
     elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    configure_threads(params['batch_size'] * max(len(a) for a in frames))
     if job.get('parent_potential'):
         pot = Potential.load(inside(workdir, job['parent_potential'], 'parent_potential'), device=device).to(dtype)
         unknown = sorted(set(elements) - set(pot.elements))
