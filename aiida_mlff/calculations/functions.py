@@ -132,10 +132,10 @@ def combine_potentials(**potentials):
 def select_frames(settings: orm.Dict, **runs) -> dict:
     """Classify explored frames by committee force deviation and pick diverse candidates to label.
 
-    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``,
-    ``fill_from_failed``. ``runs`` holds, per MD run
-    ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas)) and its trajectories as
-    ``trajectory_K_rNNNN``. Starting frames (step 0) and repeated geometries are left out. Returns the ``candidates`` (StructureData) and ``statistics`` (a Dict of fractions).
+    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``, ``fill_from_failed``.
+    ``runs`` holds, per MD run ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas))
+    and its trajectories as ``trajectory_K_rNNNN``. Starting frames (step 0) and repeated geometries are left out.
+    Returns the candidates (``candidate_NNNN``, StructureData) and ``statistics`` (a Dict of fractions).
     """
     from aiida_mlff.core.selection import select_candidates
 
