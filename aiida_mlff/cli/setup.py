@@ -7,12 +7,26 @@ import click
 
 @click.command('setup')
 @click.option('--check', is_flag=True, help='Only report what is there and what is missing; create nothing.')
+@click.option(
+    '--full',
+    is_flag=True,
+    help='Create the full deployment: profile `mlff-full` (PostgreSQL, RabbitMQ), computer `slurm-localhost` '
+    '(SSH + Slurm), its codes. Needs the services of `scripts/services start`.',
+)
 @click.pass_context
-def cmd_setup(ctx, check):
+def cmd_setup(ctx, check, full):
     """Create, only where missing, the embedded profile, `localhost`, the `pw` code and a pseudo family."""
     from aiida_mlff import environment
 
     profile = getattr(ctx.obj, 'mlff_profile', None)
+    if full:
+        from aiida_mlff import deployment
+
+        try:
+            deployment.setup_full(profile, echo=click.echo)
+        except (FileNotFoundError, RuntimeError) as exception:
+            raise click.ClickException(str(exception)) from exception
+        return
     if check:
         items = environment.check(profile)
         for item in items:

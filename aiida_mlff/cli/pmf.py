@@ -1,0 +1,102 @@
+"""``aiida-mlff pmf``: show and plot a potential of mean force (``XyData`` with a ``free_energy`` array)."""
+
+from __future__ import annotations
+
+import click
+
+from aiida_mlff.cli._common import load_node_of_type, load_profile_from_context
+
+__all__ = ['cmd_pmf']
+
+EXPECTED = "a PMF (an XyData node with a 'free_energy' y array, e.g. the `pmf` output of mlff.umbrella)"
+
+
+def load_pmf(identifier: str):
+    """Load the PMF node ``identifier``, or raise ``click.BadParameter`` naming what was expected."""
+    from aiida import orm
+
+    from aiida_mlff.provenance import PMF_ARRAY
+
+    node = load_node_of_type(identifier, orm.XyData, EXPECTED)
+    if PMF_ARRAY not in (node.base.attributes.get('y_names', None) or []):
+        raise click.BadParameter(
+            f'XyData<{node.pk}> has no {PMF_ARRAY!r} array; expected {EXPECTED}', param_hint='NODE'
+        )
+    return node
+
+
+def _sibling(node, label: str):
+    """The output ``label`` of the process that returned or created ``node`` (e.g. its ``barriers``), or None."""
+    from aiida import orm
+    from aiida.common.links import LinkType
+
+    qb = orm.QueryBuilder()
+    qb.append(orm.Node, filters={'id': node.pk}, tag='pmf')
+    qb.append(
+        orm.ProcessNode,
+        with_outgoing='pmf',
+        edge_filters={'type': {'in': [LinkType.RETURN.value, LinkType.CREATE.value]}},
+        tag='process',
+    )
+    qb.append(orm.Dict, with_incoming='process', edge_filters={'label': label}, project='*')
+    qb.order_by({orm.Dict: {'id': 'desc'}})
+    found = qb.first(flat=True)
+    return found
+
+
+@click.group('pmf')
+def cmd_pmf():
+    """Potentials of mean force: show, plot."""
+
+
+@cmd_pmf.command('show')
+@click.argument('node')
+@click.option('--every', type=click.IntRange(min=1), default=1, show_default=True, help='Print every n-th point.')
+@click.pass_context
+def cmd_pmf_show(ctx, node, every):
+    """Print the PMF NODE (free energy and error in eV and kcal/mol), with the barriers and rates next to it."""
+    import numpy as np
+
+    from aiida_mlff.report import EV_TO_KCAL_MOL
+
+    load_profile_from_context(ctx)
+    pmf = load_pmf(node)
+    x_name, x, x_unit = pmf.get_x()
+    y = {name: np.asarray(values, dtype=float) for name, values, _ in pmf.get_y()}
+    free = y['free_energy'] - np.nanmin(y['free_energy'])
+    error = y.get('error', np.full_like(free, np.nan))
+    members = sorted(k for k in y if k.startswith('member_'))
+    click.echo(f'PMF XyData<{pmf.pk}> {pmf.uuid}: {len(x)} points, {len(members)} committee member curves')
+    click.echo(f'{x_name + " (" + x_unit + ")":>18}  {"F (eV)":>10}  {"error (eV)":>10}  {"F (kcal/mol)":>12}')
+    for k in range(0, len(x), every):
+        click.echo(f'{x[k]:18.2f}  {free[k]:10.4f}  {error[k]:10.4f}  {free[k] * EV_TO_KCAL_MOL:12.3f}')
+    k_max = int(np.nanargmax(free))
+    click.echo(f'highest point: {free[k_max]:.4f} eV ({free[k_max] * EV_TO_KCAL_MOL:.2f} kcal/mol) at {x[k_max]:.1f}')
+    barriers = _sibling(pmf, 'barriers')
+    if barriers is not None:
+        values = barriers.get_dict()
+        for name in ('trans', 'cis'):
+            if isinstance(values.get(name), dict):
+                click.echo(
+                    f'{name} barrier: {values[name].get("eV", float("nan")):.4f} eV '
+                    f'({values[name].get("kcal_mol", float("nan")):.2f} kcal/mol)  [Dict<{barriers.pk}>]'
+                )
+    rates = _sibling(pmf, 'rates')
+    if rates is not None:
+        for name, value in sorted(rates.get_dict().items()):
+            click.echo(f'{name} rate: {float(value):.3g} s^-1  [Dict<{rates.pk}>]')
+
+
+@cmd_pmf.command('plot')
+@click.argument('node')
+@click.option('-o', '--output', type=click.Path(dir_okay=False), default=None, help='PNG file [default: pmf_<PK>.png].')
+@click.pass_context
+def cmd_pmf_plot(ctx, node, output):
+    """Plot the PMF NODE with its error band (and its barriers' experimental values when they are known)."""
+    from aiida_mlff.report import plot_pmf
+
+    load_profile_from_context(ctx)
+    pmf = load_pmf(node)
+    barriers = _sibling(pmf, 'barriers')
+    path = plot_pmf(pmf, output or f'pmf_{pmf.pk}.png', barriers=barriers.get_dict() if barriers is not None else None)
+    click.echo(f'Wrote {path}')
