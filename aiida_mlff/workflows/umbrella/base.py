@@ -92,7 +92,11 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         spec.input('code', valid_type=orm.AbstractCode, help='The `mlff-run` code.')
         spec.input('potential', valid_type=PotentialData)
         spec.input('structure', valid_type=orm.StructureData, help='Starting structure of every window.')
-        spec.input('cv', valid_type=orm.Dict, help="{'type': 'dihedral', 'angle', 'distance' or 'distance_difference', 'atoms': [indices]}.")
+        spec.input(
+            'cv',
+            valid_type=orm.Dict,
+            help="{'type': 'dihedral', 'angle', 'distance' or 'distance_difference', 'atoms': [indices]}.",
+        )
         spec.input(
             'windows',
             valid_type=orm.Dict,
