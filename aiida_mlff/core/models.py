@@ -1,0 +1,366 @@
+"""Per-element atomic networks and the ``Potential`` (energy, forces, stress, committee statistics).
+
+The energy of a system is ``E = sum_i [scale * NN_{Z_i}(x_i) + E0_{Z_i}]`` with ``x_i`` the normalised descriptor
+of atom i (``descriptors.py``), per-element networks ``NN_Z`` and trainable per-element reference energies ``E0``
+[eV]. Forces are ``-dE/dR`` by autograd, so they are conservative by construction. A committee of M members shares
+the descriptor and evaluates all member networks in one batched pass (weights stacked along a member axis).
+Chirality terms enter the networks squared, so energies do not change under reflection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors
+from .descriptors import Descriptor, DescriptorSpec
+
+__all__ = ['ARCHITECTURES', 'Potential', 'register_architecture']
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {'tanh': torch.tanh, 'silu': nn.functional.silu}
+
+#: builder registry: architecture name -> function(elements, cutoff, committee, seed, **hyperparameters)
+ARCHITECTURES: dict[str, Callable[..., Potential]] = {}
+
+
+def register_architecture(name: str) -> Callable:
+    """Decorator registering a builder function under ``name``."""
+
+    def wrap(func: Callable) -> Callable:
+        ARCHITECTURES[name] = func
+        return func
+
+    return wrap
+
+
+class Potential(nn.Module):
+    """Behler-Parrinello potential with chirality features and an optional committee.
+
+    Use :meth:`build` to create one, :meth:`save` / :meth:`load` for files, :meth:`evaluate` for energies and
+    forces (the interface in ``CONTRACT.md``) and :meth:`calculator` for an ASE calculator.
+
+    Parameters
+    ----------
+    spec
+        Descriptor hyperparameters (elements, cutoffs, basis sizes).
+    committee
+        Number of members M.
+    hidden
+        Hidden layer widths of each atomic network.
+    activation
+        ``'tanh'`` or ``'silu'``.
+    seed
+        Seed of the weight initialisation (member m uses its own stream).
+    """
+
+    architecture = 'bp-chiral'
+
+    def __init__(
+        self,
+        spec: DescriptorSpec,
+        committee: int = 1,
+        hidden: Sequence[int] = (32, 32),
+        activation: str = 'tanh',
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if committee < 1:
+            raise ValueError(f'committee must be >= 1, got {committee}')
+        if activation not in ACTIVATIONS:
+            raise ValueError(f'unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}')
+        self.descriptor = Descriptor(spec)
+        self.hidden = [int(h) for h in hidden]
+        self.activation = activation
+        self.seed = int(seed)
+        self._act = ACTIVATIONS[activation]
+        n_el, n_feat = self.descriptor.n_elements, self.descriptor.n_features
+        self.register_buffer('feature_mean', torch.zeros(n_el, n_feat))
+        self.register_buffer('feature_std', torch.ones(n_el, n_feat))
+        self.register_buffer('energy_scale', torch.tensor(1.0))
+        self.reference_energies = nn.Parameter(torch.zeros(committee, n_el))
+        sizes = [n_feat, *self.hidden, 1]
+        generator = torch.Generator().manual_seed(self.seed)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            w = torch.randn(committee, n_el, fan_in, fan_out, generator=generator) / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(committee, n_el, fan_out)))
+        self.metadata: dict = {}
+
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls, elements: Sequence[str], cutoff: float = 5.0, committee: int = 1, seed: int = 0, **hyperparameters
+    ) -> Potential:
+        """Create a potential.
+
+        Parameters
+        ----------
+        elements
+            Chemical symbols the potential handles.
+        cutoff
+            Radial cutoff [Å].
+        committee
+            Number of committee members.
+        seed
+            Initialisation seed.
+        **hyperparameters
+            ``architecture`` (registry name, default ``'bp-chiral'``), descriptor options (``angular_cutoff`` [Å],
+            ``n_radial``, ``n_angular``, ``zetas``, ``chiral``), network options (``hidden``, ``activation``) and
+            ``dtype`` (``torch.float32`` default, or ``'float64'``) and ``device``.
+        """
+        name = hyperparameters.pop('architecture', cls.architecture)
+        if name not in ARCHITECTURES:
+            raise ValueError(f'unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}')
+        return ARCHITECTURES[name](elements=elements, cutoff=cutoff, committee=committee, seed=seed, **hyperparameters)
+
+    def hyperparameters(self) -> dict:
+        """Everything :meth:`build` needs to recreate this architecture (plain data)."""
+        spec = self.descriptor.spec.as_dict()
+        return {
+            'architecture': self.architecture,
+            'elements': spec.pop('elements'),
+            'cutoff': spec.pop('cutoff'),
+            'committee': self.committee_size,
+            'seed': self.seed,
+            'hidden': list(self.hidden),
+            'activation': self.activation,
+            **spec,
+        }
+
+    @property
+    def cutoff(self) -> float:
+        """Largest cutoff the model needs [Å]."""
+        return float(self.descriptor.spec.cutoff)
+
+    @property
+    def committee_size(self) -> int:
+        """Number of committee members M."""
+        return int(self.reference_energies.shape[0])
+
+    @property
+    def elements(self) -> list[str]:
+        """Chemical symbols, sorted by atomic number."""
+        return list(self.descriptor.spec.elements)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating point type of the parameters."""
+        return self.reference_energies.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.reference_energies.device
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights and metadata to one file (see ``potential_io``)."""
+        from .potential_io import save_potential
+
+        return save_potential(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = 'cpu') -> Potential:
+        """Read a potential file; raises ``PotentialFileError`` saying what is wrong with a bad file."""
+        from .potential_io import load_potential
+
+        return load_potential(path, device=device)
+
+    def calculator(self, **kwargs):
+        """An ASE calculator for this potential (committees add ``energy_std`` and ``max_force_deviation``)."""
+        from .ase_calculator import MLFFCalculator
+
+        return MLFFCalculator(self, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def transform(self, raw: Tensor, species: Tensor) -> Tensor:
+        """Network inputs from raw features: chirality terms squared (parity even), then per-element scaling."""
+        d = self.descriptor
+        if d.n_chiral:
+            raw = torch.cat([raw[:, : d.n_g2 + d.n_g5], raw[:, d.n_g2 + d.n_g5 :] ** 2], dim=1)
+        return raw
+
+    def normalise(self, features: Tensor, species: Tensor) -> Tensor:
+        """Standardise transformed features with the per-element training statistics."""
+        return (features - self.feature_mean.index_select(0, species)) / self.feature_std.index_select(0, species)
+
+    def atomic_energies(self, x: Tensor, species: Tensor) -> Tensor:
+        """(M, N) atomic energies [eV] of every member from normalised features ``x`` (N, F)."""
+        n_members = self.committee_size
+        out = x.new_zeros(n_members, x.shape[0])
+        for e in range(self.descriptor.n_elements):
+            index = torch.nonzero(species == e).squeeze(1)
+            if index.numel() == 0:
+                continue
+            w0 = self.weights[0][:, e]  # (M, F, H)
+            h = (x.index_select(0, index) @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).reshape(
+                index.numel(), n_members, -1
+            )
+            h = self._act(h.transpose(0, 1) + self.biases[0][:, e].unsqueeze(1))
+            for layer in range(1, len(self.weights)):
+                h = torch.baddbmm(self.biases[layer][:, e].unsqueeze(1), h, self.weights[layer][:, e])
+                if layer < len(self.weights) - 1:
+                    h = self._act(h)
+            energy = self.energy_scale * h.squeeze(2) + self.reference_energies[:, e].unsqueeze(1)
+            out = out.index_copy(1, index, energy)
+        return out
+
+    def member_energies(
+        self, vectors: Tensor, neighbors: Neighbors, species: Tensor, batch_index: Tensor, n_systems: int
+    ) -> Tensor:
+        """(M, B) energies [eV] from pair vectors (P, 3) [Å]; differentiable in ``vectors``."""
+        raw = self.descriptor(vectors, neighbors.i, neighbors.j, species)
+        x = self.normalise(self.transform(raw, species), species)
+        atomic = self.atomic_energies(x, species)
+        return atomic.new_zeros(atomic.shape[0], n_systems).index_add(1, batch_index, atomic)
+
+    def energy(self, batch: AtomsBatch, neighbors: Neighbors | None = None) -> Tensor:
+        """(M, B) member energies [eV], differentiable in ``batch.positions`` and ``batch.cell`` (Hessians, strain)."""
+        if neighbors is None:
+            neighbors = neighbor_list(batch, self.cutoff)
+        neighbors = self._within_cutoff(batch, neighbors)
+        species = self.descriptor.element_index(batch.numbers)
+        return self.member_energies(pair_vectors(batch, neighbors), neighbors, species, batch.batch, batch.n_systems)
+
+    def _within_cutoff(self, batch: AtomsBatch, neighbors: Neighbors) -> Neighbors:
+        with torch.no_grad():
+            d2 = (pair_vectors(batch, neighbors) ** 2).sum(1)
+            mask = d2 < self.cutoff**2
+        return neighbors if bool(mask.all()) else neighbors.select(mask)
+
+    def evaluate(
+        self,
+        batch: AtomsBatch,
+        neighbors: Neighbors | None = None,
+        forces: bool = True,
+        stress: bool = False,
+        create_graph: bool = False,
+    ) -> dict[str, Tensor]:
+        """Energies, forces, committee statistics and stress of every system in the batch.
+
+        Parameters
+        ----------
+        batch
+            Structures (cast to the model's dtype and device).
+        neighbors
+            A neighbour list with at least all pairs within ``cutoff`` (extra pairs are dropped); built if None.
+        forces
+            Compute forces [eV/Å].
+        stress
+            Compute the stress [eV/Å^3] of periodic systems (``(1/V) dE/d(strain)``, ASE's sign convention).
+        create_graph
+            Keep the graph of the forces (for training on forces).
+
+        Returns
+        -------
+        dict
+            ``energy`` (B,), ``energies`` (M, B), ``energy_std`` (B,), ``forces`` (N, 3), ``member_forces``
+            (M, N, 3) when M > 1, ``max_force_deviation`` (B,), ``stress`` (B, 3, 3) when asked.
+        """
+        if batch.dtype != self.dtype or batch.device != self.device:
+            batch = batch.to(device=self.device, dtype=self.dtype)
+        if neighbors is None:
+            neighbors = neighbor_list(batch, self.cutoff)
+        elif neighbors.shifts.dtype != self.dtype or neighbors.i.device != self.device:
+            neighbors = Neighbors(
+                neighbors.i.to(self.device), neighbors.j.to(self.device), neighbors.shifts.to(self.device, self.dtype)
+            )
+        species = self.descriptor.element_index(batch.numbers)
+        vectors = pair_vectors(batch, neighbors)
+        if not create_graph:
+            vectors = vectors.detach()
+        mask = (vectors.detach() ** 2).sum(1) < self.cutoff**2
+        if not bool(mask.all()):
+            neighbors, vectors = neighbors.select(mask), vectors[mask]
+        need_grad = forces or stress
+        with torch.set_grad_enabled(need_grad or torch.is_grad_enabled()):
+            if need_grad and not vectors.requires_grad:
+                vectors.requires_grad_(True)
+            energies = self.member_energies(vectors, neighbors, species, batch.batch, batch.n_systems)
+        n_members, n_atoms = energies.shape[0], species.shape[0]
+        result = {
+            'energies': energies,
+            'energy': energies.mean(0),
+            'energy_std': energies.std(0, unbiased=False) if n_members > 1 else torch.zeros_like(energies[0]),
+        }
+        if not need_grad:
+            return result if create_graph else {k: v.detach() for k, v in result.items()}
+        grads = self._member_pair_gradients(energies, vectors, create_graph)  # (M, P, 3) dE_m/d(vectors)
+        flat = grads.permute(1, 0, 2).reshape(-1, n_members * 3)  # (P, M*3)
+        member_forces = flat.new_zeros(n_atoms, n_members * 3).index_add(
+            0, torch.cat([neighbors.i, neighbors.j]), torch.cat([flat, -flat])
+        )
+        member_forces = member_forces.reshape(n_atoms, n_members, 3).permute(1, 0, 2)
+        result['forces'] = member_forces.mean(0)
+        if n_members > 1:
+            result['member_forces'] = member_forces
+            deviation = ((member_forces - result['forces']) ** 2).sum(-1).mean(0).sqrt()  # (N,)
+            result['max_force_deviation'] = torch.zeros_like(result['energy']).scatter_reduce(
+                0, batch.batch, deviation, reduce='amax', include_self=True
+            )
+        else:
+            result['max_force_deviation'] = torch.zeros_like(result['energy'])
+        if stress:
+            pair_virial = vectors.unsqueeze(2) * grads.mean(0).unsqueeze(1)  # (P, 3, 3)
+            virial = pair_virial.new_zeros(batch.n_systems, 3, 3).index_add(0, batch.batch[neighbors.i], pair_virial)
+            volume = torch.linalg.det(batch.cell).abs()
+            periodic = batch.pbc.all(1) & (volume > 0)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            virial = 0.5 * (virial + virial.transpose(1, 2))
+            result['stress'] = torch.where(periodic.view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.nan)
+        return result if create_graph else {k: v.detach() for k, v in result.items()}
+
+    @staticmethod
+    def _member_pair_gradients(energies: Tensor, vectors: Tensor, create_graph: bool) -> Tensor:
+        n_members = energies.shape[0]
+        totals = energies.sum(1)
+        if n_members == 1:
+            return torch.autograd.grad(totals[0], vectors, create_graph=create_graph)[0].unsqueeze(0)
+        return torch.stack(
+            [
+                torch.autograd.grad(totals[m], vectors, create_graph=create_graph, retain_graph=True)[0]
+                for m in range(n_members)
+            ]
+        )
+
+
+@register_architecture('bp-chiral')
+def build_bp_chiral(
+    elements: Sequence[str],
+    cutoff: float = 5.0,
+    committee: int = 1,
+    seed: int = 0,
+    angular_cutoff: float = 3.5,
+    n_radial: int = 8,
+    n_angular: int = 3,
+    zetas: Sequence[int] = (1, 2),
+    chiral: bool = True,
+    hidden: Sequence[int] = (32, 32),
+    activation: str = 'tanh',
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = 'cpu',
+) -> Potential:
+    """Builder of the Behler-Parrinello potential with chirality features (see :meth:`Potential.build`)."""
+    spec = DescriptorSpec(
+        elements=list(elements),
+        cutoff=float(cutoff),
+        angular_cutoff=float(angular_cutoff),
+        n_radial=int(n_radial),
+        n_angular=int(n_angular),
+        zetas=[int(z) for z in zetas],
+        chiral=bool(chiral),
+    )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace('torch.', ''))
+    pot = Potential(spec, committee=committee, hidden=hidden, activation=activation, seed=seed)
+    return pot.to(device=device, dtype=dtype)
+
+
+# Analytic reference architectures register themselves on import (kept last: they use ``register_architecture``).
+from . import reference_models  # noqa: E402, F401

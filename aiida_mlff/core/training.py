@@ -1,0 +1,457 @@
+"""Force-matching training of a ``Potential`` (all committee members at once).
+
+Loss per mini-batch::
+
+    w_E * mean_s ((E_pred_s - E_ref_s) / n_atoms_s)^2  +  w_F * mean_atoms |F_pred - F_ref|^2
+
+in eV^2/atom^2 and eV^2/Å^2, summed over committee members (members have independent weights). The per-element
+reference energies start from a least-squares fit of the energies on composition; feature normalisation and the
+energy scale come from training-set statistics. AdamW, ReduceLROnPlateau on the validation loss, early stopping
+with best-weights restore, seeded shuffling, and a checkpoint that an interrupted run resumes from to the same
+result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch import Tensor
+
+from .atoms import AtomsBatch, Neighbors, neighbor_list
+
+__all__ = ['DEFAULTS', 'evaluate_metrics', 'split_indices', 'train']
+
+DEFAULTS: dict = {
+    'epochs': 1000,  # maximum number of epochs
+    'batch_size': 16,  # structures per mini-batch
+    'learning_rate': 5e-3,
+    'weight_decay': 1e-6,
+    'energy_weight': 1.0,  # w_E, 1/(eV/atom)^2
+    'forces_weight': 1.0,  # w_F, 1/(eV/Å)^2
+    'validation_fraction': 0.1,
+    'patience': 100,  # epochs without validation improvement before stopping
+    'lr_patience': 20,  # epochs without improvement before the learning rate is halved
+    'lr_factor': 0.5,
+    'min_learning_rate': 1e-5,
+    'max_time': None,  # s of wall time for this call; a checkpoint is written when it runs out
+    'seed': 0,
+    'checkpoint': None,  # path; resumed from when it exists
+    'checkpoint_every': 10,  # epochs
+    'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
+    'polish_steps': 0,  # full-batch L-BFGS iterations (each up to 20 evaluations) after AdamW; with max_time,
+    # AdamW gets 60% of the time and L-BFGS the rest
+    'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
+    'verbose': False,
+}
+
+
+@dataclass
+class _Frame:
+    positions: Tensor
+    numbers: Tensor
+    cell: Tensor
+    pbc: Tensor
+    nbrs: Neighbors
+    energy: float
+    forces: Tensor
+    features: Tensor | None = None  # (n, F) raw descriptor
+    jacobian: Tensor | None = None  # (P, F, 3) d features[i_p] / d vector_p
+
+
+#: largest total size (floats) of precomputed descriptor Jacobians; beyond it training differentiates the descriptor
+JACOBIAN_BUDGET = 50_000_000
+
+
+def _precompute(pot, items: Sequence[_Frame], chunk: int = 64) -> None:
+    """Store raw features and their per-pair Jacobians in ``items`` (fixed geometries: exact, and much faster).
+
+    A feature of atom i depends only on the pair vectors centred on i, so ``dE/dvector_p = sum_f dE/dG_{i_p f}
+    J_pf`` reproduces the forces of the full autograd path exactly.
+    """
+    from .atoms import pair_vectors
+
+    n_feat = pot.descriptor.n_features
+    if sum(f.nbrs.n_pairs for f in items) * n_feat * 3 > JACOBIAN_BUDGET:
+        return
+    for start in range(0, len(items), chunk):
+        group = items[start : start + chunk]
+        batch, nbrs, _, _ = _collate(group)
+        species = pot.descriptor.element_index(batch.numbers)
+        vectors = pair_vectors(batch, nbrs).detach().requires_grad_(True)
+        with torch.enable_grad():
+            raw = pot.descriptor(vectors, nbrs.i, nbrs.j, species)
+            columns = [
+                torch.autograd.grad(raw[:, f].sum(), vectors, retain_graph=f < n_feat - 1)[0] for f in range(n_feat)
+            ]
+        jac = torch.stack(columns, dim=1).detach()  # (P, F, 3)
+        raw = raw.detach()
+        a0 = p0 = 0
+        for item in group:
+            n, p = len(item.numbers), item.nbrs.n_pairs
+            item.features, item.jacobian = raw[a0 : a0 + n], jac[p0 : p0 + p]
+            a0, p0 = a0 + n, p0 + p
+
+
+def _prepare(frames: Sequence[Atoms], cutoff: float, dtype: torch.dtype, device: torch.device) -> list[_Frame]:
+    items = []
+    for index, atoms in enumerate(frames):
+        try:
+            energy = float(atoms.get_potential_energy())
+            forces = np.asarray(atoms.get_forces(), dtype=float)
+        except Exception as error:
+            raise ValueError(f'frame {index} carries no energy and forces: {error}') from error
+        batch = AtomsBatch.from_atoms(atoms, dtype=dtype, device=device)
+        items.append(
+            _Frame(
+                positions=batch.positions,
+                numbers=batch.numbers,
+                cell=batch.cell[0],
+                pbc=batch.pbc[0],
+                nbrs=neighbor_list(batch, cutoff),
+                energy=energy,
+                forces=torch.as_tensor(forces, dtype=dtype, device=device),
+            )
+        )
+    return items
+
+
+def _collate(items: Sequence[_Frame]) -> tuple[AtomsBatch, Neighbors, Tensor, Tensor]:
+    """Concatenate frames into a batch, its neighbour list, reference energies (B,) [eV] and forces (N, 3)."""
+    counts = [len(f.numbers) for f in items]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    device = items[0].positions.device
+    batch = AtomsBatch(
+        positions=torch.cat([f.positions for f in items]),
+        numbers=torch.cat([f.numbers for f in items]),
+        cell=torch.stack([f.cell for f in items]),
+        pbc=torch.stack([f.pbc for f in items]),
+        batch=torch.repeat_interleave(torch.arange(len(items), device=device), torch.tensor(counts, device=device)),
+    )
+    nbrs = Neighbors(
+        i=torch.cat([f.nbrs.i + int(o) for f, o in zip(items, offsets, strict=False)]),
+        j=torch.cat([f.nbrs.j + int(o) for f, o in zip(items, offsets, strict=False)]),
+        shifts=torch.cat([f.nbrs.shifts for f in items]),
+    )
+    energies = torch.tensor([f.energy for f in items], dtype=batch.dtype, device=device)
+    return batch, nbrs, energies, torch.cat([f.forces for f in items])
+
+
+def split_indices(n_frames: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n_frames)`` into (train, validation) index arrays."""
+    order = np.random.default_rng(seed).permutation(n_frames)
+    n_val = round(validation_fraction * n_frames) if validation_fraction > 0 else 0
+    if n_frames > 1:
+        n_val = min(max(n_val, 1 if validation_fraction > 0 else 0), n_frames - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@torch.no_grad()
+def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
+    """Least-squares reference energies on composition, per-element feature normalisation and energy scale."""
+    n_el = len(pot.elements)
+    composition = np.zeros((len(items), n_el))
+    energies = np.array([f.energy for f in items])
+    feats = [[] for _ in range(n_el)]
+    for row, item in enumerate(items):
+        batch, nbrs, _, _ = _collate([item])
+        species = pot.descriptor.element_index(batch.numbers)
+        composition[row] = np.bincount(species.cpu().numpy(), minlength=n_el)
+        from .atoms import pair_vectors
+
+        raw = pot.descriptor(pair_vectors(batch, nbrs), nbrs.i, nbrs.j, species)
+        x = pot.transform(raw, species).double()
+        for e in range(n_el):
+            feats[e].append(x[species == e])
+    offsets, *_ = np.linalg.lstsq(composition, energies, rcond=None)
+    residual = (energies - composition @ offsets) / composition.sum(1)
+    forces = torch.cat([f.forces for f in items]).double()
+    force_rms = float(forces.pow(2).mean().sqrt())
+    scale = max(float(residual.std()), 0.5 * force_rms * 1.0, 1e-2)  # eV; force_rms [eV/Å] x ~1 Å
+    mean = torch.zeros(n_el, pot.descriptor.n_features, dtype=torch.float64)
+    std = torch.ones_like(mean)
+    for e in range(n_el):
+        if feats[e]:
+            x = torch.cat(feats[e])
+            if x.shape[0] > 0:
+                mean[e] = x.mean(0)
+            if x.shape[0] > 1:
+                s = x.std(0)
+                std[e] = torch.where(s > 1e-8 * (1.0 + mean[e].abs()), s, torch.ones_like(s))
+    pot.feature_mean.copy_(mean.to(pot.dtype))
+    pot.feature_std.copy_(std.to(pot.dtype))
+    pot.energy_scale.fill_(scale)
+    pot.reference_energies.copy_(torch.as_tensor(offsets, dtype=pot.dtype).expand_as(pot.reference_energies))
+
+
+def _precomputed_energies_forces(pot, chunk: Sequence[_Frame], batch: AtomsBatch, nbrs: Neighbors):
+    """(M, B) energies and (M, N, 3) forces from stored features and Jacobians (differentiable in weights)."""
+    raw = torch.cat([f.features for f in chunk]).requires_grad_(True)
+    jac = torch.cat([f.jacobian for f in chunk])
+    species = pot.descriptor.element_index(batch.numbers)
+    atomic = pot.atomic_energies(pot.normalise(pot.transform(raw, species), species), species)
+    energies = atomic.new_zeros(atomic.shape[0], batch.n_systems).index_add(1, batch.batch, atomic)
+    totals = energies.sum(1)
+    forces = []
+    for m in range(energies.shape[0]):
+        grad = torch.autograd.grad(totals[m], raw, create_graph=True)[0]  # (N, F)
+        pair = torch.einsum('pf,pfc->pc', grad.index_select(0, nbrs.i), jac)  # dE/d vector_p
+        f = pair.new_zeros(len(species), 3).index_add(0, nbrs.i, pair).index_add(0, nbrs.j, -pair)
+        forces.append(f)
+    return energies, torch.stack(forces)
+
+
+def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state: dict, start_time: float):
+    """Full-batch L-BFGS from the best AdamW weights; keeps the weights with the lowest validation loss."""
+    optimizer = torch.optim.LBFGS(pot.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn='strong_wolfe')
+
+    def full_loss(items) -> Tensor:
+        return sum(
+            _loss(pot, items[b : b + 256], w_e, w_f) * len(items[b : b + 256]) for b in range(0, len(items), 256)
+        ) / len(items)
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = full_loss(train_items)
+        loss.backward()
+        return loss
+
+    best_loss, best = float(full_loss(monitor).detach()), copy.deepcopy(pot.state_dict())
+    for step in range(opts['polish_steps']):
+        if opts['max_time'] is not None and time.perf_counter() - start_time > opts['max_time']:
+            break
+        train_loss = float(optimizer.step(closure).detach())
+        val_loss = float(full_loss(monitor).detach())
+        if not math.isfinite(val_loss):
+            break
+        if val_loss < best_loss:
+            best_loss, best = val_loss, copy.deepcopy(pot.state_dict())
+        state['history'].append(
+            {
+                'epoch': state['epoch'],
+                'polish_step': step + 1,
+                'train_loss': train_loss,
+                'validation_loss': val_loss,
+                'learning_rate': 0.0,
+                'time_s': time.perf_counter() - start_time,
+            }
+        )
+    pot.load_state_dict(best)
+    return best
+
+
+def _loss(pot, chunk: Sequence[_Frame], w_e: float, w_f: float) -> Tensor:
+    batch, nbrs, e_ref, f_ref = _collate(chunk)
+    if chunk[0].features is not None:
+        energies, forces = _precomputed_energies_forces(pot, chunk, batch, nbrs)
+    else:
+        out = pot.evaluate(batch, nbrs, forces=True, create_graph=True)
+        energies = out['energies']
+        forces = out['member_forces'] if 'member_forces' in out else out['forces'].unsqueeze(0)
+    n_atoms = batch.counts.to(batch.dtype)
+    e_err = ((energies - e_ref) / n_atoms) ** 2  # (M, B)
+    f_err = ((forces - f_ref) ** 2).sum(-1)  # (M, N)
+    return (w_e * e_err.mean(1) + w_f * f_err.mean(1)).sum()
+
+
+def evaluate_metrics(pot, frames: Sequence[Atoms] | Sequence[_Frame], batch_size: int = 64) -> dict:
+    """Committee-mean errors on labelled frames.
+
+    Returns
+    -------
+    dict
+        ``energy_rmse_meV_per_atom``, ``energy_mae_meV_per_atom``, ``force_mae_meV_per_A``,
+        ``force_rmse_meV_per_A`` (over force components), ``per_element`` force MAE/RMSE and ``n_structures``.
+    """
+    items = frames if frames and isinstance(frames[0], _Frame) else _prepare(frames, pot.cutoff, pot.dtype, pot.device)
+    e_err, f_err, numbers = [], [], []
+    for start in range(0, len(items), batch_size):
+        batch, nbrs, e_ref, f_ref = _collate(items[start : start + batch_size])
+        out = pot.evaluate(batch, nbrs)
+        e_err.append(((out['energy'] - e_ref) / batch.counts).double().cpu())
+        f_err.append((out['forces'] - f_ref).double().cpu())
+        numbers.append(batch.numbers.cpu())
+    e_err, f_err, numbers = torch.cat(e_err), torch.cat(f_err), torch.cat(numbers)
+    metrics = {
+        'n_structures': len(items),
+        'energy_rmse_meV_per_atom': 1000 * float(e_err.pow(2).mean().sqrt()),
+        'energy_mae_meV_per_atom': 1000 * float(e_err.abs().mean()),
+        'force_mae_meV_per_A': 1000 * float(f_err.abs().mean()),
+        'force_rmse_meV_per_A': 1000 * float(f_err.pow(2).mean().sqrt()),
+        'per_element': {},
+    }
+    from ase.data import chemical_symbols
+
+    for z in sorted(set(numbers.tolist())):
+        sel = f_err[numbers == z]
+        metrics['per_element'][chemical_symbols[z]] = {
+            'force_mae_meV_per_A': 1000 * float(sel.abs().mean()),
+            'force_rmse_meV_per_A': 1000 * float(sel.pow(2).mean().sqrt()),
+        }
+    return metrics
+
+
+def train(pot, frames: Sequence[Atoms], **options) -> dict:
+    """Train ``pot`` in place on labelled frames and return a report.
+
+    Parameters
+    ----------
+    pot
+        A ``Potential`` (every committee member is trained, from its own initial weights).
+    frames
+        ``ase.Atoms`` with energy [eV] and forces [eV/Å] (e.g. a ``SinglePointCalculator``).
+    **options
+        See ``DEFAULTS``: ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``energy_weight``,
+        ``forces_weight``, ``validation_fraction``, ``patience``, ``lr_patience``, ``lr_factor``,
+        ``min_learning_rate``, ``max_time`` [s], ``seed``, ``checkpoint`` (path, resumed from if present),
+        ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precompute``, ``verbose``.
+
+    Returns
+    -------
+    dict
+        ``train`` and ``validation`` metrics (see :func:`evaluate_metrics`), ``learning_curve`` (per epoch:
+        ``epoch``, ``train_loss``, ``validation_loss``, ``learning_rate``, ``time_s``), ``best_epoch``,
+        ``epochs_run``, ``finished`` (False when stopped by ``max_time``/``stop_after``), ``stopped_early``,
+        ``options``. The metrics are also stored in ``pot.metadata``.
+    """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f'unknown training options {sorted(unknown)}; known: {sorted(DEFAULTS)}')
+    opts = {**DEFAULTS, **options}
+    start_time = time.perf_counter()
+    torch.manual_seed(opts['seed'])
+    items = _prepare(frames, pot.cutoff, pot.dtype, pot.device)
+    train_idx, val_idx = split_indices(len(items), opts['validation_fraction'], opts['seed'])
+    train_items = [items[k] for k in train_idx]
+    val_items = [items[k] for k in val_idx]
+    if not train_items:
+        raise ValueError('no training frames')
+
+    optimizer = torch.optim.AdamW(pot.parameters(), lr=opts['learning_rate'], weight_decay=opts['weight_decay'])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=opts['lr_factor'], patience=opts['lr_patience'], min_lr=opts['min_learning_rate']
+    )
+    generator = torch.Generator().manual_seed(opts['seed'])
+    state = {'epoch': 0, 'best_loss': math.inf, 'best_epoch': 0, 'bad_epochs': 0, 'history': [], 'elapsed': 0.0}
+    best_weights = None
+    checkpoint = Path(opts['checkpoint']) if opts['checkpoint'] else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=pot.device, weights_only=True)
+        pot.load_state_dict(saved['model'])
+        optimizer.load_state_dict(saved['optimizer'])
+        scheduler.load_state_dict(saved['scheduler'])
+        generator.set_state(saved['generator'])
+        best_weights = saved['best_weights']
+        state = saved['state']
+    else:
+        initialise_statistics(pot, train_items)
+    if opts['precompute']:
+        _precompute(pot, train_items)
+        _precompute(pot, val_items)
+
+    def save_checkpoint() -> None:
+        if checkpoint is None:
+            return
+        payload = {
+            'model': pot.state_dict(),
+            'optimizer': optimizer.state_dict(),
+            'scheduler': scheduler.state_dict(),
+            'generator': generator.get_state(),
+            'best_weights': best_weights,
+            'state': state,
+        }
+        tmp = checkpoint.with_name(checkpoint.name + '.tmp')
+        torch.save(payload, tmp)
+        tmp.replace(checkpoint)
+
+    monitor = val_items or train_items
+    w_e, w_f = opts['energy_weight'], opts['forces_weight']
+    finished, stopped_early, epochs_this_call = True, False, 0
+    adam_time = opts['max_time'] * (0.6 if opts['polish_steps'] else 1.0) if opts['max_time'] is not None else None
+    while state['epoch'] < opts['epochs']:
+        if state['bad_epochs'] >= opts['patience']:
+            stopped_early = True
+            break
+        if opts['max_time'] is not None and time.perf_counter() - start_time > adam_time:
+            finished = bool(opts['polish_steps'])  # with polishing, AdamW only gets its share of the time
+            break
+        if opts['stop_after'] is not None and epochs_this_call >= opts['stop_after']:
+            finished = False
+            break
+        epoch_start = time.perf_counter()
+        pot.train()
+        order = torch.randperm(len(train_items), generator=generator).tolist()
+        total = 0.0
+        for begin in range(0, len(order), opts['batch_size']):
+            chunk = [train_items[k] for k in order[begin : begin + opts['batch_size']]]
+            optimizer.zero_grad(set_to_none=True)
+            loss = _loss(pot, chunk, w_e, w_f)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(chunk)
+        pot.eval()
+        val_loss = sum(
+            float(_loss(pot, monitor[b : b + 64], w_e, w_f).detach()) * len(monitor[b : b + 64])
+            for b in range(0, len(monitor), 64)
+        ) / len(monitor)
+        scheduler.step(val_loss)
+        state['epoch'] += 1
+        epochs_this_call += 1
+        state['elapsed'] += time.perf_counter() - epoch_start
+        if val_loss < state['best_loss']:
+            state.update(best_loss=val_loss, best_epoch=state['epoch'], bad_epochs=0)
+            best_weights = copy.deepcopy(pot.state_dict())
+        else:
+            state['bad_epochs'] += 1
+        state['history'].append(
+            {
+                'epoch': state['epoch'],
+                'train_loss': total / len(train_items),
+                'validation_loss': val_loss,
+                'learning_rate': optimizer.param_groups[0]['lr'],
+                'time_s': state['elapsed'],
+            }
+        )
+        if opts['verbose'] and state['epoch'] % 10 == 0:
+            print(
+                f'epoch {state["epoch"]:5d} train {total / len(train_items):.3e} val {val_loss:.3e} '
+                f'lr {optimizer.param_groups[0]["lr"]:.1e} {state["elapsed"]:.0f} s',
+                flush=True,
+            )
+        if state['epoch'] % opts['checkpoint_every'] == 0:
+            save_checkpoint()
+    save_checkpoint()  # holds the current weights: a resumed run continues from here
+    if best_weights is not None:
+        pot.load_state_dict(best_weights)
+    if finished and opts['polish_steps'] and not state.get('polished'):
+        best_weights = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time)
+        state['polished'] = True
+        save_checkpoint()
+
+    report = {
+        'train': evaluate_metrics(pot, train_items),
+        'validation': evaluate_metrics(pot, val_items) if val_items else None,
+        'learning_curve': state['history'],
+        'best_epoch': state['best_epoch'],
+        'epochs_run': state['epoch'],
+        'finished': finished,
+        'stopped_early': stopped_early,
+        'training_time_s': state['elapsed'],
+        'options': {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+    }
+    pot.metadata['metrics'] = {'train': report['train'], 'validation': report['validation']}
+    pot.metadata['training'] = {
+        'options': report['options'],
+        'n_train': len(train_items),
+        'n_validation': len(val_items),
+        'best_epoch': state['best_epoch'],
+        'epochs_run': state['epoch'],
+    }
+    return report
