@@ -105,7 +105,8 @@ class CampaignWorkChain(WorkChain):
 
     def _train_overrides(self) -> dict:
         t = self.config['training']
-        parameters = {key: t[key] for key in ('model', 'epochs', 'patience', 'learning_rate', 'forces_weight')}
+        keys = ('model', 'epochs', 'patience', 'batch_size', 'learning_rate', 'energy_weight', 'forces_weight')
+        parameters = {key: t[key] for key in keys}
         parameters['device'] = t.get('device', 'auto')
         return {'train': {'parameters': parameters}}
 

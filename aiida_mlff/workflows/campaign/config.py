@@ -34,9 +34,11 @@ DEFAULTS: dict[str, Any] = {
         'protocol': 'fast',
         'committee': 4,
         'model': {'cutoff': 3.5},
-        'epochs': 200,
-        'patience': 50,
+        'epochs': 400,
+        'patience': 100,
+        'batch_size': 4,
         'learning_rate': 0.005,
+        'energy_weight': 1.0,
         'forces_weight': 1.0,
         'device': 'auto',
     },
@@ -163,7 +165,7 @@ def validate_campaign(raw: dict) -> dict:
     _number(errors, 'training.committee', training.get('committee'), integer=True)
     if isinstance(training.get('committee'), int) and training['committee'] < 2:
         errors.append('training.committee: needs at least 2 members for uncertainty')
-    for key in ('epochs', 'patience'):
+    for key in ('epochs', 'patience', 'batch_size'):
         _number(errors, f'training.{key}', training.get(key), integer=True)
     _number(errors, 'training.learning_rate', training.get('learning_rate'))
 
