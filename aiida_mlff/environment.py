@@ -253,6 +253,20 @@ def setup(profile: str | None = None, echo=print) -> None:
     echo(f'pseudo family `{family.label}` ({", ".join(elements)}): {"created" if created else "exists, kept"}')
 
 
+def _code_item(name: str, full_label: str) -> CheckItem:
+    """Whether the code ``full_label`` exists and its executable is on this machine."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        code = orm.load_code(full_label)
+    except NotExistent:
+        return CheckItem(name, False, f'code `{full_label}` is missing')
+    exists = os.path.exists(str(code.filepath_executable))
+    missing = '' if exists else ' (that file does not exist)'
+    return CheckItem(name, exists, f'code `{code.full_label}` -> {code.filepath_executable}{missing}')
+
+
 def check(profile: str | None = None) -> list[CheckItem]:
     """Say, item by item, what is there and what is missing. Creates nothing."""
     items: list[CheckItem] = []
@@ -292,32 +306,8 @@ def check(profile: str | None = None) -> list[CheckItem]:
         )
     except NotExistent:
         items.append(CheckItem('computer', False, f'computer `{DEFAULT_COMPUTER}` is missing'))
-    try:
-        code = orm.load_code(f'{DEFAULT_PW_CODE}@{DEFAULT_COMPUTER}')
-        exists = os.path.exists(str(code.filepath_executable))
-        items.append(
-            CheckItem(
-                'pw code',
-                exists,
-                f'code `{code.full_label}` -> {code.filepath_executable}'
-                + ('' if exists else ' (that file does not exist)'),
-            )
-        )
-    except NotExistent:
-        items.append(CheckItem('pw code', False, f'code `{DEFAULT_PW_CODE}@{DEFAULT_COMPUTER}` is missing'))
-    try:
-        code = orm.load_code(f'{DEFAULT_MLFF_CODE}@{DEFAULT_COMPUTER}')
-        exists = os.path.exists(str(code.filepath_executable))
-        items.append(
-            CheckItem(
-                'mlff-run code',
-                exists,
-                f'code `{code.full_label}` -> {code.filepath_executable}'
-                + ('' if exists else ' (that file does not exist)'),
-            )
-        )
-    except NotExistent:
-        items.append(CheckItem('mlff-run code', False, f'code `{DEFAULT_MLFF_CODE}@{DEFAULT_COMPUTER}` is missing'))
+    items.append(_code_item('pw code', f'{DEFAULT_PW_CODE}@{DEFAULT_COMPUTER}'))
+    items.append(_code_item('mlff-run code', f'{DEFAULT_MLFF_CODE}@{DEFAULT_COMPUTER}'))
     family = orm.QueryBuilder().append(CutoffsPseudoPotentialFamily, filters={'label': DEFAULT_FAMILY}).first(flat=True)
     if family is None:
         items.append(CheckItem('pseudo family', False, f'pseudo family `{DEFAULT_FAMILY}` is missing'))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.common import datastructures
-from aiida.engine import CalcJob
 
+from aiida_mlff.calculations.base import MlffRunCalculation
 from aiida_mlff.core import files
 from aiida_mlff.data.potential import PotentialData
 
@@ -39,8 +38,11 @@ def validate_inputs(value, _) -> str | None:
     return None
 
 
-class MdCalculation(CalcJob):
+class MdCalculation(MlffRunCalculation):
     """Run every replica (structures x bias centres) in one batch on one device."""
+
+    _task = 'md'
+    _parser = 'mlff.md'
 
     @classmethod
     def define(cls, spec):
@@ -55,11 +57,6 @@ class MdCalculation(CalcJob):
             'parent_folder', valid_type=orm.RemoteData, required=False, help="Continue from this run's MD state."
         )
         spec.inputs.validator = validate_inputs
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        spec.inputs['metadata']['options']['withmpi'].default = False
-        spec.inputs['metadata']['options']['parser_name'].default = 'mlff.md'
-        spec.inputs['metadata']['options']['input_filename'].default = files.JOB_FILE
-        spec.inputs['metadata']['options']['output_filename'].default = 'mlff-run.out'
 
         spec.output_namespace('trajectories', valid_type=orm.TrajectoryData, dynamic=True, help='Per replica.')
         spec.output('thermo', valid_type=orm.ArrayData, help='Energies (eV) and temperature (K), (frames, replicas).')
@@ -70,10 +67,7 @@ class MdCalculation(CalcJob):
         )
         spec.output('status', valid_type=orm.Dict, help='Per replica: status, diagnostic, stop step.')
 
-        spec.exit_code(300, 'ERROR_MISSING_SUMMARY', message='mlff-run wrote no summary: it crashed; see its output.')
-        spec.exit_code(301, 'ERROR_READING_SUMMARY', message='The summary file could not be read: {error}')
         spec.exit_code(302, 'ERROR_MISSING_TRAJECTORY', message='The job wrote no trajectory file.')
-        spec.exit_code(310, 'ERROR_BAD_INPUT', message='mlff-run refused the input: {error}')
         spec.exit_code(410, 'ERROR_WALLTIME', message='MD stopped at the time limit at step {step}; state kept.')
         spec.exit_code(420, 'ERROR_UNSTABLE_MD', message='Unstable MD in replicas {replicas}: {diagnostic}')
 
@@ -105,20 +99,6 @@ class MdCalculation(CalcJob):
             job['resume'] = True
         files.write_json(folder.get_abs_path(files.JOB_FILE), job)
 
-        codeinfo = datastructures.CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['md', files.JOB_FILE]
-        codeinfo.stdout_name = self.inputs.metadata.options.output_filename
-        codeinfo.join_files = True
-
-        calcinfo = datastructures.CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.remote_copy_list = remote_copy_list
-        calcinfo.retrieve_list = [
-            files.SUMMARY_FILE,
-            files.TRAJECTORY_FILE,
-            files.FINAL_STRUCTURES_FILE,
-            self.inputs.metadata.options.output_filename,
-        ]
-        return calcinfo
+        return self.calcinfo(
+            local_copy_list, remote_copy_list, [files.SUMMARY_FILE, files.TRAJECTORY_FILE, files.FINAL_STRUCTURES_FILE]
+        )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.common import datastructures
-from aiida.engine import CalcJob
 
+from aiida_mlff.calculations.base import MlffRunCalculation
 from aiida_mlff.core import files
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
@@ -23,8 +22,11 @@ def validate_parameters(value: orm.Dict, _) -> str | None:
     return None
 
 
-class TrainCalculation(CalcJob):
+class TrainCalculation(MlffRunCalculation):
     """Train a potential (or continue a checkpoint) on a dataset node, which is uploaded as a file."""
+
+    _task = 'train'
+    _parser = 'mlff.train'
 
     @classmethod
     def define(cls, spec):
@@ -44,21 +46,13 @@ class TrainCalculation(CalcJob):
             required=False,
             help='Remote folder of an interrupted training whose checkpoint to resume.',
         )
-        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
-        spec.inputs['metadata']['options']['withmpi'].default = False
-        spec.inputs['metadata']['options']['parser_name'].default = 'mlff.train'
-        spec.inputs['metadata']['options']['input_filename'].default = files.JOB_FILE
-        spec.inputs['metadata']['options']['output_filename'].default = 'mlff-run.out'
 
         spec.output('potential', valid_type=PotentialData, help='The trained potential.')
         spec.output('metrics', valid_type=orm.Dict, help='Validation errors (meV/atom, meV/Å), per element too.')
         spec.output('learning_curve', valid_type=orm.ArrayData, help='Loss and errors per epoch.')
 
-        spec.exit_code(300, 'ERROR_MISSING_SUMMARY', message='mlff-run wrote no summary: it crashed; see its output.')
-        spec.exit_code(301, 'ERROR_READING_SUMMARY', message='The summary file could not be read: {error}')
         spec.exit_code(302, 'ERROR_MISSING_POTENTIAL', message='The job finished but wrote no potential file.')
         spec.exit_code(303, 'ERROR_INVALID_POTENTIAL', message='The potential file is unusable: {error}')
-        spec.exit_code(310, 'ERROR_BAD_INPUT', message='mlff-run refused the input: {error}')
         spec.exit_code(400, 'ERROR_NAN_LOSS', message='The loss became NaN or infinite at epoch {epoch}.')
         spec.exit_code(
             410, 'ERROR_WALLTIME', message='Training stopped at the time limit after {epoch} epochs (checkpoint kept).'
@@ -83,20 +77,6 @@ class TrainCalculation(CalcJob):
             job['resume'] = True
         files.write_json(folder.get_abs_path(files.JOB_FILE), job)
 
-        codeinfo = datastructures.CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = ['train', files.JOB_FILE]
-        codeinfo.stdout_name = self.inputs.metadata.options.output_filename
-        codeinfo.join_files = True
-
-        calcinfo = datastructures.CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.local_copy_list = local_copy_list
-        calcinfo.remote_copy_list = remote_copy_list
-        calcinfo.retrieve_list = [
-            files.SUMMARY_FILE,
-            files.POTENTIAL_FILE,
-            files.LEARNING_CURVE_FILE,
-            self.inputs.metadata.options.output_filename,
-        ]
-        return calcinfo
+        return self.calcinfo(
+            local_copy_list, remote_copy_list, [files.SUMMARY_FILE, files.POTENTIAL_FILE, files.LEARNING_CURVE_FILE]
+        )

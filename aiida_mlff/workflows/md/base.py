@@ -6,8 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.md import MdCalculation
 from aiida_mlff.core.structures import to_atoms
@@ -21,6 +20,7 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     """Run ``mlff.md`` and recover from a walltime stop or an unstable run."""
 
     _process_class = MdCalculation
+    _namespace = 'md'
     _protocol_file = 'md/base.yaml'
     defaults: ClassVar[dict] = {'max_reseeds': 1, 'timestep_factor': 0.5, 'min_timestep': 0.1}  # fs
 
@@ -28,16 +28,6 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     def define(cls, spec):
         """Define the process specification."""
         super().define(spec)
-        spec.expose_inputs(MdCalculation, namespace='md')
-        spec.expose_outputs(MdCalculation)
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
-            cls.results,
-        )
-        spec.exit_code(
-            310, 'ERROR_BAD_INPUT', message='mlff-run refused the input, which no restart can fix: {message}'
-        )
         spec.exit_code(
             320, 'ERROR_UNRECOVERABLE_INSTABILITY', message='MD stayed unstable after reseeding and smaller steps.'
         )
@@ -75,16 +65,9 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
         return builder
 
     def setup(self):
-        """Take the inputs of the first run."""
+        """Take the inputs of the first run; no reseed so far."""
         super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(MdCalculation, 'md'))
         self.ctx.reseeds = 0
-
-    @process_handler(priority=600, exit_codes=[MdCalculation.exit_codes.ERROR_BAD_INPUT])
-    def handle_bad_input(self, node):
-        """Bad input cannot be fixed by a restart: stop with the message of mlff-run."""
-        self.report_error_handled(node, 'none: the input must be fixed')
-        return ProcessHandlerReport(True, self.exit_codes.ERROR_BAD_INPUT.format(message=node.exit_message))
 
     @process_handler(priority=500, exit_codes=[MdCalculation.exit_codes.ERROR_WALLTIME])
     def handle_walltime(self, node):

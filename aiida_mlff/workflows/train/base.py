@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from aiida import orm
-from aiida.common import AttributeDict
-from aiida.engine import ProcessHandlerReport, process_handler, while_
+from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.train import TrainCalculation
 from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
@@ -19,6 +18,7 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     """Train one potential (a committee of ``model.committee`` members in one batched pass) and recover failures."""
 
     _process_class = TrainCalculation
+    _namespace = 'train'
     _protocol_file = 'train/base.yaml'
     defaults: ClassVar[dict] = {'learning_rate_factor': 0.3, 'min_learning_rate': 1e-5}
 
@@ -26,16 +26,6 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     def define(cls, spec):
         """Define the process specification."""
         super().define(spec)
-        spec.expose_inputs(TrainCalculation, namespace='train')
-        spec.expose_outputs(TrainCalculation)
-        spec.outline(
-            cls.setup,
-            while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
-            cls.results,
-        )
-        spec.exit_code(
-            310, 'ERROR_BAD_INPUT', message='mlff-run refused the input, which no restart can fix: {message}'
-        )
         spec.exit_code(
             320, 'ERROR_LEARNING_RATE_EXHAUSTED', message='The loss stayed NaN down to the smallest learning rate.'
         )
@@ -64,17 +54,6 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
         builder.train.metadata = metadata
         builder.max_iterations = orm.Int(inputs['max_iterations'])
         return builder
-
-    def setup(self):
-        """Take the inputs of the first run."""
-        super().setup()
-        self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, 'train'))
-
-    @process_handler(priority=600, exit_codes=[TrainCalculation.exit_codes.ERROR_BAD_INPUT])
-    def handle_bad_input(self, node):
-        """Bad input cannot be fixed by a restart: stop with the message of mlff-run."""
-        self.report_error_handled(node, 'none: the input must be fixed')
-        return ProcessHandlerReport(True, self.exit_codes.ERROR_BAD_INPUT.format(message=node.exit_message))
 
     @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_WALLTIME])
     def handle_walltime(self, node):
