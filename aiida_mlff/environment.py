@@ -146,11 +146,8 @@ def find_pw() -> str | None:
     return '/usr/bin/pw.x' if Path('/usr/bin/pw.x').exists() else None
 
 
-def ensure_pw_code(label: str = DEFAULT_PW_CODE, computer_label: str = DEFAULT_COMPUTER):
-    """Return the ``pw`` code on ``computer_label``, creating it from the ``pw.x`` found here if missing.
-
-    The code's prepend text lets Open MPI run as root, so it also works in containers where the user is root.
-    """
+def _ensure_code(label: str, computer_label: str, find, missing: str, plugin: str, description: str, prepend_text: str):
+    """Return ``(code, created)``: the code ``label@computer_label``, created from ``find()`` if it is missing."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
@@ -158,21 +155,35 @@ def ensure_pw_code(label: str = DEFAULT_PW_CODE, computer_label: str = DEFAULT_C
         return orm.load_code(f'{label}@{computer_label}'), False
     except NotExistent:
         pass
-    executable = find_pw()
+    executable = find()
     if executable is None:
-        raise FileNotFoundError(
-            'pw.x was not found on this machine: install Quantum ESPRESSO (Debian: apt-get install quantum-espresso)'
-        )
+        raise FileNotFoundError(missing)
     computer, _ = ensure_computer(computer_label)
     code = orm.InstalledCode(
         label=label,
         computer=computer,
         filepath_executable=executable,
-        default_calc_job_plugin='quantumespresso.pw',
-        description='pw.x (Quantum ESPRESSO), set up by aiida-mlff',
-        prepend_text='export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1',
+        default_calc_job_plugin=plugin,
+        description=description,
+        prepend_text=prepend_text,
     ).store()
     return code, True
+
+
+def ensure_pw_code(label: str = DEFAULT_PW_CODE, computer_label: str = DEFAULT_COMPUTER):
+    """Return the ``pw`` code on ``computer_label``, creating it from the ``pw.x`` found here if missing.
+
+    The code's prepend text lets Open MPI run as root, so it also works in containers where the user is root.
+    """
+    return _ensure_code(
+        label,
+        computer_label,
+        find_pw,
+        'pw.x was not found on this machine: install Quantum ESPRESSO (Debian: apt-get install quantum-espresso)',
+        'quantumespresso.pw',
+        'pw.x (Quantum ESPRESSO), set up by aiida-mlff',
+        'export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1',
+    )
 
 
 def find_mlff_run() -> str | None:
@@ -187,26 +198,15 @@ def find_mlff_run() -> str | None:
 
 def ensure_mlff_code(label: str = DEFAULT_MLFF_CODE, computer_label: str = DEFAULT_COMPUTER):
     """Return the ``mlff-run`` code on ``computer_label``, creating it from this installation if missing."""
-    from aiida import orm
-    from aiida.common.exceptions import NotExistent
-
-    try:
-        return orm.load_code(f'{label}@{computer_label}'), False
-    except NotExistent:
-        pass
-    executable = find_mlff_run()
-    if executable is None:
-        raise FileNotFoundError('mlff-run was not found: install aiida-mlff (pip install -e .) in this environment')
-    computer, _ = ensure_computer(computer_label)
-    code = orm.InstalledCode(
-        label=label,
-        computer=computer,
-        filepath_executable=executable,
-        default_calc_job_plugin='mlff.train',
-        description='mlff-run (aiida-mlff) for training and MD, set up by aiida-mlff',
-        prepend_text='export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}',
-    ).store()
-    return code, True
+    return _ensure_code(
+        label,
+        computer_label,
+        find_mlff_run,
+        'mlff-run was not found: install aiida-mlff (pip install -e .) in this environment',
+        'mlff.train',
+        'mlff-run (aiida-mlff) for training and MD, set up by aiida-mlff',
+        'export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}',
+    )
 
 
 def ensure_pseudo_family(label: str = DEFAULT_FAMILY, pseudo_dir: Path = PSEUDO_DIR):
