@@ -57,6 +57,16 @@ class TrainCalculation(MlffRunCalculation):
         spec.exit_code(
             410, 'ERROR_WALLTIME', message='Training stopped at the time limit after {epoch} epochs (checkpoint kept).'
         )
+        spec.exit_code(
+            411,
+            'ERROR_STOPPED_WITH_CHECKPOINT',
+            message='mlff-run was stopped ({reason}) without a summary; its checkpoint holds {epoch} epochs.',
+        )
+        spec.exit_code(
+            412,
+            'ERROR_STOPPED_BEFORE_CHECKPOINT',
+            message='mlff-run was stopped ({reason}) before its first checkpoint.',
+        )
 
     def prepare_for_submission(self, folder):
         """Write the job file and the dataset; copy a parent potential or checkpoint."""
@@ -77,6 +87,10 @@ class TrainCalculation(MlffRunCalculation):
             job['resume'] = True
         files.write_json(folder.get_abs_path(files.JOB_FILE), job)
 
-        return self.calcinfo(
+        calcinfo = self.calcinfo(
             local_copy_list, remote_copy_list, [files.SUMMARY_FILE, files.POTENTIAL_FILE, files.LEARNING_CURVE_FILE]
         )
+        # The parser only looks at the checkpoint (which epoch it holds) when a job was killed before its summary
+        # (scancel, the scheduler's walltime, out of memory); it stays in the remote folder for a resumed job.
+        calcinfo.retrieve_temporary_list = [files.CHECKPOINT_FILE]
+        return calcinfo

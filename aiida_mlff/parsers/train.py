@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from aiida.parsers import Parser
 
 from aiida_mlff.core import files
 
-__all__ = ['TrainParser', 'read_summary']
+__all__ = ['TrainParser', 'checkpoint_epoch', 'read_summary', 'scheduler_stop_reason']
 
 
 def read_summary(parser: Parser):
@@ -26,6 +27,47 @@ def read_summary(parser: Parser):
         return None, parser.exit_codes.ERROR_READING_SUMMARY.format(error=str(exception))
 
 
+def scheduler_stop_reason(parser: Parser) -> str | None:
+    """Why the scheduler stopped the job, from its exit code or its stderr (Slurm); ``None`` when it did not say."""
+    from aiida.engine import CalcJob
+
+    codes = CalcJob.exit_codes
+    status = parser.node.exit_status
+    if status == codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
+        return 'the scheduler walltime ran out'
+    if status == codes.ERROR_SCHEDULER_OUT_OF_MEMORY.status:
+        return 'out of memory'
+    if status == codes.ERROR_SCHEDULER_NODE_FAILURE.status:
+        return 'node failure'
+    name = parser.node.get_option('scheduler_stderr') or '_scheduler-stderr.txt'
+    if name not in parser.retrieved.base.repository.list_object_names():
+        return None
+    stderr = parser.retrieved.base.repository.get_object_content(name).lower()
+    if re.search(r'cancelled at .*due to time limit', stderr):
+        return 'the scheduler walltime ran out'
+    if re.search(r'exceeded .*memory limit|oom[- ]kill', stderr):
+        return 'out of memory'
+    if re.search(r'\bcancel+ed at\b', stderr):
+        return 'cancelled through the scheduler, e.g. scancel'
+    return None
+
+
+def checkpoint_epoch(folder: str | Path | None) -> int | None:
+    """The number of epochs the training checkpoint in ``folder`` holds; ``None`` when there is none (or unreadable)."""
+    if folder is None:
+        return None
+    path = Path(folder) / files.CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        saved = torch.load(path, map_location='cpu', weights_only=True)
+        return int(saved['state']['epoch'])
+    except Exception:  # a truncated or foreign file: no usable checkpoint
+        return None
+
+
 class TrainParser(Parser):
     """Turn the retrieved files of ``mlff-run train`` into a potential, metrics and a learning curve."""
 
@@ -36,7 +78,9 @@ class TrainParser(Parser):
 
         summary, exit_code = read_summary(self)
         if exit_code is not None:
-            return exit_code
+            if exit_code.status != self.exit_codes.ERROR_MISSING_SUMMARY.status:
+                return exit_code
+            return self._stopped(kwargs.get('retrieved_temporary_folder'))
         names = self.retrieved.base.repository.list_object_names()
 
         if files.LEARNING_CURVE_FILE in names:
@@ -69,3 +113,18 @@ class TrainParser(Parser):
         if files.POTENTIAL_FILE not in names:
             return self.exit_codes.ERROR_MISSING_POTENTIAL
         return None
+
+    def _stopped(self, temporary_folder):
+        """No summary: mlff-run was killed (scancel, walltime, memory) or crashed before it could write one.
+
+        A checkpoint in the remote folder (seen through the temporarily retrieved copy) makes the job resumable.
+        """
+        reason = scheduler_stop_reason(self)
+        epoch = checkpoint_epoch(temporary_folder)
+        if epoch is not None and epoch > 0:
+            return self.exit_codes.ERROR_STOPPED_WITH_CHECKPOINT.format(
+                reason=reason or 'killed by a signal', epoch=epoch
+            )
+        if reason is not None:
+            return self.exit_codes.ERROR_STOPPED_BEFORE_CHECKPOINT.format(reason=reason)
+        return self.exit_codes.ERROR_MISSING_SUMMARY

@@ -88,6 +88,22 @@ def test_train_walltime_resumes_from_checkpoint(train_process):
     assert process.ctx.inputs.parameters['learning_rate'] == 1e-3
 
 
+def test_train_stopped_with_checkpoint_resumes(train_process):
+    """A job killed from outside (scancel) after a checkpoint (exit 411) resumes from its remote folder."""
+    process, child = train_process(411)
+    assert process.inspect_process().status == 0
+    assert process.ctx.inputs.parent_folder.pk == child.outputs.remote_folder.pk
+    assert process.ctx.inputs.parameters['learning_rate'] == 1e-3
+
+
+def test_train_stopped_before_checkpoint_runs_again(train_process):
+    """Killed before the first checkpoint (exit 412): the same job again, nothing to resume."""
+    process, _ = train_process(412)
+    assert process.inspect_process().status == 0
+    assert 'parent_folder' not in process.ctx.inputs
+    assert process.ctx.inputs.parameters['epochs'] == 10
+
+
 def test_train_nan_lowers_learning_rate(train_process):
     process, _ = train_process(400, learning_rate=1e-3)
     assert process.inspect_process().status == 0

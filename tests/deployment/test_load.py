@@ -10,7 +10,7 @@ from .conftest import wait_for
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
-N_JOBS = 20
+N_JOBS = 50
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +32,7 @@ def add_code(aiida_profile):
 
 
 def test_many_jobs_through_slurm(daemon, add_code):
-    """20 ``core.arithmetic.add`` jobs submitted at once all finish under Slurm; print jobs per minute."""
+    """50 ``core.arithmetic.add`` jobs submitted at once all finish under Slurm (2 CPUs: they queue); print jobs/min."""
     from aiida import orm
     from aiida.engine import submit
     from aiida.plugins import CalculationFactory
@@ -60,3 +60,5 @@ def test_many_jobs_through_slurm(daemon, add_code):
     assert all(node.is_finished_ok for node in nodes)
     assert [node.outputs.sum.value for node in nodes] == [i + 1 for i in range(N_JOBS)]
     assert all(node.get_job_id() for node in nodes)
+    assert len({node.get_job_id() for node in nodes}) == N_JOBS  # one Slurm job each, none run twice
+    assert all(node.computer.label == 'slurm-localhost' for node in nodes)

@@ -1,4 +1,4 @@
-"""``mlff.train.base``: ``mlff.train`` with restarts (walltime -> resume the checkpoint; NaN -> lower rate)."""
+"""``mlff.train.base``: ``mlff.train`` with restarts (walltime, scancel -> resume the checkpoint; NaN -> lower rate)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,17 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
         """Resume from the checkpoint in the remote folder: the run continues where it stopped."""
         self.ctx.inputs.parent_folder = node.outputs.remote_folder
         return self.restart(node, f'resume from the checkpoint in RemoteData<{node.outputs.remote_folder.pk}>')
+
+    @process_handler(priority=490, exit_codes=[TrainCalculation.exit_codes.ERROR_STOPPED_WITH_CHECKPOINT])
+    def handle_stopped_with_checkpoint(self, node):
+        """Killed from outside (scancel, the scheduler's walltime, memory) after a checkpoint: resume from it."""
+        self.ctx.inputs.parent_folder = node.outputs.remote_folder
+        return self.restart(node, f'resume from the checkpoint in RemoteData<{node.outputs.remote_folder.pk}>')
+
+    @process_handler(priority=480, exit_codes=[TrainCalculation.exit_codes.ERROR_STOPPED_BEFORE_CHECKPOINT])
+    def handle_stopped_before_checkpoint(self, node):
+        """Killed from outside before the first checkpoint: nothing to resume, run the same job again."""
+        return self.restart(node, 'run the same job again (no checkpoint was written)')
 
     @process_handler(priority=400, exit_codes=[TrainCalculation.exit_codes.ERROR_NAN_LOSS])
     def handle_nan_loss(self, node):
