@@ -78,7 +78,7 @@ def _train(args, train_frames):
         lr_patience=30,
         min_learning_rate=1e-5,
         polish_steps=1000,
-        max_time=args.max_time,
+        time_budget=args.max_time,
         seed=args.seed,
     )
     elapsed = time.perf_counter() - start

@@ -21,10 +21,12 @@ def collect_windows(settings: dict, runs: dict) -> dict:
 
     ``runs`` maps a key to ``{'colvars': ArrayData, 'deviations': ArrayData}`` of one ``mlff.md`` run; each replica is
     one window whose centre is in ``colvars.get_array('centers')[replica, 0]``. Frames before ``equilibration_steps``
-    are discarded, and so are frames after a replica stopped (NaN).
+    are discarded, and so are frames after a replica stopped (NaN). ``settings['exclude']`` maps a key to replicas
+    left out altogether (windows that blew up).
     """
     eq_time = float(settings['equilibration_steps']) * float(settings['timestep'])
     centers, samples, energies, deviations = [], [], [], []
+    exclude = settings.get('exclude') or {}
     for key in sorted(runs):
         colvars = runs[key]['colvars']
         values = colvars.get_array('values')[..., 0]  # (F, R) first CV = the biased one
@@ -36,6 +38,8 @@ def collect_windows(settings: dict, runs: dict) -> dict:
             member = devs.get_array('member_energies')  # (F, R, M)
         max_dev = devs.get_array('max_force_deviation')
         for r in range(values.shape[1]):
+            if r in exclude.get(key, ()):  # a window that blew up: its samples before the blow-up are not trusted
+                continue
             s = values[keep, r]
             ok = np.isfinite(s)
             centers.append(float(colvars.get_array('centers')[r, 0]))

@@ -85,6 +85,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'device': 'auto',
     'dtype': 'float32',
     'checkpoint_every': 10,
+    'lr_patience': 20,  # epochs without improvement before the learning rate is halved
+    'min_learning_rate': 1e-5,
+    'weight_decay': 1e-6,
+    'polish_steps': 0,  # full-batch L-BFGS iterations after AdamW (from the best weights)
+    'precision': 'float64',  # arithmetic of the optimisation: 'float64' or 'model' (the model's dtype)
 }
 
 MD_DEFAULTS: dict[str, Any] = {
@@ -141,10 +146,13 @@ def validate_train_parameters(params: Mapping[str, Any]) -> tuple[dict[str, Any]
     else:
         merged['model'] = {**TRAIN_DEFAULTS['model'], **merged['model']}
         _positive(errors, merged['model'], 'cutoff')
-    for key in ('epochs', 'batch_size', 'patience', 'checkpoint_every'):
+    for key in ('epochs', 'batch_size', 'patience', 'checkpoint_every', 'lr_patience'):
         _positive(errors, merged, key, kind=int)
-    for key in ('learning_rate',):
+    _positive(errors, merged, 'polish_steps', kind=int, allow_zero=True)
+    for key in ('learning_rate', 'min_learning_rate'):
         _positive(errors, merged, key)
+    _positive(errors, merged, 'weight_decay', allow_zero=True)
+    _choice(errors, merged, 'precision', {'float64', 'model'})
     for key in ('energy_weight', 'forces_weight'):
         _positive(errors, merged, key, allow_zero=True)
     if not errors and merged['energy_weight'] == 0 and merged['forces_weight'] == 0:

@@ -3,7 +3,8 @@
 ``torsion-analytic``: a four-atom chain a-b-c-d (e.g. H-O-O-H) with harmonic bonds and angles and a cosine series
 in the dihedral. Its potential of mean force along the dihedral is the torsion term itself (the Jacobian of the
 dihedral does not depend on it), so umbrella sampling + WHAM must recover ``V(phi)``. A committee scales the
-torsion term of member ``m`` by ``1 + spread * (m - (M - 1) / 2)``.
+torsion term of member ``m`` by ``1 + spread * (m - (M - 1) / 2)``. With ``broken=(lo, hi)`` the energy is NaN for
+dihedrals in [lo, hi] radians: MD there blows up, as with a model that fails in a region (tests of recovery).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class TorsionModel(nn.Module):
         k_angle: float = 5.0,
         torsion: Sequence[float] = (0.02, 0.03, 0.0),
         spread: float = 0.0,
+        broken: Sequence[float] | None = None,
         dtype: torch.dtype | str = torch.float64,
         device: str | torch.device = 'cpu',
         **_,
@@ -57,6 +59,7 @@ class TorsionModel(nn.Module):
             'k_angle': float(k_angle),
             'torsion': [float(c) for c in torsion],
             'spread': float(spread),
+            'broken': [float(b) for b in broken] if broken else None,
             'seed': int(seed),
             'committee': int(committee),
         }
@@ -110,6 +113,9 @@ class TorsionModel(nn.Module):
         offsets = torch.arange(positions.shape[0], device=positions.device) * 4
         phi = dihedral(flat, 0, 1, 2, 3, offsets=offsets)
         torsion = torsion_energy(phi, s['torsion'])
+        if s.get('broken'):  # a model that fails (NaN energy) for dihedrals in [lo, hi] radians: a test of recovery
+            lo, hi = s['broken']
+            torsion = torch.where((phi >= lo) & (phi <= hi), torch.full_like(torsion, float('nan')), torsion)
         return e.unsqueeze(0) + self.member_scale.unsqueeze(1) * torsion.unsqueeze(0)
 
     def evaluate(self, batch: AtomsBatch, neighbors=None, forces: bool = True, stress: bool = False, **_) -> dict:

@@ -333,6 +333,11 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
             'max_time',
             'seed',
             'checkpoint_every',
+            'lr_patience',
+            'min_learning_rate',
+            'weight_decay',
+            'polish_steps',
+            'precision',
         )
     }
     report = train(pot, frames, checkpoint=checkpoint, **options)

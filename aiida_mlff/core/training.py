@@ -41,13 +41,15 @@ DEFAULTS: dict = {
     'lr_patience': 20,  # epochs without improvement before the learning rate is halved
     'lr_factor': 0.5,
     'min_learning_rate': 1e-5,
-    'max_time': None,  # s of wall time for this call; a checkpoint is written when it runs out
+    'max_time': None,  # s of wall time for this call (a walltime): a checkpoint is written, the run is unfinished
+    'time_budget': None,  # s for the whole training (AdamW, then L-BFGS polishing): a finished run within a budget
     'seed': 0,
     'checkpoint': None,  # path; resumed from when it exists
     'checkpoint_every': 10,  # epochs
     'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
-    'polish_steps': 0,  # full-batch L-BFGS iterations (each up to 20 evaluations) after AdamW; with max_time,
-    # AdamW gets 60% of the time and L-BFGS the rest
+    'polish_steps': 0,  # full-batch L-BFGS iterations (each up to 20 evaluations) after AdamW; with time_budget,
+    # AdamW gets 60% of the budget and L-BFGS the rest
+    'precision': 'float64',  # arithmetic of the optimisation ('float64' or 'model'); the model keeps its own dtype
     'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
     'verbose': False,
 }
@@ -225,7 +227,11 @@ def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state
 
     best_loss, best = float(full_loss(monitor).detach()), copy.deepcopy(pot.state_dict())
     for step in range(opts['polish_steps']):
-        if opts['max_time'] is not None and time.perf_counter() - start_time > opts['max_time']:
+        elapsed = time.perf_counter() - start_time
+        if opts['max_time'] is not None and elapsed > opts['max_time']:
+            state['interrupted'] = True
+            break
+        if opts['time_budget'] is not None and elapsed > opts['time_budget']:
             break
         train_loss = float(optimizer.step(closure).detach())
         val_loss = float(full_loss(monitor).detach())
@@ -310,8 +316,10 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     **options
         See ``DEFAULTS``: ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``energy_weight``,
         ``forces_weight``, ``validation_fraction``, ``patience``, ``lr_patience``, ``lr_factor``,
-        ``min_learning_rate``, ``max_time`` [s], ``seed``, ``checkpoint`` (path, resumed from if present),
-        ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precompute``, ``verbose``.
+        ``min_learning_rate``, ``max_time`` [s, a walltime: the run stops unfinished with a checkpoint],
+        ``time_budget`` [s, the whole training; a finished run], ``seed``, ``checkpoint`` (path, resumed from if
+        present), ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precision`` (``'float64'``: optimise in
+        float64 and return the model in its own dtype; ``'model'``: the model's dtype), ``precompute``, ``verbose``.
 
     Returns
     -------
@@ -325,7 +333,21 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     if unknown:
         raise TypeError(f'unknown training options {sorted(unknown)}; known: {sorted(DEFAULTS)}')
     opts = {**DEFAULTS, **options}
-    start_time = time.perf_counter()
+    if opts['precision'] not in ('float64', 'model'):
+        raise ValueError(f"precision must be 'float64' or 'model', got {opts['precision']!r}")
+    model_dtype = pot.dtype
+    # L-BFGS and the late small AdamW steps stall in float32 (loss differences drown in rounding): optimise in float64
+    # and hand back a model of the caller's dtype (metrics are those of the model handed back)
+    if opts['precision'] == 'float64':
+        pot.double()
+    try:
+        return _train(pot, frames, opts, time.perf_counter(), model_dtype)
+    finally:
+        pot.to(model_dtype)
+
+
+def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dtype: torch.dtype) -> dict:
+    """The body of :func:`train` (``pot`` already in the optimisation precision)."""
     torch.manual_seed(opts['seed'])
     items = _prepare(frames, pot.cutoff, pot.dtype, pot.device)
     train_idx, val_idx = split_indices(len(items), opts['validation_fraction'], opts['seed'])
@@ -374,14 +396,17 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     monitor = val_items or train_items
     w_e, w_f = opts['energy_weight'], opts['forces_weight']
     finished, stopped_early, epochs_this_call = True, False, 0
-    adam_time = opts['max_time'] * (0.6 if opts['polish_steps'] else 1.0) if opts['max_time'] is not None else None
+    budget = opts['time_budget']
+    adam_time = budget * (0.6 if opts['polish_steps'] else 1.0) if budget is not None else None
     while state['epoch'] < opts['epochs']:
         if state['bad_epochs'] >= opts['patience']:
             stopped_early = True
             break
-        if opts['max_time'] is not None and time.perf_counter() - start_time > adam_time:
-            finished = bool(opts['polish_steps'])  # with polishing, AdamW only gets its share of the time
+        if opts['max_time'] is not None and time.perf_counter() - start_time > opts['max_time']:
+            finished = False  # a walltime: resume from the checkpoint
             break
+        if adam_time is not None and time.perf_counter() - start_time > adam_time:
+            break  # the budget of AdamW is spent: go on to polishing (if any), a finished run
         if opts['stop_after'] is not None and epochs_this_call >= opts['stop_after']:
             finished = False
             break
@@ -432,8 +457,12 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
         pot.load_state_dict(best_weights)
     if finished and opts['polish_steps'] and not state.get('polished'):
         best_weights = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time)
-        state['polished'] = True
+        if state.pop('interrupted', False):
+            finished = False
+        else:
+            state['polished'] = True
         save_checkpoint()
+    pot.to(model_dtype)
 
     report = {
         'train': evaluate_metrics(pot, train_items),

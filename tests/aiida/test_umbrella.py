@@ -108,3 +108,64 @@ def test_bad_windows_and_cv_are_refused(mlff_environment, hooh, torsion_potentia
             md=md,
             **common,
         )
+
+
+def test_windows_that_blow_up_are_rerun_alone_then_left_out(mlff_environment, hooh, tmp_path):
+    """A model that fails (NaN) for dihedrals in [80, 100] degrees: only the windows there run again, then are dropped.
+
+    The other windows are not rerun and their samples still give the known PMF away from the broken region.
+    """
+    broken = (math.radians(80.0), math.radians(100.0))
+    pot = Potential.build(['H', 'O'], architecture='torsion-analytic', torsion=TORSION, broken=broken)
+    potential = PotentialData(pot.save(tmp_path / 'broken.pt')).store()
+    builder = UmbrellaWorkChain.get_builder_from_protocol(
+        mlff_environment['mlff_code'],
+        potential,
+        hooh,
+        cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]},
+        windows={'start': -math.pi, 'stop': math.pi, 'count': 24, 'kappa': 0.5},
+        protocol='fast',
+        overrides={
+            'md': {
+                'temperature': T,
+                'equilibration_steps': 500,
+                'production_steps': 6000,
+                'friction': 0.05,
+                'dtype': 'float64',
+                'device': 'cpu',
+            },
+            'bins': 48,
+            'bootstrap': 0,
+            'max_refinements': 0,
+        },
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    md_runs = [n for n in node.called if n.process_label == 'MdBaseWorkChain']
+    assert len(md_runs) == 3  # the first run of all 24 windows, then two reruns of the windows that blew up
+    first, *reruns = sorted(md_runs, key=lambda n: n.ctime)
+    blown = [r for r, s in enumerate(first.outputs.status['status']) if s == 'blown_up']
+    first_centres = np.degrees(first.outputs.colvars.get_array('centers')[:, 0])
+    assert 90.0 in np.round(first_centres[blown], 6)  # the window centred in the broken region blew up
+    assert len(blown) < 24
+    for rerun in reruns:  # only the windows that blew up run again (each rerun: fewer or the same windows)
+        centres = np.degrees(rerun.outputs.colvars.get_array('centers')[:, 0])
+        assert set(np.round(centres, 6)) <= set(np.round(first_centres[blown], 6))
+        assert 90.0 in np.round(centres, 6)
+    # the second rerun also halves the time step
+    params = [r.inputs.md.parameters.get_dict() for r in (first, *reruns)]
+    assert params[2]['timestep'] == pytest.approx(0.5 * params[0]['timestep'])
+    assert params[1]['seed'] != params[0].get('seed', 0)
+    # WHAM left the dropped windows out; elsewhere the PMF is the known one
+    centres = results['overlap'].get_array('centers')
+    assert not np.any(np.isclose(np.degrees(centres), 90.0))
+    grid = results['pmf'].get_x()[1]
+    y = {name: values for name, values, _ in results['pmf'].get_y()}
+    kt = KB_EV * T
+    exact = exact_pmf(grid)
+    far = np.abs(np.degrees(grid) - 90.0) > 45.0
+    region = far & (exact < 4 * kt) & np.isfinite(y['free_energy'])  # short runs: the well-sampled part
+    assert region.sum() > 20
+    shift = np.mean(y['free_energy'][region] - exact[region])
+    rms = np.sqrt(np.mean((y['free_energy'][region] - exact[region] - shift) ** 2)) / kt
+    assert rms < 0.25, f'RMS error {rms:.3f} kT away from the broken region'

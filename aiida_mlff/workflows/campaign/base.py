@@ -105,8 +105,20 @@ class CampaignWorkChain(WorkChain):
 
     def _train_overrides(self) -> dict:
         t = self.config['training']
-        keys = ('model', 'epochs', 'patience', 'batch_size', 'learning_rate', 'energy_weight', 'forces_weight')
-        parameters = {key: t[key] for key in keys}
+        keys = (
+            'model',
+            'epochs',
+            'patience',
+            'batch_size',
+            'learning_rate',
+            'energy_weight',
+            'forces_weight',
+            'lr_patience',
+            'weight_decay',
+            'polish_steps',
+            'precision',
+        )
+        parameters = {key: t[key] for key in keys if key in t}
         parameters['device'] = t.get('device', 'auto')
         return {'train': {'parameters': parameters}}
 

@@ -38,8 +38,10 @@ DEFAULTS: dict[str, Any] = {
         'patience': 100,
         'batch_size': 4,
         'learning_rate': 0.005,
-        'energy_weight': 1.0,
+        'energy_weight': 10.0,
         'forces_weight': 1.0,
+        'lr_patience': 20,
+        'polish_steps': 200,
         'device': 'auto',
     },
     'active_learning': {
@@ -165,8 +167,9 @@ def validate_campaign(raw: dict) -> dict:
     _number(errors, 'training.committee', training.get('committee'), integer=True)
     if isinstance(training.get('committee'), int) and training['committee'] < 2:
         errors.append('training.committee: needs at least 2 members for uncertainty')
-    for key in ('epochs', 'patience', 'batch_size'):
+    for key in ('epochs', 'patience', 'batch_size', 'lr_patience'):
         _number(errors, f'training.{key}', training.get(key), integer=True)
+    _number(errors, 'training.polish_steps', training.get('polish_steps'), integer=True, allow_zero=True)
     _number(errors, 'training.learning_rate', training.get('learning_rate'))
 
     al = config['active_learning']

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from aiida import orm
-from aiida.engine import ProcessHandlerReport, process_handler
+from aiida.engine import ExitCode, ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.md import MdCalculation
 from aiida_mlff.core.structures import to_atoms
@@ -28,6 +28,13 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     def define(cls, spec):
         """Define the process specification."""
         super().define(spec)
+        spec.input(
+            'tolerate_unstable',
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(False),
+            help='Accept a run in which some replicas blew up instead of restarting all of them: their frames before '
+            'the blow-up are kept and the `status` output names them, so the caller can rerun just those.',
+        )
         spec.exit_code(
             320, 'ERROR_UNRECOVERABLE_INSTABILITY', message='MD stayed unstable after reseeding and smaller steps.'
         )
@@ -77,7 +84,14 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
 
     @process_handler(priority=400, exit_codes=[MdCalculation.exit_codes.ERROR_UNSTABLE_MD])
     def handle_unstable(self, node):
-        """First reseed the velocities and thermostat; after that, shrink the time step (same simulated time)."""
+        """First reseed the velocities and thermostat; after that, shrink the time step (same simulated time).
+
+        With ``tolerate_unstable``, accept the run as it is (the caller handles the replicas that blew up).
+        """
+        if self.inputs.tolerate_unstable.value:
+            self.report(f'{node.process_label}<{node.pk}>: {node.exit_message}; accepted (tolerate_unstable)')
+            self.ctx.is_finished = True
+            return ProcessHandlerReport(True, ExitCode(0))
         parameters = self._parameters()
         self.ctx.inputs.pop('parent_folder', None)
         if self.ctx.reseeds < self.defaults['max_reseeds']:

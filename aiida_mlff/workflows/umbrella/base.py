@@ -108,6 +108,13 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         spec.input('bootstrap', valid_type=orm.Int, default=lambda: orm.Int(50))
         spec.input('max_refinements', valid_type=orm.Int, default=lambda: orm.Int(2))
         spec.input('min_overlap', valid_type=orm.Float, default=lambda: orm.Float(0.03))
+        spec.input(
+            'max_reruns',
+            valid_type=orm.Int,
+            default=lambda: orm.Int(2),
+            help='Rounds in which windows that blew up run again (first with new velocities, then also with half '
+            'the time step); windows still unstable after that are left out of WHAM and named in the report.',
+        )
         spec.input('basins', valid_type=orm.List, required=False, help='Two CV ranges for the barrier.')
         spec.input('options', valid_type=orm.Dict, required=False, help='metadata.options of the MD jobs.')
         spec.inputs.validator = validate_inputs
@@ -153,6 +160,11 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         self.ctx.all_windows = []
         self.ctx.runs = []
         self.ctx.refinements = 0
+        self.ctx.attempt = 0  # 0: first run of the new windows; k > 0: k-th rerun of windows that blew up
+        self.ctx.reruns = 0
+        self.ctx.exclude = {}  # run key -> replicas left out of WHAM (blown up)
+        self.ctx.checked = []  # run keys whose blown-up windows were looked at
+        self.ctx.dropped = []  # centres of windows given up on
 
     def has_new_windows(self):
         """Whether windows are waiting to run."""
@@ -163,6 +175,13 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         cv = self.inputs.cv.get_dict()
         parameters = {key: md[key] for key in MD_KEYS if key in md}
         parameters['steps'] = md['equilibration_steps'] + md['production_steps']
+        attempt = self.ctx.attempt
+        if attempt:  # a rerun of windows that blew up: new velocities and noise, then also half the time step
+            parameters['seed'] = int(parameters.get('seed', 0)) + 1000 * attempt
+            if attempt >= 2:
+                parameters['timestep'] = 0.5 * float(parameters.get('timestep', 0.5))
+                parameters['steps'] *= 2
+                parameters['stride'] = 2 * int(parameters.get('stride', 10))
         parameters['checkpoint_every'] = max(parameters.get('stride', 10), parameters['steps'] // 4)
         parameters['biases'] = [{'cv': cv, 'centers': [float(c) for c in centers], 'kappa': self.ctx.kappa}]
         metadata = {'call_link_label': label}
@@ -175,6 +194,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 'metadata': {'options': self.inputs.options.get_dict()} if 'options' in self.inputs else {},
             },
             'max_iterations': orm.Int(3),
+            'tolerate_unstable': orm.Bool(True),  # windows that blow up are rerun on their own (analyse)
             'metadata': metadata,
         }
         return inputs
@@ -183,8 +203,9 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         """Run the new windows: all in one job (batched) or one job each (parallel)."""
         centers = list(self.ctx.new_windows)
         self.ctx.new_windows = []
-        self.ctx.all_windows.extend(centers)
-        round_ = self.ctx.refinements
+        if self.ctx.attempt == 0:
+            self.ctx.all_windows.extend(centers)
+        round_ = f'{self.ctx.refinements}_rerun{self.ctx.attempt}' if self.ctx.attempt else str(self.ctx.refinements)
         futures = {}
         if self.inputs.mode.value == 'batched':
             futures[f'umbrella_{round_}_all'] = self.submit(
@@ -196,12 +217,25 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                     MdBaseWorkChain, **self._md_inputs([c], f'window_round_{round_}_{k:03d}')
                 )
         self.ctx.runs.extend(futures)
-        self.report(f'round {round_}: {len(centers)} windows in {len(futures)} MD job(s) ({self.inputs.mode.value})')
+        what = (
+            f'rerun {self.ctx.attempt} of {len(centers)} windows that blew up'
+            if self.ctx.attempt
+            else (f'{len(centers)} windows')
+        )
+        self.report(f'round {round_}: {what} in {len(futures)} MD job(s) ({self.inputs.mode.value})')
         return ToContext(**futures)
+
+    def _blown_up(self, key: str, node) -> list[int]:
+        """Replicas of run ``key`` that blew up (left out of WHAM); their centres wait for a rerun."""
+        status = node.outputs.status.get_dict().get('status', []) if 'status' in node.outputs else []
+        blown = [r for r, s in enumerate(status) if s == 'blown_up']
+        if blown:
+            self.ctx.exclude[key] = blown
+        return blown
 
     def analyse(self):
         """WHAM over every window so far; place new windows where neighbours overlap too little."""
-        runs = {}
+        runs, rerun = {}, []
         for key in self.ctx.runs:
             node = self.ctx[key]
             if not node.is_finished_ok:
@@ -210,6 +244,20 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 )
             runs[f'colvars_{key}'] = node.outputs.colvars
             runs[f'deviations_{key}'] = node.outputs.deviations
+            if key not in self.ctx.checked:  # a new run: rerun the windows that blew up in it
+                self.ctx.checked.append(key)
+                centres = node.outputs.colvars.get_array('centers')[:, 0]
+                rerun += [float(centres[r]) for r in self._blown_up(key, node)]
+        rerun = sorted(set(rerun))
+        if rerun:
+            if self.ctx.attempt < self.inputs.max_reruns.value:
+                self.ctx.attempt += 1
+                self.ctx.new_windows = rerun
+                self.report(f'{len(rerun)} windows blew up; running them again: {np.round(rerun, 3)}')
+                return None
+            self.ctx.dropped.extend(rerun)
+            self.report(f'{len(rerun)} windows still blew up after {self.ctx.attempt} reruns; left out: {rerun}')
+        self.ctx.attempt = 0
         md = self.inputs.md.get_dict()
         cv = self.inputs.cv.get_dict()
         settings = {
@@ -226,6 +274,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         }
         if 'basins' in self.inputs:
             settings['basins'] = self.inputs.basins.get_list()
+        if self.ctx.exclude:
+            settings['exclude'] = dict(self.ctx.exclude)
         self.ctx.wham = wham_pmf(settings=orm.Dict(settings), **runs)
         low = self.ctx.wham['overlap'].base.attributes.get('low_overlap_pairs', [])
         if low and self.ctx.refinements < self.inputs.max_refinements.value:
@@ -250,6 +300,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         for key in ('pmf', 'overlap', 'barrier', 'rate'):
             if key in self.ctx.wham:
                 self.out(key, self.ctx.wham[key])
+        if self.ctx.dropped:
+            self.report(f'windows left out because they kept blowing up: {np.round(self.ctx.dropped, 3).tolist()}')
         barrier = self.ctx.wham.get('barrier')
         if barrier is not None:
             self.report(f'barrier {barrier.value:.4f} eV ({barrier.base.attributes.get("kcal_mol"):.2f} kcal/mol)')
