@@ -153,7 +153,7 @@ def _open_box(positions: np.ndarray, cutoff: float) -> np.ndarray:
     return np.diag(extent + 2.0 * cutoff + 1.0)
 
 
-def neighbor_list(batch: AtomsBatch, cutoff: float) -> Neighbors:
+def neighbor_list(batch: AtomsBatch, cutoff: float, full_list: bool = True) -> Neighbors:
     """Full neighbour list of every system in the batch within ``cutoff`` [Å], computed by vesin per system.
 
     Parameters
@@ -162,6 +162,8 @@ def neighbor_list(batch: AtomsBatch, cutoff: float) -> Neighbors:
         The structures.
     cutoff
         Pair cutoff [Å].
+    full_list
+        False for a half list (each pair once, in either direction): only for code that asks for one explicitly.
 
     Returns
     -------
@@ -172,7 +174,7 @@ def neighbor_list(batch: AtomsBatch, cutoff: float) -> Neighbors:
     cells = batch.cell.detach().cpu().double().numpy()
     pbcs = batch.pbc.cpu().numpy()
     offsets = np.concatenate([[0], np.cumsum(batch.counts.cpu().numpy())])
-    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
+    calculator = NeighborList(cutoff=float(cutoff), full_list=bool(full_list))
     all_i, all_j, all_s = [], [], []
     for s in range(batch.n_systems):
         start, stop = int(offsets[s]), int(offsets[s + 1])

@@ -11,6 +11,12 @@ Per centre atom i, with neighbours j, k of elements a, b, distances r [Å] and c
   ``chi[c1, c2, c3] = V_c1 . (V_c2 x V_c3) = sum_{jkl} g g g  u_ij . (u_ik x u_il)``, a sum of signed volumes of
   neighbour triples. It changes sign under a reflection and is invariant under proper rotations. The potential
   feeds ``chi^2`` (parity even) to its networks, so energies are the same for mirror images.
+
+Evaluation is split in two: :meth:`Descriptor.accumulate` sums per-pair terms into per-atom moments (all the
+pair-sized work) and :meth:`Descriptor.combine` turns them into features. ``forward`` (autograd, differentiable
+twice: training) is the two in a row. For energies and forces, ``Potential.evaluate`` instead runs ``accumulate`` on
+a half pair list without a graph, autograd only from the features through the networks, and the hand-written
+chain rule of :meth:`Descriptor.combine_backward` and :meth:`Descriptor.pair_gradients` back to the pair vectors.
 """
 
 from __future__ import annotations
@@ -79,32 +85,33 @@ class DescriptorSpec:
         return asdict(self)
 
 
-def _monomial_table(max_order: int) -> tuple[list[Tensor], Tensor, Tensor]:
-    """Symmetric monomials x^a y^b z^c of the unit vector up to ``max_order``.
+def _monomials(max_order: int) -> list[tuple[int, int, int]]:
+    """Exponent triples (a, b, c) of the monomials x^a y^b z^c of orders 0 to ``max_order``, order by order."""
+    exps = [(0, 0, 0)]
+    for n in range(1, max_order + 1):
+        exps += [(a, b, n - a - b) for a in range(n, -1, -1) for b in range(n - a, -1, -1)]
+    return exps
 
-    Monomials of order n are built from those of order n-1 times (x, y, z) (an outer product flattened to
-    3 * n_{n-1} columns); ``select[n - 2]`` picks the first occurrence of each exponent triple. Returns the
-    selections, the sqrt multinomial weights and the order of every monomial.
+
+def _monomial_factors(exps: list[tuple[int, int, int]], max_order: int, n_gauss: int) -> tuple[Tensor, Tensor]:
+    """Matrices that build ``g_s * w_m * u^e_m`` for every (Gaussian s, monomial m) pair with matrix products only.
+
+    With ``u1 = (1, u_x, u_y, u_z)``: monomial m times its sqrt multinomial weight ``w_m`` is the product over
+    f < max_order of ``(u1 @ factors[f])[:, m]`` (each monomial is a product of ``max_order`` entries of u1, padded
+    with the 1), and ``(g @ expand)`` repeats Gaussian s over the monomials; columns are ordered
+    ``s * n_mono + m``. Returns ``factors`` (max_order, 4, S * n_mono) and ``expand`` (S, S * n_mono).
     """
-    exps = [[(0, 0, 0)], [(1, 0, 0), (0, 1, 0), (0, 0, 1)]]
-    select = []
-    for _ in range(2, max_order + 1):
-        candidates = [
-            tuple(e + (1 if c == d else 0) for d, e in enumerate(prev)) for prev in exps[-1] for c in range(3)
-        ]
-        unique, index = [], []
-        for col, cand in enumerate(candidates):
-            if cand not in unique:
-                unique.append(cand)
-                index.append(col)
-        exps.append(unique)
-        select.append(torch.tensor(index, dtype=torch.int64))
-    weights, orders = [], []
-    for n, block in enumerate(exps[: max_order + 1]):
-        for a, b, c in block:
-            weights.append(math.factorial(n) / (math.factorial(a) * math.factorial(b) * math.factorial(c)))
-            orders.append(n)
-    return select, torch.tensor(weights, dtype=F64).sqrt(), torch.tensor(orders)
+    n_mono = len(exps)
+    factors = torch.zeros(max_order, 4, n_gauss, n_mono, dtype=F64)
+    for m, (a, b, c) in enumerate(exps):
+        n = a + b + c
+        weight = math.sqrt(math.factorial(n) / (math.factorial(a) * math.factorial(b) * math.factorial(c)))
+        components = [1] * a + [2] * b + [3] * c + [0] * (max_order - n)
+        for f, component in enumerate(components):
+            factors[f, component, :, m] = weight if f == 0 else 1.0
+    expand = torch.zeros(n_gauss, n_gauss, n_mono, dtype=F64)
+    expand[torch.arange(n_gauss), torch.arange(n_gauss), :] = 1.0
+    return factors.reshape(max_order, 4, -1), expand.reshape(n_gauss, -1)
 
 
 class Descriptor(torch.nn.Module):
@@ -142,14 +149,20 @@ class Descriptor(torch.nn.Module):
         self.angular_eta = 0.5 / awidth**2
 
         self.max_order = max(max(spec.zetas), 1)
-        select, w, orders = _monomial_table(self.max_order)
-        for order, index in enumerate(select, start=2):
-            self.register_buffer(f'mono_select_{order}', index, persistent=False)
-        self.register_buffer('mono_weight', w, persistent=False)
+        exps = _monomials(self.max_order)
+        factors, expand = _monomial_factors(exps, self.max_order, spec.n_angular)
+        self.register_buffer('mono_factors', factors, persistent=False)
+        self.register_buffer('gauss_expand', expand, persistent=False)
+        parity = torch.tensor([(-1.0) ** sum(e) for e in exps], dtype=F64).repeat(spec.n_angular)
+        self.register_buffer('mono_parity', parity, persistent=False)  # monomials of -u: (-1)^order
+        orders = [sum(e) for e in exps]
         order_sum = torch.zeros(len(orders), self.max_order + 1, dtype=F64)
         order_sum[torch.arange(len(orders)), orders] = 1.0
         self.register_buffer('order_sum', order_sum, persistent=False)
         self.n_mono = len(orders)
+        # Gaussians as exp(-eta (d - d0)^2) exp(2 eta (c - d0) (d - d0) - eta (c - d0)^2) (see _gaussian_parts)
+        self.radial_shift = self._split_shift(rs, self.radial_eta, spec.cutoff)
+        self.angular_shift = self._split_shift(ra, self.angular_eta, spec.angular_cutoff)
 
         # G5 = 2^(1-zeta) sum_n binom(zeta, n) lambda^n Q_n, with Q_n = sum_{j != k} cos^n g_j g_k
         combos = [(zeta, lam) for zeta in spec.zetas for lam in (1, -1)]
@@ -173,6 +186,21 @@ class Descriptor(torch.nn.Module):
         n_channels = n_el * spec.n_angular
         triples = list(combinations(range(n_channels), 3)) if spec.chiral else []
         self.register_buffer('triples', torch.tensor(triples, dtype=torch.int64).reshape(-1, 3), persistent=False)
+        # gradient of the triple products from the cross products of channel pairs: for chi = a . (b x c),
+        # d/da = b x c, d/db = -(a x c), d/dc = a x b
+        channel_pairs = list(combinations(range(n_channels), 2)) if spec.chiral else []
+        position = {pair: k for k, pair in enumerate(channel_pairs)}
+        coef = torch.zeros(len(triples), n_channels, len(channel_pairs), dtype=F64)
+        for t, (a, b, c) in enumerate(triples):
+            coef[t, a, position[(b, c)]] += 1.0
+            coef[t, b, position[(a, c)]] -= 1.0
+            coef[t, c, position[(a, b)]] += 1.0
+        self.register_buffer(
+            'channel_pairs', torch.tensor(channel_pairs, dtype=torch.int64).reshape(-1, 2), persistent=False
+        )
+        self.register_buffer(
+            'chiral_coef', coef.reshape(len(triples), n_channels * len(channel_pairs)), persistent=False
+        )
 
         names = []
         for a in spec.elements:
@@ -192,20 +220,50 @@ class Descriptor(torch.nn.Module):
         self.n_features = len(names)
 
     @staticmethod
-    def _gaussians(dist: Tensor, centres: Tensor, eta: float, cutoff: float) -> Tensor:
-        """(P, K) ``exp(-eta (d - c_k)^2) f_c(d)`` for distances ``d`` < ``cutoff`` [Å].
+    def _split_shift(centres: Tensor, eta: float, cutoff: float) -> float | None:
+        """Shift d0 for the split evaluation of the Gaussians, or None where its exponentials could overflow."""
+        d0 = 0.5 * cutoff
+        spread = float((centres - d0).abs().max())
+        largest = max(2.0 * eta * spread * d0, eta * d0 * d0, eta * spread * spread)
+        return d0 if largest < 40.0 else None
 
-        Evaluated as ``exp(2 eta c_k d - eta c_k^2) * [exp(-eta d^2) f_c(d)]`` (one fused matrix product and one
-        exponential over the (P, K) block) unless the split exponents could overflow.
+    @staticmethod
+    def _gaussian_parts(
+        dist: Tensor, centres: Tensor, eta: float, cutoff: float, shift: float | None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Factors of ``exp(-eta (d - c_k)^2) f_c(d) = basis[:, k] * pre * fc`` for distances ``d`` < ``cutoff`` [Å].
+
+        With a ``shift`` d0, ``basis`` (P, K) is ``exp(2 eta (c_k - d0) (d - d0) - eta (c_k - d0)^2)`` and ``pre``
+        (P,) ``exp(-eta (d - d0)^2)`` (one fused matrix product and one exponential over the (P, K) block);
+        without, ``basis`` is ``exp(-eta (d - c_k)^2)`` and ``pre`` is None. ``fc`` (P,) is the cosine cutoff.
         """
-        envelope = 0.5 * torch.cos(dist * (math.pi / cutoff)) + 0.5
-        if 2.0 * eta * float(centres.max()) * cutoff > 60.0:
-            return torch.exp(-eta * (dist.unsqueeze(1) - centres) ** 2) * envelope.unsqueeze(1)
-        envelope = envelope * torch.exp(-eta * dist * dist)
-        exponent = torch.addmm(
-            (-eta * centres * centres).unsqueeze(0), dist.unsqueeze(1), (2.0 * eta * centres).unsqueeze(0)
+        fc = 0.5 * torch.cos(dist * (math.pi / cutoff)) + 0.5
+        if shift is None:
+            return torch.exp(-eta * (dist.unsqueeze(1) - centres) ** 2), None, fc
+        c = centres - shift
+        x = dist - shift
+        pre = torch.exp(-eta * x * x)
+        return (
+            torch.exp(torch.addmm((-eta * c * c).unsqueeze(0), x.unsqueeze(1), (2.0 * eta * c).unsqueeze(0))),
+            pre,
+            fc,
         )
-        return torch.exp(exponent) * envelope.unsqueeze(1)
+
+    @staticmethod
+    def _gaussian_slopes(
+        parts: tuple[Tensor, Tensor | None, Tensor], dist: Tensor, eta: float, cutoff: float
+    ) -> tuple[Tensor, Tensor]:
+        """(P,) a and b with ``d gauss_k / d d = basis_k (a + b c_k)`` (see ``_gaussian_parts``).
+
+        ``d gauss_k / d d = basis_k pre [f_c' - 2 eta d f_c + 2 eta c_k f_c]``.
+        """
+        _, pre, fc = parts
+        dfc = (-0.5 * math.pi / cutoff) * torch.sin(dist * (math.pi / cutoff))
+        a = dfc - (2.0 * eta) * dist * fc
+        b = (2.0 * eta) * fc
+        if pre is not None:
+            a, b = a * pre, b * pre
+        return a, b
 
     def element_index(self, numbers: Tensor) -> Tensor:
         """(N,) index of each atom's element in ``spec.elements``; raises for elements the model does not know."""
@@ -232,39 +290,106 @@ class Descriptor(torch.nn.Module):
         Tensor
             (N, n_features): G2, then G5, then signed chirality terms.
         """
+        return self.combine(*self.accumulate(vectors, i, j, species))
+
+    def accumulate(
+        self,
+        vectors: Tensor,
+        i: Tensor,
+        j: Tensor,
+        species: Tensor,
+        context: dict | None = None,
+        half: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-atom sums over neighbours, from which :meth:`combine` makes the features.
+
+        Returns ``radial`` (N * n_el, n_radial): G2 Gaussians summed per (atom, neighbour element);
+        ``moments`` (N * n_el, n_angular * n_mono): angular Gaussians times unit-vector monomials, summed likewise;
+        ``diag`` (N * n_el, n_angular): squared angular Gaussians summed likewise (the j = k terms). Differentiable in
+        ``vectors``. With ``half``, the pairs are a half list (each unordered pair once) and every pair also counts
+        for j, with vector -r_ij (monomials of -u are those of u times (-1)^order): the same sums as the full list
+        at half the pair work. With a dict ``context`` (use under ``torch.no_grad()``), stores what
+        :meth:`pair_gradients` needs to turn gradients of these sums into gradients of the pair vectors without an
+        autograd graph.
+        """
         spec = self.spec
         n_atoms = species.shape[0]
         n_el = self.n_elements
         dtype, device = vectors.dtype, vectors.device
+        n_pairs = vectors.shape[0]
         dist = torch.linalg.norm(vectors, dim=1)
         slot = i * n_el + species.index_select(0, j)
+        slot_r = j * n_el + species.index_select(0, i) if half else None  # the reverse pairs j -> i
+        keep = None
         within = dist.detach() < spec.cutoff
         if not bool(within.all()):
             keep = torch.nonzero(within).squeeze(1)
             vectors, dist, slot = vectors.index_select(0, keep), dist.index_select(0, keep), slot.index_select(0, keep)
+            slot_r = slot_r.index_select(0, keep) if half else None
 
-        radial = self._gaussians(dist, self.radial_centres, self.radial_eta, spec.cutoff)  # (P, K)
-        g2 = torch.zeros(n_atoms * n_el, spec.n_radial, dtype=dtype, device=device)
-        g2 = g2.index_add(0, slot, radial).reshape(n_atoms, n_el * spec.n_radial)
+        parts = self._gaussian_parts(dist, self.radial_centres, self.radial_eta, spec.cutoff, self.radial_shift)
+        basis, pre, fc = parts
+        radial = basis * (fc if pre is None else fc * pre).unsqueeze(1)  # (P, K)
+        g2 = torch.zeros(n_atoms * n_el, spec.n_radial, dtype=dtype, device=device).index_add(0, slot, radial)
+        if half:
+            g2 = g2.index_add(0, slot_r, radial)
+        if context is not None:
+            context.update(
+                n_pairs=n_pairs, keep=keep, vectors=vectors, dist=dist, slot=slot, slot_r=slot_r, radial_parts=parts
+            )
 
         inner = dist.detach() < spec.angular_cutoff
+        keep_a = None
         if not bool(inner.all()):
-            keep = torch.nonzero(inner).squeeze(1)
-            vectors, dist, slot = vectors.index_select(0, keep), dist.index_select(0, keep), slot.index_select(0, keep)
-        unit = vectors / dist.unsqueeze(1)
-        g = self._gaussians(dist, self.angular_centres, self.angular_eta, spec.angular_cutoff)  # (P', S)
-        # symmetric monomials of the unit vector, order by order, times sqrt multinomial weights
-        blocks = [torch.ones_like(dist).unsqueeze(1), unit]
-        for order in range(2, self.max_order + 1):
-            outer = (blocks[-1].unsqueeze(2) * unit.unsqueeze(1)).flatten(1)
-            blocks.append(outer.index_select(1, getattr(self, f'mono_select_{order}')))
-        mono = torch.cat(blocks, dim=1) * self.mono_weight  # (P', n_mono)
-        n_s = spec.n_angular
-        moments = torch.zeros(n_atoms * n_el, n_s * self.n_mono, dtype=dtype, device=device)
-        moments = moments.index_add(0, slot, (g.unsqueeze(2) * mono.unsqueeze(1)).reshape(-1, n_s * self.n_mono))
+            keep_a = torch.nonzero(inner).squeeze(1)
+            vectors, dist, slot = (
+                vectors.index_select(0, keep_a),
+                dist.index_select(0, keep_a),
+                slot.index_select(0, keep_a),
+            )
+            slot_r = slot_r.index_select(0, keep_a) if half else None
+        unit1 = torch.cat([torch.ones_like(dist).unsqueeze(1), vectors / dist.unsqueeze(1)], dim=1)  # (P', 4)
+        parts = self._gaussian_parts(
+            dist, self.angular_centres, self.angular_eta, spec.angular_cutoff, self.angular_shift
+        )
+        basis, pre, fc = parts
+        g = basis * (fc if pre is None else fc * pre).unsqueeze(1)  # (P', S)
+        # g_s times the weighted monomials of the unit vector, (P', S * n_mono), as products of matrix products
+        factors = [unit1 @ f for f in self.mono_factors]
+        mono = factors[0]
+        for f in factors[1:]:
+            mono = mono * f
+        expanded = g @ self.gauss_expand
+        terms = expanded * mono
+        moments = torch.zeros(n_atoms * n_el, spec.n_angular * self.n_mono, dtype=dtype, device=device)
+        moments = moments.index_add(0, slot, terms)
+        diag = torch.zeros(n_atoms * n_el, spec.n_angular, dtype=dtype, device=device).index_add(0, slot, g * g)
+        if half:
+            moments = moments.index_add(0, slot_r, terms * self.mono_parity)
+            diag = diag.index_add(0, slot_r, g * g)
+        if context is not None:
+            context.update(
+                keep_a=keep_a,
+                unit1=unit1,
+                dist_a=dist,
+                slot_a=slot,
+                slot_ar=slot_r,
+                angular_parts=parts,
+                g=g,
+                expanded=expanded,
+                factors=factors,
+                mono=mono,
+            )
+        return g2, moments, diag
+
+    def combine(self, radial: Tensor, moments: Tensor, diag: Tensor) -> Tensor:
+        """(N, n_features) raw features from the per-atom sums of :meth:`accumulate`."""
+        spec = self.spec
+        n_el, n_s = self.n_elements, spec.n_angular
+        n_atoms = radial.shape[0] // n_el
+        g2 = radial.reshape(n_atoms, n_el * spec.n_radial)
         moments = moments.reshape(n_atoms, n_el, n_s, self.n_mono)
-        diag = torch.zeros(n_atoms * n_el, n_s, dtype=dtype, device=device)
-        diag = diag.index_add(0, slot, g * g).reshape(n_atoms, n_el, n_s)
+        diag = diag.reshape(n_atoms, n_el, n_s)
 
         # Q_n[ab] = sum_{j in a, k in b, j != k} cos^n g_j g_k
         left, right = moments.index_select(1, self.pair_a), moments.index_select(1, self.pair_b)
@@ -279,6 +404,117 @@ class Descriptor(torch.nn.Module):
             cross = torch.linalg.cross(vec.index_select(1, t[:, 1]), vec.index_select(1, t[:, 2]), dim=-1)
             features.append((vec.index_select(1, t[:, 0]) * cross).sum(-1))
         return torch.cat(features, dim=1)
+
+    def combine_backward(
+        self, radial: Tensor, moments: Tensor, diag: Tensor, grad: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Gradients of the per-atom sums of :meth:`accumulate` from feature gradients.
+
+        ``grad`` (M, N, n_features) holds M gradients of the features of :meth:`combine`; returns (M, ...) stacks
+        shaped like ``radial``, ``moments`` and ``diag``.
+        """
+        spec = self.spec
+        n_el, n_s, n_mono = self.n_elements, spec.n_angular, self.n_mono
+        n_members, n_atoms = grad.shape[0], grad.shape[1]
+        grad_radial = grad[..., : self.n_g2].reshape(n_members, n_atoms * n_el, spec.n_radial)
+
+        # G5 = factor * coeff^T (sum_m left_m right_m order_sum - same * diag)
+        mom = moments.reshape(1, n_atoms, n_el, n_s, n_mono)
+        n_pairs, n_combo = self.pair_a.shape[0], self.g5_coeff.shape[1]
+        g5 = grad[..., self.n_g2 : self.n_g2 + self.n_g5].reshape(n_members, n_atoms, n_pairs, n_s, n_combo)
+        gq = (g5 * self.pair_factor.view(1, 1, -1, 1, 1)) @ self.g5_coeff.T  # (M, N, pairs, S, orders)
+        gprod = gq @ self.order_sum.T  # (M, N, pairs, S, n_mono)
+        left, right = mom.index_select(2, self.pair_a), mom.index_select(2, self.pair_b)
+        grad_moments = gprod.new_zeros(n_members, n_atoms, n_el, n_s, n_mono)
+        grad_moments = grad_moments.index_add(2, self.pair_a, gprod * right).index_add(2, self.pair_b, gprod * left)
+        grad_diag = gq.new_zeros(n_members, n_atoms, n_el, n_s).index_add(
+            2, self.pair_a, gq.sum(-1) * (-self.pair_same).view(1, 1, -1, 1)
+        )
+
+        if self.n_chiral:
+            # chi = a . (b x c): every channel's gradient is a signed sum of cross products of channel pairs
+            vec = moments.reshape(n_atoms, n_el * n_s, n_mono)[..., 1:4]
+            pairs = self.channel_pairs
+            cross = torch.linalg.cross(vec.index_select(1, pairs[:, 0]), vec.index_select(1, pairs[:, 1]), dim=-1)
+            gchi = grad[..., self.n_g2 + self.n_g5 :].reshape(n_members * n_atoms, -1)  # (M * N, T)
+            weights = (gchi @ self.chiral_coef).reshape(n_members, n_atoms, n_el * n_s, pairs.shape[0])
+            grad_vec = torch.matmul(weights, cross)  # (M, N, channels, 3)
+            grad_moments = grad_moments.reshape(n_members, n_atoms, n_el * n_s, n_mono)
+            grad_moments[..., 1:4] += grad_vec
+        return (
+            grad_radial,
+            grad_moments.reshape(n_members, n_atoms * n_el, n_s * n_mono),
+            grad_diag.reshape(n_members, n_atoms * n_el, n_s),
+        )
+
+    def pair_gradients(self, context: dict, grad_radial: Tensor, grad_moments: Tensor, grad_diag: Tensor) -> Tensor:
+        """(P, M, 3) gradients with respect to the pair vectors, from M gradients of the sums of :meth:`accumulate`.
+
+        ``grad_*`` are (M, ...) stacks shaped like the sums (one per committee member); ``context`` is the dict
+        filled by :meth:`accumulate` (for a half list: gradients with respect to the one vector of each pair). The
+        chain rule through the Gaussians, cutoffs and monomials is written out, so no autograd graph over pairs is
+        needed (not differentiable again: training uses autograd).
+        """
+        spec = self.spec
+        c = context
+        dist, vectors, slot = c['dist'], c['vectors'], c['slot']
+        half = c['slot_r'] is not None
+        # d gauss_k / d d = basis_k (a + b c_k), as one (P, K) block
+        slope_a, slope_b = self._gaussian_slopes(c['radial_parts'], dist, self.radial_eta, spec.cutoff)
+        radial_slopes = c['radial_parts'][0] * torch.addmm(
+            slope_a.unsqueeze(1), slope_b.unsqueeze(1), self.radial_centres.unsqueeze(0)
+        )
+        unit_r = vectors / dist.unsqueeze(1)
+        angular = c['slot_a'].shape[0] > 0
+        if angular:
+            slot_a, g, unit1, dist_a = c['slot_a'], c['g'], c['unit1'], c['dist_a']
+            slope_a, slope_b = self._gaussian_slopes(c['angular_parts'], dist_a, self.angular_eta, spec.angular_cutoff)
+            angular_slopes = c['angular_parts'][0] * torch.addmm(
+                slope_a.unsqueeze(1), slope_b.unsqueeze(1), self.angular_centres.unsqueeze(0)
+            )
+            n_pairs, n_s, n_mono = slot_a.shape[0], spec.n_angular, self.n_mono
+            mono, expanded, factors = c['mono'], c['expanded'], c['factors']
+            unit = unit1[:, 1:]
+            inv_a = (1.0 / dist_a).unsqueeze(1)
+            # g_s times the products of all monomial factors but one (product rule over the factors)
+            others = []
+            for f in range(len(factors)):
+                rest = expanded
+                for k, factor in enumerate(factors):
+                    if k != f:
+                        rest = rest * factor
+                others.append(rest)
+            # (3, S * n_mono) maps of every factor onto (x, y, z) of u1 (its first row is the constant 1)
+            onto_unit = [matrix[1:] for matrix in self.mono_factors]
+        members = []
+        for m in range(grad_radial.shape[0]):  # committee members one by one: every tensor stays 2-D and contiguous
+            grad_r = grad_radial[m].index_select(0, slot)
+            if half:  # the reverse pair j -> i sees the same distance
+                grad_r = grad_r + grad_radial[m].index_select(0, c['slot_r'])
+            ddist = (grad_r * radial_slopes).sum(1)  # (P,)
+            out = ddist.unsqueeze(1) * unit_r  # (P, 3)
+            if angular:
+                a = grad_moments[m].index_select(0, slot_a)  # (P', S * n_mono)
+                grad_d = grad_diag[m].index_select(0, slot_a)
+                if half:  # the reverse pair sees -u: its monomials change sign with their order
+                    a = a + grad_moments[m].index_select(0, c['slot_ar']) * self.mono_parity
+                    grad_d = grad_d + grad_diag[m].index_select(0, c['slot_ar'])
+                # d/dg_s (sum over monomials, plus the j = k terms), then through the Gaussians to the distance
+                dg = (a * mono).view(n_pairs, n_s, n_mono).sum(-1) + 2.0 * g * grad_d
+                dd = (dg * angular_slopes).sum(1)  # (P',)
+                # d/du through the monomial factors onto (x, y, z) of u1, then projected off u and divided by d
+                gu = None
+                for rest, matrix in zip(others, onto_unit, strict=True):
+                    term = torch.mm(matrix, (a * rest).T).T  # (P', 3); this orientation is the faster product
+                    gu = term if gu is None else gu + term
+                radial_part = dd.unsqueeze(1) - (gu * unit).sum(1, keepdim=True) * inv_a
+                grad_a = radial_part * unit + gu * inv_a
+                keep_a = c['keep_a']
+                out = out + grad_a if keep_a is None else out.index_add(0, keep_a, grad_a)
+            if c['keep'] is not None:
+                out = out.new_zeros(c['n_pairs'], 3).index_add(0, c['keep'], out)
+            members.append(out)
+        return torch.stack(members, dim=1)
 
 
 def describe(atoms: Atoms, cutoff: float = 5.0, chiral: bool = True, **options) -> tuple[np.ndarray, list[str]]:

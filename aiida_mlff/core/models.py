@@ -2,9 +2,12 @@
 
 The energy of a system is ``E = sum_i [scale * NN_{Z_i}(x_i) + E0_{Z_i}]`` with ``x_i`` the normalised descriptor
 of atom i (``descriptors.py``), per-element networks ``NN_Z`` and trainable per-element reference energies ``E0``
-[eV]. Forces are ``-dE/dR`` by autograd, so they are conservative by construction. A committee of M members shares
-the descriptor and evaluates all member networks in one batched pass (weights stacked along a member axis).
-Chirality terms enter the networks squared, so energies do not change under reflection.
+[eV]. Forces are ``-dE/dR``: autograd through the networks, then the descriptor's hand-written derivative with
+respect to the pair vectors (the plain autograd path is kept for training and Hessians; both agree to rounding), so
+they are conservative by construction. A committee of M members shares the descriptor and evaluates all member
+networks in one batched pass (weights stacked along a member axis). Chirality terms enter the networks as
+``log(1 + chi^2)`` (even in chi, and growing slowly where the training data end), so energies do not change under
+reflection.
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ class Potential(nn.Module):
         """Network inputs from raw features: chirality terms squared (parity even), then per-element scaling."""
         d = self.descriptor
         if d.n_chiral:
-            raw = torch.cat([raw[:, : d.n_g2 + d.n_g5], raw[:, d.n_g2 + d.n_g5 :] ** 2], dim=1)
+            raw = torch.cat([raw[:, : d.n_g2 + d.n_g5], torch.log1p(raw[:, d.n_g2 + d.n_g5 :] ** 2)], dim=1)
         return raw
 
     def normalise(self, features: Tensor, species: Tensor) -> Tensor:
@@ -191,7 +194,11 @@ class Potential(nn.Module):
         return (features - self.feature_mean.index_select(0, species)) / self.feature_std.index_select(0, species)
 
     def atomic_energies(self, x: Tensor, species: Tensor) -> Tensor:
-        """(M, N) atomic energies [eV] of every member from normalised features ``x`` (N, F)."""
+        """(M, N) atomic energies [eV] of every member from normalised features ``x``.
+
+        ``x`` is (N, F), shared by the members, or (N, M, F), one input per member (then one backward pass gives
+        every member's gradient with respect to its own input).
+        """
         n_members = self.committee_size
         out = x.new_zeros(n_members, x.shape[0])
         for e in range(self.descriptor.n_elements):
@@ -199,10 +206,13 @@ class Potential(nn.Module):
             if index.numel() == 0:
                 continue
             w0 = self.weights[0][:, e]  # (M, F, H)
-            h = (x.index_select(0, index) @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).reshape(
-                index.numel(), n_members, -1
-            )
-            h = self._act(h.transpose(0, 1) + self.biases[0][:, e].unsqueeze(1))
+            xe = x.index_select(0, index)
+            if xe.dim() == 3:
+                h = torch.bmm(xe.transpose(0, 1), w0)  # (M, n_e, H)
+            else:
+                h = (xe @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).reshape(index.numel(), n_members, -1)
+                h = h.transpose(0, 1)
+            h = self._act(h + self.biases[0][:, e].unsqueeze(1))
             for layer in range(1, len(self.weights)):
                 h = torch.baddbmm(self.biases[layer][:, e].unsqueeze(1), h, self.weights[layer][:, e])
                 if layer < len(self.weights) - 1:
@@ -212,11 +222,27 @@ class Potential(nn.Module):
         return out
 
     def member_energies(
-        self, vectors: Tensor, neighbors: Neighbors, species: Tensor, batch_index: Tensor, n_systems: int
+        self,
+        vectors: Tensor | None,
+        neighbors: Neighbors | None,
+        species: Tensor,
+        batch_index: Tensor,
+        n_systems: int,
+        features: Tensor | None = None,
     ) -> Tensor:
-        """(M, B) energies [eV] from pair vectors (P, 3) [Å]; differentiable in ``vectors``."""
-        raw = self.descriptor(vectors, neighbors.i, neighbors.j, species)
-        x = self.normalise(self.transform(raw, species), species)
+        """(M, B) energies [eV] from pair vectors (P, 3) [Å]; differentiable in ``vectors``.
+
+        With ``features``, the descriptor's raw features (N, n_features), or one copy per member (N, M, n_features),
+        ``vectors`` and ``neighbors`` are not used and the energies are differentiable in ``features``.
+        """
+        raw = self.descriptor(vectors, neighbors.i, neighbors.j, species) if features is None else features
+        if raw.dim() == 3:  # one input per member: transform and normalise every (atom, member) row alike
+            n_atoms, n_members = raw.shape[0], raw.shape[1]
+            rows = species.repeat_interleave(n_members)
+            x = self.normalise(self.transform(raw.reshape(n_atoms * n_members, -1), rows), rows)
+            x = x.reshape(n_atoms, n_members, -1)
+        else:
+            x = self.normalise(self.transform(raw, species), species)
         atomic = self.atomic_energies(x, species)
         return atomic.new_zeros(atomic.shape[0], n_systems).index_add(1, batch_index, atomic)
 
@@ -263,27 +289,70 @@ class Potential(nn.Module):
             ``energy`` (B,), ``energies`` (M, B), ``energy_std`` (B,), ``forces`` (N, 3), ``member_forces``
             (M, N, 3) when M > 1, ``max_force_deviation`` (B,), ``stress`` (B, 3, 3) when asked.
         """
+        from .memory import retain_freed_memory
+
+        retain_freed_memory()  # once per process: pair-sized temporaries otherwise page-fault at every call
         if batch.dtype != self.dtype or batch.device != self.device:
             batch = batch.to(device=self.device, dtype=self.dtype)
+        listed_half = neighbors is None and not create_graph  # a half list is all the analytic path needs
         if neighbors is None:
-            neighbors = neighbor_list(batch, self.cutoff)
+            neighbors = neighbor_list(batch, self.cutoff, full_list=not listed_half)
         elif neighbors.shifts.dtype != self.dtype or neighbors.i.device != self.device:
             neighbors = Neighbors(
                 neighbors.i.to(self.device), neighbors.j.to(self.device), neighbors.shifts.to(self.device, self.dtype)
             )
         species = self.descriptor.element_index(batch.numbers)
+        half = listed_half
+        if not create_graph and not listed_half:
+            # each pair once (the list holds i -> j and j -> i): the descriptor counts it for both atoms. The half
+            # list is kept on the list object, so an MD run reuses it until its Verlet list is rebuilt.
+            cached = getattr(neighbors, '_half_list', False)
+            if cached is False:
+                i, j = neighbors.i, neighbors.j
+                first = i < j
+                same = i == j
+                if bool(same.any()):  # an atom and its own periodic image: keep the lexicographically positive shift
+                    s = neighbors.shifts
+                    positive = (s[:, 0] > 0) | ((s[:, 0] == 0) & ((s[:, 1] > 0) | ((s[:, 1] == 0) & (s[:, 2] > 0))))
+                    first = first | (same & positive)
+                # only a symmetric (full) list halves; any other list is used as it is
+                cached = neighbors.select(first) if 2 * int(first.sum()) == neighbors.n_pairs else None
+                neighbors._half_list = cached
+            if cached is not None:
+                neighbors, half = cached, True
         vectors = pair_vectors(batch, neighbors)
         if not create_graph:
             vectors = vectors.detach()
         mask = (vectors.detach() ** 2).sum(1) < self.cutoff**2
         if not bool(mask.all()):
-            neighbors, vectors = neighbors.select(mask), vectors[mask]
+            keep = torch.nonzero(mask).squeeze(1)
+            neighbors = Neighbors(
+                neighbors.i.index_select(0, keep),
+                neighbors.j.index_select(0, keep),
+                neighbors.shifts.index_select(0, keep),
+            )
+            vectors = vectors.index_select(0, keep)
         need_grad = forces or stress
-        with torch.set_grad_enabled(need_grad or torch.is_grad_enabled()):
-            if need_grad and not vectors.requires_grad:
-                vectors.requires_grad_(True)
-            energies = self.member_energies(vectors, neighbors, species, batch.batch, batch.n_systems)
-        n_members, n_atoms = energies.shape[0], species.shape[0]
+        n_atoms = species.shape[0]
+        if create_graph:
+            # autograd through the descriptor: the forces stay differentiable (training on forces)
+            with torch.set_grad_enabled(True):
+                if need_grad and not vectors.requires_grad:
+                    vectors.requires_grad_(True)
+                energies = self.member_energies(vectors, neighbors, species, batch.batch, batch.n_systems)
+        else:
+            # the descriptor's pair sums without a graph; autograd only over the per-atom part (small), then the
+            # descriptor's analytic chain rule back to the pair vectors
+            context = {} if need_grad else None
+            with torch.no_grad():
+                sums = self.descriptor.accumulate(vectors, neighbors.i, neighbors.j, species, context, half=half)
+                raw = self.descriptor.combine(*sums)
+                if need_grad and self.committee_size > 1:  # one copy per member: one backward pass for all
+                    raw = raw.unsqueeze(1).expand(-1, self.committee_size, -1).contiguous()
+                raw.requires_grad_(need_grad)
+            with torch.set_grad_enabled(need_grad):
+                energies = self.member_energies(None, None, species, batch.batch, batch.n_systems, features=raw)
+        n_members = energies.shape[0]
         result = {
             'energies': energies,
             'energy': energies.mean(0),
@@ -291,11 +360,17 @@ class Potential(nn.Module):
         }
         if not need_grad:
             return result if create_graph else {k: v.detach() for k, v in result.items()}
-        grads = self._member_pair_gradients(energies, vectors, create_graph)  # (M, P, 3) dE_m/d(vectors)
-        flat = grads.permute(1, 0, 2).reshape(-1, n_members * 3)  # (P, M*3)
-        member_forces = flat.new_zeros(n_atoms, n_members * 3).index_add(
-            0, torch.cat([neighbors.i, neighbors.j]), torch.cat([flat, -flat])
-        )
+        if create_graph:
+            grads = self._member_pair_gradients(energies, vectors, create_graph).transpose(0, 1)  # (P, M, 3)
+        else:
+            if raw.dim() == 3:
+                grad_raw = torch.autograd.grad(energies.sum(), raw)[0].transpose(0, 1)  # (M, N, n_features)
+            else:
+                grad_raw = self._member_pair_gradients(energies, raw, False)
+            grads = self.descriptor.pair_gradients(context, *self.descriptor.combine_backward(*sums, grad_raw))
+        flat = grads.reshape(-1, n_members * 3)  # (P, M*3): dE_m/d(vectors)
+        member_forces = flat.new_zeros(n_atoms, n_members * 3)
+        member_forces = member_forces.index_add(0, neighbors.i, flat).index_add(0, neighbors.j, -flat)
         member_forces = member_forces.reshape(n_atoms, n_members, 3).permute(1, 0, 2)
         result['forces'] = member_forces.mean(0)
         if n_members > 1:
@@ -307,7 +382,7 @@ class Potential(nn.Module):
         else:
             result['max_force_deviation'] = torch.zeros_like(result['energy'])
         if stress:
-            pair_virial = vectors.unsqueeze(2) * grads.mean(0).unsqueeze(1)  # (P, 3, 3)
+            pair_virial = vectors.unsqueeze(2) * grads.mean(1).unsqueeze(1)  # (P, 3, 3)
             virial = pair_virial.new_zeros(batch.n_systems, 3, 3).index_add(0, batch.batch[neighbors.i], pair_virial)
             volume = torch.linalg.det(batch.cell).abs()
             periodic = batch.pbc.all(1) & (volume > 0)
@@ -317,17 +392,27 @@ class Potential(nn.Module):
         return result if create_graph else {k: v.detach() for k, v in result.items()}
 
     @staticmethod
-    def _member_pair_gradients(energies: Tensor, vectors: Tensor, create_graph: bool) -> Tensor:
+    def _member_pair_gradients(
+        energies: Tensor, inputs: Tensor | Sequence[Tensor], create_graph: bool
+    ) -> Tensor | list[Tensor]:
+        """Gradients of every member's total energy: (M, *input.shape) for one input, a list of them for several."""
         n_members = energies.shape[0]
         totals = energies.sum(1)
-        if n_members == 1:
-            return torch.autograd.grad(totals[0], vectors, create_graph=create_graph)[0].unsqueeze(0)
-        return torch.stack(
-            [
-                torch.autograd.grad(totals[m], vectors, create_graph=create_graph, retain_graph=True)[0]
-                for m in range(n_members)
-            ]
-        )
+        single = isinstance(inputs, Tensor)
+        inputs = [inputs] if single else list(inputs)
+        per_member = [
+            torch.autograd.grad(
+                totals[m],
+                inputs,
+                create_graph=create_graph,
+                retain_graph=create_graph or m < n_members - 1,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            for m in range(n_members)
+        ]
+        stacked = [torch.stack([grads[k] for grads in per_member]) for k in range(len(inputs))]
+        return stacked[0] if single else stacked
 
 
 @register_architecture('bp-chiral')

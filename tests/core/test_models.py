@@ -145,3 +145,21 @@ def test_float32_matches_float64(pot):
     single.load_state_dict({k: v.float() for k, v in pot.state_dict().items()})
     e32 = float(single.evaluate(AtomsBatch.from_atoms(atoms), forces=False)['energy'][0])
     assert abs(e32 - _energy(pot, atoms)) < 1e-4
+
+
+@pytest.mark.parametrize('options', [{}, {'zetas': (1, 2, 4), 'angular_cutoff': 4.0}, {'chiral': False}])
+def test_analytic_forces_match_autograd(options):
+    """Forces and stress of the analytic descriptor backward (half pair lists) equal those of full autograd."""
+    pot = Potential.build(['H', 'O'], cutoff=4.0, committee=3, seed=2, dtype='float64', **options)
+    rng = np.random.default_rng(3)
+    small = Atoms('OH2', positions=rng.uniform(0.0, 2.5, (3, 3)), cell=[[2.7, 0.1, 0.0], [0.2, 2.9, 0.0], [0, 0, 3.1]])
+    small.pbc = True  # atoms see their own periodic images
+    slab = Atoms('OH2', positions=rng.uniform(0.0, 2.5, (3, 3)), cell=[3.0, 3.2, 9.0], pbc=[True, True, False])
+    batch = AtomsBatch.from_atoms([small, _cluster(7), slab])
+    for neighbors in (None, neighbor_list(batch, pot.cutoff + 1.0)):
+        fast = pot.evaluate(batch, neighbors, stress=True)
+        reference = pot.evaluate(batch, neighbors, stress=True, create_graph=True)
+        for key in ('energies', 'member_forces', 'max_force_deviation'):
+            assert torch.allclose(fast[key], reference[key].detach(), rtol=0, atol=1e-12), key
+        periodic = torch.isfinite(reference['stress'])
+        assert torch.allclose(fast['stress'][periodic], reference['stress'].detach()[periodic], rtol=0, atol=1e-12)
