@@ -170,6 +170,14 @@ def main() -> None:
     parser.add_argument('--n-small', type=int, default=60, help='rattles with sigma 0.03 Å')
     parser.add_argument('--n-large', type=int, default=60, help='rattles with sigma 0.08 Å')
     parser.add_argument('--n-internal', type=int, default=85, help='stretched and bent geometries')
+    parser.add_argument(
+        '--extra',
+        type=int,
+        nargs=3,
+        default=[45, 45, 70],
+        metavar=('SMALL', 'LARGE', 'INTERNAL'),
+        help='a second set drawn from seed + 1 (appended, so the first set stays the same)',
+    )
     parser.add_argument('--workers', type=int, default=2, help='pw.x runs at the same time (each serial)')
     parser.add_argument('--collect-only', action='store_true', help='write the frames computed so far, run nothing')
     parser.add_argument('--workdir', type=Path, default=Path('/tmp/mlff_h2o_dft'))
@@ -196,6 +204,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     geometries = sample_geometries(eq, rng, args.n_small, args.n_large, args.n_internal)
+    geometries += sample_geometries(eq, np.random.default_rng(args.seed + 1), *args.extra)
     jobs = [(atoms, args.workdir / f'frame_{index:04d}') for index, atoms in enumerate(geometries)]
     if args.collect_only:
         frames = [_cached(*job) for job in jobs]

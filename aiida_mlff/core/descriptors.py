@@ -10,7 +10,7 @@ Per centre atom i, with neighbours j, k of elements a, b, distances r [Å] and c
 * Chirality (pseudoscalars): with vector moments ``V_c = sum_{j in a} g_s(r_ij) u_ij`` for channels c = (a, s),
   ``chi[c1, c2, c3] = V_c1 . (V_c2 x V_c3) = sum_{jkl} g g g  u_ij . (u_ik x u_il)``, a sum of signed volumes of
   neighbour triples. It changes sign under a reflection and is invariant under proper rotations. The potential
-  feeds ``chi^2`` (parity even) to its networks, so energies are the same for mirror images.
+  feeds ``log(1 + chi^2)`` (parity even) to its networks, so energies are the same for mirror images.
 
 Evaluation is split in two: :meth:`Descriptor.accumulate` sums per-pair terms into per-atom moments (all the
 pair-sized work) and :meth:`Descriptor.combine` turns them into features. ``forward`` (autograd, differentiable

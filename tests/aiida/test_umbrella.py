@@ -159,6 +159,9 @@ def test_windows_that_blow_up_are_rerun_alone_then_left_out(mlff_environment, ho
     # WHAM left the dropped windows out; elsewhere the PMF is the known one
     centres = results['overlap'].get_array('centers')
     assert not np.any(np.isclose(np.degrees(centres), 90.0))
+    dropped = np.degrees(results['dropped_windows'].get_list())
+    assert np.any(np.isclose(dropped, 90.0))
+    assert len(centres) + len(dropped) == 24
     grid = results['pmf'].get_x()[1]
     y = {name: values for name, values, _ in results['pmf'].get_y()}
     kt = KB_EV * T

@@ -20,7 +20,7 @@ from .conftest import PROFILE, VERDI, pw_calculations, real_environment, verdi, 
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
-RATTLES = 0  # the rattled scan geometries are the only labels
+RATTLES = 4  # rattled copies of the molecule, labelled with the scan geometries
 SCAN_ANGLES = [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]  # labels along the whole torsion the windows span
 WINDOWS = 16
 
@@ -36,12 +36,21 @@ CAMPAIGN = {
     'training': {
         'protocol': 'fast',
         'committee': 2,
-        'model': {'cutoff': 3.5, 'angular_cutoff': 3.0, 'hidden': [24, 24], 'n_radial': 8, 'n_angular': 3},
+        'model': {
+            'cutoff': 3.5,
+            'angular_cutoff': 3.0,
+            'hidden': [16, 16],
+            'n_radial': 8,
+            'n_angular': 3,
+            'chiral': False,
+        },
         'epochs': 200,
         'patience': 100,
         'batch_size': 4,
         'learning_rate': 0.005,
+        'energy_weight': 10.0,
         'forces_weight': 1.0,
+        'polish_steps': 100,
     },
     'active_learning': {
         'max_iterations': 1,  # train and explore once; the candidates of the last iteration are not labelled

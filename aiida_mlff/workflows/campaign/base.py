@@ -251,12 +251,13 @@ class CampaignWorkChain(WorkChain):
         deviation = overlap.get_array('max_force_deviation')
         upper = self.config['active_learning']['trust_upper']
         untrusted = [float(c) for c, d in zip(overlap.get_array('centers'), deviation, strict=True) if d >= upper]
-        self.ctx.untrusted = untrusted
+        dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
+        self.ctx.untrusted = untrusted + list(dropped)  # windows that kept blowing up need labels most of all
         self.report(
             f'umbrella: {len(untrusted)} of {len(deviation)} windows exceed the trust level {upper} eV/Å '
-            f'(largest deviation {float(deviation.max()):.3f} eV/Å)'
+            f'(largest deviation {float(deviation.max()):.3f} eV/Å); {len(dropped)} left out after blowing up'
         )
-        if not untrusted or self.ctx.refits >= self.config['umbrella']['refit_rounds']:
+        if not self.ctx.untrusted or self.ctx.refits >= self.config['umbrella']['refit_rounds']:
             self.ctx.umbrella_done = True
         return None
 

@@ -127,6 +127,12 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         spec.output('overlap', valid_type=orm.ArrayData, help='Overlap matrix and neighbour overlaps.')
         spec.output('barrier', valid_type=orm.Float, required=False, help='eV; kcal/mol in attributes.')
         spec.output('rate', valid_type=orm.Float, required=False, help='TST rate, s^-1.')
+        spec.output(
+            'dropped_windows',
+            valid_type=orm.List,
+            required=False,
+            help='Centres (CV units) of windows left out because they kept blowing up.',
+        )
         spec.exit_code(401, 'ERROR_MD_FAILED', message='The umbrella MD failed: {message}')
 
     @classmethod
@@ -302,6 +308,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 self.out(key, self.ctx.wham[key])
         if self.ctx.dropped:
             self.report(f'windows left out because they kept blowing up: {np.round(self.ctx.dropped, 3).tolist()}')
+            self.out('dropped_windows', orm.List(sorted(self.ctx.dropped)).store())
         barrier = self.ctx.wham.get('barrier')
         if barrier is not None:
             self.report(f'barrier {barrier.value:.4f} eV ({barrier.base.attributes.get("kcal_mol"):.2f} kcal/mol)')
