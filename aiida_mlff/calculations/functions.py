@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
+from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from aiida_mlff.core import sampling
@@ -151,19 +152,25 @@ def select_frames(settings: orm.Dict, **runs) -> dict:
             if trajectory is None:
                 continue
             steps = list(trajectory.get_stepids())
-            all_steps = None
+            row_of_step = None
             if 'step' in node.get_arraynames():
-                all_steps = list(node.get_array('step'))
+                row_of_step = {int(step): row for row, step in enumerate(node.get_array('step'))}
+            # the arrays directly (one StructureData per frame would take most of the time of this function)
+            positions = trajectory.get_array('positions')
+            cells = trajectory.get_array('cells') if 'cells' in trajectory.get_arraynames() else None
+            symbols = list(trajectory.symbols)
+            pbc = trajectory.base.attributes.get('pbc', None)
+            pbc = [bool(p) for p in pbc] if pbc is not None else cells is not None
             for k in range(trajectory.numsteps):
                 if steps[k] == 0:
                     continue  # the starting structure itself: already known, never worth a new label
-                f = all_steps.index(steps[k]) if all_steps is not None else k
-                atoms = trajectory.get_step_structure(k).get_ase()
-                digest = hash(np.round(atoms.positions, 6).tobytes())
+                f = row_of_step[int(steps[k])] if row_of_step is not None else k
+                digest = hash(np.round(positions[k], 6).tobytes())
                 if digest in seen:
                     continue
                 seen.add(digest)
-                frames.append(atoms)
+                cell = cells[k] if cells is not None else None
+                frames.append(Atoms(symbols, positions=positions[k], cell=cell, pbc=pbc if cell is not None else False))
                 deviations.append(float(dev[f, r]))
     picked, classification = select_candidates(
         frames,

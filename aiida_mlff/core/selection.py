@@ -56,24 +56,41 @@ def classify(deviations: np.ndarray, lower: float, upper: float) -> Classificati
     return Classification(labels=labels, lower=lower, upper=upper)
 
 
-def fingerprints(frames: Sequence[Atoms], cutoff: float = 4.0) -> np.ndarray:
-    """One vector per frame: per-element means and spreads of symmetry-function features (rotation invariant)."""
-    from .descriptors import describe
+def fingerprints(frames: Sequence[Atoms], cutoff: float = 4.0, chunk: int = 256) -> np.ndarray:
+    """One vector per frame: per-element means and spreads of symmetry-function features (rotation invariant).
 
+    One descriptor evaluates the frames in batches of ``chunk`` (thousands of MD frames take seconds).
+    """
+    import torch
+
+    from .atoms import AtomsBatch, neighbor_list, pair_vectors
+    from .descriptors import Descriptor, DescriptorSpec
+
+    if not len(frames):
+        return np.zeros((0, 0))
     elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+    descriptor = Descriptor(DescriptorSpec(elements=elements, cutoff=cutoff, chiral=False)).double()
+    n_el, n_feat = len(elements), descriptor.n_features
     rows = []
-    for atoms in frames:
-        features, _ = describe(atoms, cutoff=cutoff, chiral=False, elements=elements)
-        symbols = np.array(atoms.get_chemical_symbols())
-        parts = []
-        for element in elements:
-            block = features[symbols == element]
-            if len(block):
-                parts.extend([block.mean(0), block.std(0)])
-            else:
-                parts.extend([np.zeros(features.shape[1])] * 2)
-        rows.append(np.concatenate(parts))
-    return np.asarray(rows)
+    for start in range(0, len(frames), chunk):
+        batch = AtomsBatch.from_atoms(list(frames[start : start + chunk]), dtype=torch.float64)
+        nbrs = neighbor_list(batch, cutoff)
+        species = descriptor.element_index(batch.numbers)
+        with torch.no_grad():
+            features = descriptor(pair_vectors(batch, nbrs), nbrs.i, nbrs.j, species)
+        # per system and element: mean and standard deviation of the features (zeros where the element is absent)
+        group = batch.batch * n_el + species
+        n_groups = batch.n_systems * n_el
+        ones = torch.ones(group.shape[0], dtype=torch.float64)
+        count = torch.zeros(n_groups, dtype=torch.float64).index_add(0, group, ones)
+        total = torch.zeros(n_groups, n_feat, dtype=torch.float64).index_add(0, group, features)
+        safe = count.clamp(min=1).unsqueeze(1)
+        mean = total / safe
+        centred = features - mean.index_select(0, group)  # two passes: no cancellation in the spread
+        std = (torch.zeros(n_groups, n_feat, dtype=torch.float64).index_add(0, group, centred * centred) / safe).sqrt()
+        both = torch.stack([mean, std], dim=1).reshape(batch.n_systems, n_el, 2 * n_feat)
+        rows.append(both.reshape(batch.n_systems, -1).numpy())
+    return np.concatenate(rows)
 
 
 def farthest_point_sampling(points: np.ndarray, k: int, seed: int = 0) -> list[int]:
