@@ -38,7 +38,8 @@ def test_fingerprints_are_rotation_invariant_and_tell_geometries_apart():
     frames = [water(0.97, 0.97, 104.5, seed=s) for s in range(3)] + [water(1.1, 0.9, 95.0)]
     fp = fingerprints(frames)
     assert fp.shape[0] == 4
-    assert np.allclose(fp[0], fp[1], atol=1e-10) and np.allclose(fp[0], fp[2], atol=1e-10)
+    assert np.allclose(fp[0], fp[1], atol=1e-10)
+    assert np.allclose(fp[0], fp[2], atol=1e-10)
     assert np.linalg.norm(fp[3] - fp[0]) > 1e-2 * np.linalg.norm(fp[0])
 
 
@@ -63,9 +64,11 @@ def test_candidates_come_from_the_trust_window_or_the_least_failed():
     frames = [water(0.9 + 0.01 * k, 0.97, 100.0 + k) for k in range(12)]
     deviations = [0.05, 0.2, 0.3, 0.4, 0.9, 1.5, 2.0, 0.01, 0.25, 3.0, np.nan, 0.5]
     picked, c = select_candidates(frames, deviations, 0.1, 0.6, k=3)
-    assert len(picked) == 3 and all(0.1 <= deviations[i] < 0.6 for i in picked)
+    assert len(picked) == 3
+    assert all(0.1 <= deviations[i] < 0.6 for i in picked)
     assert c.n_frames == 11
     none, _ = select_candidates(frames, [0.9, 1.0, 2.0] + [5.0] * 9, 0.1, 0.6, k=2)
     assert none == []
     filled, _ = select_candidates(frames, [0.9, 1.0, 2.0] + [5.0] * 9, 0.1, 0.6, k=2, fill_from_failed=True)
-    assert len(filled) == 2 and set(filled) <= set(range(6))  # among the 3 k = 6 least failed frames
+    assert len(filled) == 2
+    assert set(filled) <= set(range(6))
