@@ -43,11 +43,35 @@ def main(path: str = 'examples/h2o2-torsion.yaml') -> int:
         h = out.history.get_dict()
         rows.append(('active-learning iterations', str(len(h['iterations'])), '-', None))
         rows.append(('pw.x labels in the final dataset', str(out.dataset.n_structures), '-', None))
+    rows += _report_rows(node)
     print(f'\nCampaign {node.process_label}<{node.pk}>: exit status {node.exit_status}')
     print(f'{"quantity":<40} {"measured":>18} {"target":>16}  met')
     for name, value, target, met in rows:
         print(f'{name:<40} {value:>18} {target:>16}  {"" if met is None else "yes" if met else "NO"}')
     return 0 if node.is_finished_ok else 1
+
+
+def _report_rows(node) -> list[tuple]:
+    """Write the campaign's report; check that every figure is drawn and that the page opens in headless Chromium."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from aiida_mlff.report import write_campaign_report
+    from tests.aiida.test_report import CHROMIUM, open_in_chromium, pixel_variance
+
+    directory = root / 'runs' / f'bench-campaign-{node.pk}'
+    paths = write_campaign_report(node, directory)
+    blank = [p.name for p in sorted(directory.glob('*.png')) if pixel_variance(p) <= 1e-3]
+    n_png = len(list(directory.glob('*.png')))
+    rows = [('report figures drawn (non-blank)', f'{n_png - len(blank)} of {n_png}', 'all', not blank)]
+    if CHROMIUM is None:
+        rows.append(('report in headless Chromium', 'chromium not installed', 'no errors', None))
+    else:
+        problems = open_in_chromium(paths['html'], directory / 'screenshot.png')
+        rows.append(('report in headless Chromium', f'{len(problems)} errors', 'no errors', not problems))
+    print(f'report written to {directory}')
+    return rows
 
 
 if __name__ == '__main__':

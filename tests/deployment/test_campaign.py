@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.aiida.test_report import CHROMIUM, open_in_chromium, pixel_variance
+
 from .conftest import PROFILE, VERDI, pw_calculations, real_environment, verdi, wait_for
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
+CLI = str(Path(VERDI).parent / 'aiida-mlff')
 RATTLES = 4  # rattled copies of the molecule, labelled with the scan geometries
 SCAN_ANGLES = [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]  # labels along the whole torsion the windows span
 WINDOWS = 16
@@ -141,6 +144,24 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
     assert all(n.computer.label == 'slurm-localhost' and (n.get_job_id() or '').isdigit() for n in mlff_jobs)
     history = node.outputs.history.get_dict()
     assert len(history['iterations']) == 1
+    # The report of this real campaign: every figure drawn, and the page opens in headless Chromium without errors.
+    directory = tmp_path / 'report'
+    result = subprocess.run(
+        [CLI, '-p', PROFILE, 'campaign', 'report', str(node.pk), '-o', str(directory)],
+        capture_output=True,
+        text=True,
+        env=real_environment(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = sorted(directory.glob('*.png'))
+    assert {f.name for f in figures} >= {'pmf.png', 'history.png', 'parity_energy.png', 'parity_forces.png'}
+    for figure in figures:
+        assert pixel_variance(figure) > 1e-3, f'{figure.name} is blank'
+    if CHROMIUM is not None:
+        screenshot = tmp_path / 'screenshot.png'
+        assert open_in_chromium(directory / 'index.html', screenshot) == []
+        assert pixel_variance(screenshot) > 1e-3
     barriers = node.outputs.barriers.get_dict()
     print(
         f'\nreduced campaign through daemon + Slurm over SSH: {seconds:.0f} s; {len(calcs)} PwCalculations, '
