@@ -74,6 +74,7 @@ def checkpoint_state(path: Path) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------------- training
 EPOCHS = 200
+POLISH = 20  # L-BFGS steps after the AdamW epochs (rows of the learning curve with a polish_step)
 
 
 def toy_dataset(n: int = 24):
@@ -110,6 +111,7 @@ def test_training_scancel_resumes_from_checkpoint(daemon):
                 'patience': EPOCHS,  # no early stop: every requested epoch runs
                 'batch_size': 4,
                 'checkpoint_every': 1,
+                'polish_steps': POLISH,
                 'device': 'cpu',
             }
         }
@@ -159,8 +161,12 @@ def test_training_scancel_resumes_from_checkpoint(daemon):
     assert 5 <= first_epochs < EPOCHS
 
     curve = resumed.outputs.learning_curve
-    epochs = curve.get_array('epoch')
+    polish = curve.get_array('polish_step')
+    adam = np.isnan(polish)
+    epochs = curve.get_array('epoch')[adam]
     np.testing.assert_array_equal(epochs, np.arange(1, EPOCHS + 1))  # the requested number, each epoch once
+    assert 1 <= int((~adam).sum()) <= POLISH  # then the polishing, once, after the last epoch
+    assert np.all(np.flatnonzero(~adam) > np.flatnonzero(adam).max())
     potential = node.outputs.potential
     assert potential.load_potential().metadata['training']['epochs_run'] == EPOCHS
     # Restored, not recomputed: the first epochs' wall times are those of the first job, to the last bit.
