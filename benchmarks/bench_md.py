@@ -77,8 +77,8 @@ def bench_umbrella(steps: int, n_windows: int = 32) -> tuple[float, float]:
     return t_batch, t_serial
 
 
-def bench_vs_ase(potential, steps: int, dtype: torch.dtype) -> tuple[float, float]:
-    atoms = water_box(256, seed=0)
+def bench_vs_ase(potential, steps: int, dtype: torch.dtype, n_molecules: int = 256) -> tuple[float, float]:
+    atoms = water_box(n_molecules, seed=0)
     rng = np.random.default_rng(0)
     v0 = rng.normal(size=(len(atoms), 3)) * np.sqrt(KB * 300.0 / atoms.get_masses() / KINETIC)[:, None]  # Å/fs
     atoms.set_velocities(v0 / fs)  # ASE velocity units
@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=200, help='MD steps per run')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (0: leave the default)')
     parser.add_argument('--skip-bp-ase', action='store_true', help='skip (b) with the BP potential (slowest part)')
+    parser.add_argument(
+        '--sizes', type=int, nargs='+', default=[96, 768, 6144], help='atoms of the water boxes of (b) with BP'
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,11 +118,11 @@ def main() -> None:
         from aiida_mlff.core.models import Potential
 
         bp = Potential.build(['H', 'O'], cutoff=4.0, committee=1, seed=0)
-        steps = max(10, args.steps // 10)
-        t_ours, t_ase = bench_vs_ase(bp, steps, torch.float32)
-        rows.append(
-            (f'(b) 768-atom water, BP float32 ({steps} steps)', 'simulate', t_ours, 'ASE VelocityVerlet', t_ase)
-        )
+        for n_atoms in args.sizes:
+            steps = max(10, args.steps // 10) if n_atoms <= 768 else max(5, args.steps // 40)
+            t_ours, t_ase = bench_vs_ase(bp, steps, torch.float32, n_molecules=n_atoms // 3)
+            case = f'(b) {n_atoms}-atom water, BP float32 ({steps} steps)'
+            rows.append((case, 'simulate', t_ours, 'ASE VelocityVerlet', t_ase))
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps')
     print(f'{"case":48s} {"ours":>18s} {"s":>8s} {"reference":>20s} {"s":>8s} {"ratio":>7s}')
     for case, a, ta, b, tb in rows:
