@@ -211,7 +211,10 @@ def _precomputed_energies_forces(pot, chunk: Sequence[_Frame], batch: AtomsBatch
 
 
 def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state: dict, start_time: float):
-    """Full-batch L-BFGS from the best AdamW weights; keeps the weights with the lowest validation loss."""
+    """Full-batch L-BFGS from the best AdamW weights; keeps the weights with the lowest validation loss.
+
+    Returns those weights and whether ``max_time`` (a walltime) cut the polishing short.
+    """
     optimizer = torch.optim.LBFGS(pot.parameters(), lr=1.0, max_iter=20, history_size=50, line_search_fn='strong_wolfe')
 
     def full_loss(items) -> Tensor:
@@ -226,10 +229,11 @@ def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state
         return loss
 
     best_loss, best = float(full_loss(monitor).detach()), copy.deepcopy(pot.state_dict())
+    interrupted = False
     for step in range(opts['polish_steps']):
         elapsed = time.perf_counter() - start_time
         if opts['max_time'] is not None and elapsed > opts['max_time']:
-            state['interrupted'] = True
+            interrupted = True
             break
         if opts['time_budget'] is not None and elapsed > opts['time_budget']:
             break
@@ -250,7 +254,7 @@ def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state
             }
         )
     pot.load_state_dict(best)
-    return best
+    return best, interrupted
 
 
 def _loss(pot, chunk: Sequence[_Frame], w_e: float, w_f: float) -> Tensor:
@@ -456,8 +460,8 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
     if best_weights is not None:
         pot.load_state_dict(best_weights)
     if finished and opts['polish_steps'] and not state.get('polished'):
-        best_weights = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time)
-        if state.pop('interrupted', False):
+        best_weights, interrupted = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time)
+        if interrupted:  # a walltime during polishing: the resumed run polishes again from the best weights
             finished = False
         else:
             state['polished'] = True

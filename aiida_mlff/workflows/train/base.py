@@ -55,15 +55,19 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
         builder.max_iterations = orm.Int(inputs['max_iterations'])
         return builder
 
-    @process_handler(priority=500, exit_codes=[TrainCalculation.exit_codes.ERROR_WALLTIME])
+    @process_handler(
+        priority=500,
+        exit_codes=[
+            TrainCalculation.exit_codes.ERROR_WALLTIME,
+            TrainCalculation.exit_codes.ERROR_STOPPED_WITH_CHECKPOINT,
+        ],
+    )
     def handle_walltime(self, node):
-        """Resume from the checkpoint in the remote folder: the run continues where it stopped."""
-        self.ctx.inputs.parent_folder = node.outputs.remote_folder
-        return self.restart(node, f'resume from the checkpoint in RemoteData<{node.outputs.remote_folder.pk}>')
+        """Resume from the checkpoint in the remote folder: the run continues where it stopped.
 
-    @process_handler(priority=490, exit_codes=[TrainCalculation.exit_codes.ERROR_STOPPED_WITH_CHECKPOINT])
-    def handle_stopped_with_checkpoint(self, node):
-        """Killed from outside (scancel, the scheduler's walltime, memory) after a checkpoint: resume from it."""
+        Covers mlff-run's own graceful stop at its time limit and a job killed from outside after a checkpoint
+        (scancel, the scheduler's walltime, memory).
+        """
         self.ctx.inputs.parent_folder = node.outputs.remote_folder
         return self.restart(node, f'resume from the checkpoint in RemoteData<{node.outputs.remote_folder.pk}>')
 

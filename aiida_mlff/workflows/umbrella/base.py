@@ -167,9 +167,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         self.ctx.runs = []
         self.ctx.refinements = 0
         self.ctx.attempt = 0  # 0: first run of the new windows; k > 0: k-th rerun of windows that blew up
-        self.ctx.reruns = 0
+        self.ctx.latest = []  # run keys of the last round: where to look for windows that blew up
         self.ctx.exclude = {}  # run key -> replicas left out of WHAM (blown up)
-        self.ctx.checked = []  # run keys whose blown-up windows were looked at
         self.ctx.dropped = []  # centres of windows given up on
 
     def has_new_windows(self):
@@ -223,21 +222,12 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                     MdBaseWorkChain, **self._md_inputs([c], f'window_round_{round_}_{k:03d}')
                 )
         self.ctx.runs.extend(futures)
-        what = (
-            f'rerun {self.ctx.attempt} of {len(centers)} windows that blew up'
-            if self.ctx.attempt
-            else (f'{len(centers)} windows')
-        )
+        self.ctx.latest = list(futures)
+        what = f'{len(centers)} windows'
+        if self.ctx.attempt:
+            what = f'rerun {self.ctx.attempt} of {what} that blew up'
         self.report(f'round {round_}: {what} in {len(futures)} MD job(s) ({self.inputs.mode.value})')
         return ToContext(**futures)
-
-    def _blown_up(self, key: str, node) -> list[int]:
-        """Replicas of run ``key`` that blew up (left out of WHAM); their centres wait for a rerun."""
-        status = node.outputs.status.get_dict().get('status', []) if 'status' in node.outputs else []
-        blown = [r for r, s in enumerate(status) if s == 'blown_up']
-        if blown:
-            self.ctx.exclude[key] = blown
-        return blown
 
     def analyse(self):
         """WHAM over every window so far; place new windows where neighbours overlap too little."""
@@ -250,10 +240,14 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 )
             runs[f'colvars_{key}'] = node.outputs.colvars
             runs[f'deviations_{key}'] = node.outputs.deviations
-            if key not in self.ctx.checked:  # a new run: rerun the windows that blew up in it
-                self.ctx.checked.append(key)
-                centres = node.outputs.colvars.get_array('centers')[:, 0]
-                rerun += [float(centres[r]) for r in self._blown_up(key, node)]
+            if key in self.ctx.latest:  # a run of the last round: its windows that blew up are left out, rerun
+                status = node.outputs.status.get_dict().get('status', []) if 'status' in node.outputs else []
+                blown = [r for r, s in enumerate(status) if s == 'blown_up']
+                if blown:
+                    self.ctx.exclude[key] = blown
+                    centres = node.outputs.colvars.get_array('centers')[:, 0]
+                    rerun += [float(centres[r]) for r in blown]
+        self.ctx.latest = []
         rerun = sorted(set(rerun))
         if rerun:
             if self.ctx.attempt < self.inputs.max_reruns.value:
