@@ -114,6 +114,17 @@ def _monomial_factors(exps: list[tuple[int, int, int]], max_order: int, n_gauss:
     return factors.reshape(max_order, 4, -1), expand.reshape(n_gauss, -1)
 
 
+def _gaussian_centres(first: float, last: float, n: int) -> tuple[Tensor, float]:
+    """Gaussian centres evenly spaced from ``first`` to ``last`` [Å] and their width parameter [1/Å^2].
+
+    ``eta = 0.5 / spacing^2``; for ``n = 1`` one centre at 1 Å with a spacing of 1 Å.
+    """
+    if n > 1:
+        centres = torch.linspace(first, last, n, dtype=F64)
+        return centres, 0.5 / float(centres[1] - centres[0]) ** 2
+    return torch.ones(1, dtype=F64), 0.5
+
+
 class Descriptor(torch.nn.Module):
     """Computes G2, G5 and chirality features of every atom from pair vectors.
 
@@ -130,23 +141,10 @@ class Descriptor(torch.nn.Module):
             lookup[atomic_numbers[symbol]] = index
         self.register_buffer('element_lookup', lookup, persistent=False)
 
-        rs = (
-            torch.linspace(0.5, spec.cutoff - 0.5, spec.n_radial, dtype=F64)
-            if spec.n_radial > 1
-            else torch.ones(1, dtype=F64)
-        )
-        width = float(rs[1] - rs[0]) if spec.n_radial > 1 else 1.0
+        rs, self.radial_eta = _gaussian_centres(0.5, spec.cutoff - 0.5, spec.n_radial)
         self.register_buffer('radial_centres', rs, persistent=False)
-        self.radial_eta = 0.5 / width**2
-
-        ra = (
-            torch.linspace(0.9, spec.angular_cutoff - 0.6, spec.n_angular, dtype=F64)
-            if spec.n_angular > 1
-            else torch.ones(1, dtype=F64)
-        )
-        awidth = float(ra[1] - ra[0]) if spec.n_angular > 1 else 1.0
+        ra, self.angular_eta = _gaussian_centres(0.9, spec.angular_cutoff - 0.6, spec.n_angular)
         self.register_buffer('angular_centres', ra, persistent=False)
-        self.angular_eta = 0.5 / awidth**2
 
         self.max_order = max(max(spec.zetas), 1)
         exps = _monomials(self.max_order)
