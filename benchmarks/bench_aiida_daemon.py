@@ -88,20 +88,12 @@ def main() -> None:
 def _main(tmp: Path, broker: str, repeat: int) -> None:
     from aiida import orm
     from aiida.engine import run_get_node, submit
-    from ase.build import molecule
+    from bench_aiida_overhead import tiny_md_job  # the same tiny job as the in-process overhead row
 
     from aiida_mlff.calculations.md import MdCalculation
-    from aiida_mlff.core.models import Potential
-    from aiida_mlff.data.potential import PotentialData
-    from aiida_mlff.environment import ensure_computer, ensure_mlff_code
 
     make_profile(broker)
-    ensure_computer()
-    code, _ = ensure_mlff_code()
-    path = tmp / 'pot.pt'
-    Potential.build(['H', 'O'], cutoff=3.5, committee=1).save(path)
-    potential = PotentialData(file=path).store()
-    structure = orm.StructureData(ase=molecule('H2O', vacuum=5.0)).store()
+    code, potential, structure = tiny_md_job(tmp)
     inputs = {
         'code': code,
         'potential': potential,

@@ -42,24 +42,38 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _main(tmp: Path) -> None:
+def tiny_md_job(tmp: Path) -> tuple:
+    """``(code, potential, structure)`` of the tiny ``mlff.md`` job of the AiiDA rows, on the loaded profile.
+
+    The ``localhost`` computer and ``mlff-run`` code are created where missing; the potential is a fresh 1-member BP
+    model (cutoff 3.5 Å) written to ``tmp``; the structure is one H2O with 5 Å of vacuum.
+    """
     from aiida import orm
-    from aiida.engine import run_get_node
     from ase.build import molecule
 
-    from aiida_mlff.calculations.md import MdCalculation
-    from aiida_mlff.core.files import MD_DEFAULTS
     from aiida_mlff.core.models import Potential
     from aiida_mlff.data.potential import PotentialData
-    from aiida_mlff.environment import ensure_computer, ensure_mlff_code, ensure_profile
+    from aiida_mlff.environment import ensure_computer, ensure_mlff_code
 
-    ensure_profile('bench-overhead')
     ensure_computer()
     code, _ = ensure_mlff_code()
     path = tmp / 'pot.pt'
     Potential.build(['H', 'O'], cutoff=3.5, committee=1).save(path)
     potential = PotentialData(file=path).store()
     structure = orm.StructureData(ase=molecule('H2O', vacuum=5.0)).store()
+    return code, potential, structure
+
+
+def _main(tmp: Path) -> None:
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_mlff.calculations.md import MdCalculation
+    from aiida_mlff.core.files import MD_DEFAULTS
+    from aiida_mlff.environment import ensure_profile
+
+    ensure_profile('bench-overhead')
+    code, potential, structure = tiny_md_job(tmp)
 
     def launch(steps: int):
         t0 = time.perf_counter()

@@ -41,27 +41,29 @@ def torsion_potential(tmp_path):
     return PotentialData(pot.save(tmp_path / 'torsion.pt')).store()
 
 
-def test_umbrella_recovers_a_known_pmf(mlff_environment, hooh, torsion_potential):
-    builder = UmbrellaWorkChain.get_builder_from_protocol(
-        mlff_environment['mlff_code'],
-        torsion_potential,
+def torsion_builder(code, potential, hooh, equilibration: int, production: int, **overrides):
+    """An ``mlff.umbrella`` builder: 24 windows over the whole dihedral, kappa 0.5 eV/rad^2, Langevin at T, float64."""
+    md = {
+        'temperature': T,
+        'equilibration_steps': equilibration,
+        'production_steps': production,
+        'friction': 0.05,
+        'dtype': 'float64',
+        'device': 'cpu',
+    }
+    return UmbrellaWorkChain.get_builder_from_protocol(
+        code,
+        potential,
         hooh,
         cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]},
         windows={'start': -math.pi, 'stop': math.pi, 'count': 24, 'kappa': 0.5},
         protocol='fast',
-        overrides={
-            'md': {
-                'temperature': T,
-                'equilibration_steps': 1000,
-                'production_steps': 20000,
-                'friction': 0.05,
-                'dtype': 'float64',
-                'device': 'cpu',
-            },
-            'bins': 48,
-            'bootstrap': 10,
-        },
+        overrides={'md': md, 'bins': 48, **overrides},
     )
+
+
+def test_umbrella_recovers_a_known_pmf(mlff_environment, hooh, torsion_potential):
+    builder = torsion_builder(mlff_environment['mlff_code'], torsion_potential, hooh, 1000, 20000, bootstrap=10)
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     pmf = results['pmf']
@@ -118,27 +120,7 @@ def test_windows_that_blow_up_are_rerun_alone_then_left_out(mlff_environment, ho
     broken = (math.radians(80.0), math.radians(100.0))
     pot = Potential.build(['H', 'O'], architecture='torsion-analytic', torsion=TORSION, broken=broken)
     potential = PotentialData(pot.save(tmp_path / 'broken.pt')).store()
-    builder = UmbrellaWorkChain.get_builder_from_protocol(
-        mlff_environment['mlff_code'],
-        potential,
-        hooh,
-        cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]},
-        windows={'start': -math.pi, 'stop': math.pi, 'count': 24, 'kappa': 0.5},
-        protocol='fast',
-        overrides={
-            'md': {
-                'temperature': T,
-                'equilibration_steps': 500,
-                'production_steps': 6000,
-                'friction': 0.05,
-                'dtype': 'float64',
-                'device': 'cpu',
-            },
-            'bins': 48,
-            'bootstrap': 0,
-            'max_refinements': 0,
-        },
-    )
+    builder = torsion_builder(mlff_environment['mlff_code'], potential, hooh, 500, 6000, bootstrap=0, max_refinements=0)
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     md_runs = [n for n in node.called if n.process_label == 'MdBaseWorkChain']
