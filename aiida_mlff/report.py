@@ -5,10 +5,12 @@ All figures are drawn with matplotlib's Agg backend (no display needed). The rep
 
 ``dataset`` (TrainingSetData), ``potential`` (PotentialData), ``learning_curve`` (ArrayData: epoch, train_loss,
 validation_loss, learning_rate, time_s), ``history`` (Dict: ``iterations`` and ``stop_reason``), ``pmf`` (XyData:
-x ``dihedral`` in degrees, y ``free_energy`` and ``error`` in eV, optional ``member_<m>`` in eV), ``barriers`` (Dict:
-``trans``/``cis`` with ``eV`` and ``kcal_mol``, ``experiment_kcal_mol``), ``rates`` (Dict: s^-1) and ``scan``
-(ArrayData: ``angle`` in degrees, ``mlff`` and ``dft`` in kcal/mol relative to their minimum).
-Outputs that are missing are skipped and named in the report.
+x the CV in its file unit (degrees, Å), y ``free_energy`` and ``error`` in eV, optional ``member_<m>`` in eV),
+``barriers`` (Dict of :func:`aiida_mlff.calculations.states.pmf_states`: ``unit``, ``states`` and ``transitions`` by
+name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -> ``forward``/``backward`` in s^-1)
+and ``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum).
+Outputs that are missing are skipped and named in the report. A ``barriers`` Dict of the older form (one
+``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g. ``trans`` and ``cis``) is read as forward barriers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import numpy as np
 
 __all__ = [
     'EV_TO_KCAL_MOL',
+    'barrier_lines',
+    'barrier_tables',
     'campaign_outputs',
     'parity_data',
     'plot_history',
@@ -242,6 +246,106 @@ def plot_history(history: Mapping[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+# ---------------------------------------------------------------------------------------------------------- barriers
+def barrier_tables(barriers: Mapping[str, Any] | None) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The ``states`` and ``transitions`` tables of a ``barriers`` dict, by name, in CV order (both empty for None).
+
+    States are ordered by their minimum and transitions by their transition state (a stored Dict does not keep the
+    order of its keys). A dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier)
+    gives no states and its barriers, by name, as transitions with their forward values only.
+    """
+    barriers = barriers or {}
+    if 'transitions' in barriers:
+        states = barriers.get('states') or {}
+        transitions = barriers['transitions'] or {}
+        return (
+            dict(sorted(states.items(), key=lambda item: item[1]['minimum'])),
+            dict(sorted(transitions.items(), key=lambda item: item[1]['transition_state'])),
+        )
+    old = {
+        name: {'forward_kcal_mol': v['kcal_mol'], 'forward_error_kcal_mol': v.get('error_kcal_mol'), **v}
+        for name, v in sorted(barriers.items())
+        if isinstance(v, Mapping) and 'kcal_mol' in v
+    }
+    return {}, old
+
+
+def _rates_of(rates: Mapping[str, Any] | None, name: str) -> tuple[float | None, float | None]:
+    """(forward, backward) TST rates in s^-1 of the transition ``name`` (an older ``rates`` Dict: forward only)."""
+    value = (rates or {}).get(name)
+    if isinstance(value, Mapping):
+        return value.get('forward'), value.get('backward')
+    return value, None
+
+
+def _pm(value: float | None, error: float | None, digits: int = 2) -> str:
+    """``'1.23 ± 0.04'`` (the error left out when unknown)."""
+    if value is None:
+        return '-'
+    return f'{value:.{digits}f}' + (f' ± {error:.{digits}f}' if error is not None else '')
+
+
+def _barrier_text(t: Mapping[str, Any]) -> str:
+    """``'forward 1.23 ± 0.04, backward 0.98 ± 0.05 kcal/mol'`` of one transition."""
+    text = f'forward {_pm(t.get("forward_kcal_mol"), t.get("forward_error_kcal_mol"))}'
+    if t.get('backward_kcal_mol') is not None:
+        text += f', backward {_pm(t["backward_kcal_mol"], t.get("backward_error_kcal_mol"))}'
+    return text + ' kcal/mol'
+
+
+def _transition_text(name: str, t: Mapping[str, Any], unit: str) -> str:
+    """One transition: its states, TS position and barriers."""
+    where = []
+    if 'from' in t:
+        where.append(f'{t["from"]} -> {t["to"]}')
+    if t.get('transition_state') is not None:
+        where.append(f'TS at {t["transition_state"]:.4g} {unit}'.rstrip())
+    return f'{name}' + (f' ({", ".join(where)})' if where else '') + f': {_barrier_text(t)}'
+
+
+def barrier_lines(barriers: Mapping[str, Any], rates: Mapping[str, Any] | None = None) -> list[str]:
+    """Lines of text naming every state and every transition (barriers, rates, experiment) of a ``barriers`` dict.
+
+    Parameters
+    ----------
+    barriers
+        The ``barriers`` Dict's contents (see the module docstring; the older form works too).
+    rates
+        The ``rates`` Dict's contents (s^-1), or None for the rates inside ``barriers``.
+    """
+    states, transitions = barrier_tables(barriers)
+    unit = barriers.get('unit', '')
+    experiment = barriers.get('experiment_kcal_mol') or {}
+    lines = []
+    if states:
+        lines.append(f'States ({len(states)}), free energy relative to the lowest:')
+        for name, st in states.items():
+            lo, hi = st['range']
+            lines.append(
+                f'  {name}: {_pm(st["kcal_mol"], st.get("error_kcal_mol"))} kcal/mol, minimum at '
+                f'{st["minimum"]:.4g} {unit}, range [{lo:.4g}, {hi:.4g}]'
+                + (' (named)' if st.get('named') else '')
+                + (f'; experiment {float(experiment[name]):.3g} kcal/mol' if name in experiment else '')
+            )
+    if transitions:
+        lines.append(f'Transitions ({len(transitions)}):')
+    for name, t in transitions.items():
+        text = '  ' + _transition_text(name, t, unit)
+        if rates is None:
+            forward, backward = t.get('rate_forward'), t.get('rate_backward')
+        else:
+            forward, backward = _rates_of(rates, name)
+        if forward is not None:
+            text += f'; TST rate {float(forward):.3g} s^-1' + (
+                f' forward, {float(backward):.3g} s^-1 backward' if backward is not None else ''
+            )
+        if name in experiment:
+            text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
+        lines.append(text)
+    lines.extend(f'Warning: {w}' for w in barriers.get('warnings') or [])
+    return lines
+
+
 def _pmf_arrays(pmf) -> dict[str, np.ndarray]:
     """Arrays of a PMF ``XyData`` node (or a plain mapping) by name: the x array and every y array."""
     if isinstance(pmf, Mapping):
@@ -258,27 +362,31 @@ def plot_pmf(
     path: str | Path,
     barriers: Mapping[str, Any] | None = None,
     scan: Mapping[str, np.ndarray] | None = None,
-    x_name: str = 'dihedral',
+    x_name: str | None = None,
 ) -> Path:
     """The PMF in kcal/mol (relative to its minimum) with its error band, committee members and reference points.
 
     Parameters
     ----------
     pmf
-        ``XyData`` (or mapping) with x ``dihedral`` [degrees], y ``free_energy`` and ``error`` [eV] and optional
-        ``member_<m>`` [eV].
+        ``XyData`` (or mapping) with x the CV in its file unit (degrees, Å), y ``free_energy`` and ``error`` [eV]
+        and optional ``member_<m>`` [eV].
     path
         PNG file to write.
     barriers
-        The ``barriers`` dict: its ``experiment_kcal_mol`` values are drawn as horizontal lines, and the computed
-        ``trans``/``cis`` barriers are named in the legend.
+        The ``barriers`` dict: its states and transition states are marked and named on the curve, every
+        transition's barriers are listed in the legend, and its ``experiment_kcal_mol`` values are drawn as
+        horizontal lines.
     scan
-        Arrays ``angle`` [degrees], ``mlff`` and ``dft`` [kcal/mol, relative to their minimum] of a relaxed scan
-        (an ``ArrayData`` node works too), drawn as points.
+        Arrays ``value`` [the CV's file unit], ``mlff`` and ``dft`` [kcal/mol, relative to their minimum] of a
+        relaxed scan (an ``ArrayData`` node works too), drawn as points.
     x_name
-        Name of the x array.
+        Name of the x array (default: the XyData's x, or the first array of a mapping).
     """
     arrays = _pmf_arrays(pmf)
+    unit = (barriers or {}).get('unit', '')
+    if hasattr(pmf, 'get_x'):
+        x_name, unit = x_name or pmf.get_x()[0], pmf.get_x()[2]
     if x_name not in arrays:
         x_name = next(iter(arrays))
     x = arrays[x_name]
@@ -295,15 +403,28 @@ def plot_pmf(
         error = arrays['error'][order] * EV_TO_KCAL_MOL
         ax.fill_between(x, free - error, free + error, color='tab:blue', alpha=0.25, lw=0, label='PMF ± error')
     label = 'PMF (umbrella sampling + WHAM)'
-    if barriers:
-        parts = [f'{k} {barriers[k]["kcal_mol"]:.2f}' for k in ('trans', 'cis') if isinstance(barriers.get(k), Mapping)]
-        if parts:
-            label += '\nbarriers: ' + ', '.join(parts) + ' kcal/mol'
+    states, transitions = barrier_tables(barriers)
+    if transitions:
+        both = any(t.get('backward_kcal_mol') is not None for t in transitions.values())
+        label += '\nbarriers' + (', forward / backward' if both else '') + ' (kcal/mol):'
+    for name, t in transitions.items():
+        label += f'\n  {name}: {_pm(t.get("forward_kcal_mol"), t.get("forward_error_kcal_mol"))}'
+        if t.get('backward_kcal_mol') is not None:
+            label += f' / {_pm(t["backward_kcal_mol"], t.get("backward_error_kcal_mol"))}'
     ax.plot(x, free, color='tab:blue', lw=2, label=label, zorder=3)
+    marks = [(name, st['minimum'], st['kcal_mol'], 'o') for name, st in states.items()]
+    marks += [
+        (name, t['transition_state'], states[t['from']]['kcal_mol'] + t['forward_kcal_mol'], '^')
+        for name, t in transitions.items()
+        if t.get('transition_state') is not None and t.get('from') in states
+    ]
+    for name, position, value, marker in marks:
+        ax.plot([position], [value], marker, color='black', ms=5, zorder=5)
+        ax.annotate(name, xy=(position, value), xytext=(0, 6), textcoords='offset points', ha='center', fontsize=8)
     if scan is not None:
         if hasattr(scan, 'get_arraynames'):
             scan = {name: scan.get_array(name) for name in scan.get_arraynames()}
-        angle = np.asarray(scan['angle'], dtype=float)
+        angle = np.asarray(scan['value' if 'value' in scan else 'angle'], dtype=float)  # CV file unit
         if 'dft' in scan:
             ax.plot(angle, scan['dft'], 'o', color='black', ms=5, label='DFT, relaxed scan', zorder=4)
         if 'mlff' in scan:
@@ -318,7 +439,7 @@ def plot_pmf(
             textcoords='offset points',
             fontsize=8,
         )
-    ax.set_xlabel(f'{x_name} (degrees)')
+    ax.set_xlabel(f'{x_name} ({unit})' if unit else x_name)
     ax.set_ylabel('free energy (kcal/mol)')
     ax.set_xlim(x.min(), x.max())
     ax.legend(fontsize=8, loc='best')
@@ -499,19 +620,35 @@ def _html(summary: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
     for key, value in sorted(summary.get('parity_on_final_dataset', {}).items()):
         rows.append((f'final dataset {key}', _fmt(value), _node_cell(potential)))
     barriers = summary.get('barriers')
-    if barriers:
-        experiment = barriers.get('experiment_kcal_mol', {}) or {}
-        for name in ('trans', 'cis'):
-            if isinstance(barriers.get(name), Mapping):
-                text = f'{barriers[name]["kcal_mol"]:.3g} kcal/mol ({barriers[name]["eV"]:.3g} eV)'
-                if name in experiment:
-                    text += f'; experiment {experiment[name]:.3g} kcal/mol'
-                rows.append((f'{name} barrier', text, _node_cell(barriers)))
     rates = summary.get('rates_per_s')
-    if rates:
-        for name in ('trans', 'cis'):
-            if name in rates:
-                rows.append((f'{name} rate (TST)', f'{float(rates[name]):.3g} s<sup>-1</sup>', _node_cell(rates)))
+    if barriers:
+        states, transitions = barrier_tables(barriers)
+        unit = html.escape(barriers.get('unit', ''))
+        experiment = barriers.get('experiment_kcal_mol', {}) or {}
+        for name, st in states.items():
+            text = (
+                f'{_pm(st["kcal_mol"], st.get("error_kcal_mol"))} kcal/mol, minimum at {st["minimum"]:.4g} {unit}, '
+                f'range [{st["range"][0]:.4g}, {st["range"][1]:.4g}] {unit}'
+            )
+            if name in experiment:
+                text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
+            rows.append((f'state {html.escape(name)}', text, _node_cell(barriers)))
+        for name, t in transitions.items():
+            text = html.escape(_barrier_text(t))
+            where = f' ({html.escape(t["from"])} &rarr; {html.escape(t["to"])})' if 'from' in t else ''
+            if t.get('transition_state') is not None:
+                text += f', transition state at {t["transition_state"]:.4g} {unit}'
+            if name in experiment:
+                text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
+            rows.append((f'barrier {html.escape(name)}{where}', text, _node_cell(barriers)))
+            forward, backward = _rates_of(rates, name) if rates else (t.get('rate_forward'), t.get('rate_backward'))
+            if forward is not None:
+                text = f'{float(forward):.3g} s<sup>-1</sup>'
+                if backward is not None:
+                    text = f'forward {text}, backward {float(backward):.3g} s<sup>-1</sup>'
+                rows.append((f'rate {html.escape(name)} (TST)', text, _node_cell(rates or barriers)))
+        for warning in barriers.get('warnings') or []:
+            rows.append(('warning', html.escape(warning), _node_cell(barriers)))
     history = summary.get('history')
     if history:
         rows.append(('active-learning iterations', _fmt(history['n_iterations']), _node_cell(history)))

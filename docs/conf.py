@@ -1,4 +1,8 @@
-"""Sphinx configuration of the aiida-mlff documentation (MyST Markdown, aiida.sphinxext, sphinx-click, autodoc)."""
+"""Sphinx configuration of the aiida-mlff documentation (MyST Markdown, aiida.sphinxext, sphinx-click, autodoc).
+
+The option tables of ``reference/options.md`` are generated at build time by the local extension
+``_ext/mlff_options.py`` from ``aiida_mlff.core.options``, so no default is written down twice.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath('..'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '_ext'))  # the mlff-options directive
 
 project = 'aiida-mlff'
 author = 'aiida-mlff developers'
@@ -19,9 +24,10 @@ extensions = [
     'sphinx.ext.viewcode',
     'sphinx_click',
     'aiida.sphinxext',
+    'mlff_options',
 ]
 source_suffix = {'.md': 'markdown', '.rst': 'restructuredtext'}
-exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store']
+exclude_patterns = ['_build', '_ext', 'Thumbs.db', '.DS_Store']
 myst_enable_extensions = ['colon_fence', 'dollarmath', 'deflist']
 myst_heading_anchors = 3
 

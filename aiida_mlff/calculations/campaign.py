@@ -1,4 +1,4 @@
-"""Calcfunctions of the campaign: the potential's relaxed scan, its check against pw.x, and the final numbers."""
+"""Calcfunctions of the campaign's check: the potential relaxed at fixed CV values, compared with pw.x there."""
 
 from __future__ import annotations
 
@@ -7,41 +7,43 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from aiida_mlff.calculations.wham import EV_TO_KCAL_MOL
-from aiida_mlff.core.wham import KB_EV, tst_rate
 
-__all__ = ['campaign_numbers', 'compare_scan', 'relaxed_dihedral_scan']
+__all__ = ['compare_scan', 'relaxed_cv_scan']
 
 
 @calcfunction
-def relaxed_dihedral_scan(potential, structure: orm.StructureData, settings: orm.Dict) -> dict:
-    """Relax ``structure`` with the potential at each dihedral of ``settings['angles']`` (degrees), dihedral fixed.
+def relaxed_cv_scan(potential, structure: orm.StructureData, settings: orm.Dict) -> dict:
+    """Relax ``structure`` with the potential at each value of any collective variable, under a stiff restraint.
 
-    ``settings``: ``atoms`` (the four indices), ``angles`` (degrees), ``fmax`` (eV/Å, default 0.01), ``steps``.
-    Returns the relaxed structures (``s0000``, ...) and ``energies`` (angles in degrees, committee-mean energies
-    in eV).
+    The structures come from :func:`aiida_mlff.core.restraints.cv_scan`: no geometric edit, the values are visited
+    outwards from the structure's own CV value, each relaxation starting from its neighbour's result, with a harmonic
+    restraint stiffened until the CV is within the tolerance of ``core.restraints.TOLERANCE`` (0.01 Å, 0.5 degrees).
+
+    ``settings``: ``cv`` (a CV spec, see :func:`aiida_mlff.core.colvars.cv_from_spec`), ``values`` (file units:
+    degrees for angles and dihedrals, Å for lengths), optional ``fmax`` (eV/Å) and ``steps`` (per stiffening round;
+    defaults those of :func:`~aiida_mlff.core.restraints.relax_at_cv`).
+
+    Returns the relaxed structures (``s0000``, ... in the order of ``values``) and ``energies``, an ``ArrayData``
+    with ``value`` (requested, file units), ``achieved_value`` (file units), ``energy`` (eV, committee mean, without
+    the restraint) and ``converged`` (bool); its attributes hold the ``cv`` spec and the file ``unit``.
     """
-    from ase.constraints import FixInternals
-    from ase.optimize import BFGS
-
-    from aiida_mlff.core.sampling import dihedral_scan
+    from aiida_mlff.core.colvars import cv_from_spec
+    from aiida_mlff.core.restraints import cv_scan
 
     s = settings.get_dict()
-    pot = potential.load_potential()
-    frames = dihedral_scan(structure.get_ase(), s['atoms'], s['angles'])
-    outputs, energies, achieved = {}, [], []
-    for k, (angle, atoms) in enumerate(zip(s['angles'], frames, strict=True)):
-        atoms.set_constraint(FixInternals(dihedrals_deg=[[float(angle), list(s['atoms'])]]))
-        atoms.calc = pot.calculator()
-        BFGS(atoms, logfile=None).run(fmax=s.get('fmax', 0.01), steps=s.get('steps', 300))
-        energies.append(float(atoms.get_potential_energy()))
-        achieved.append(float(atoms.get_dihedral(*s['atoms'])))
-        atoms.set_constraint()
-        atoms.calc = None
-        outputs[f's{k:04d}'] = orm.StructureData(ase=atoms)
+    atoms = structure.get_ase()
+    cv = cv_from_spec(s['cv'], n_atoms=len(atoms), where='settings.cv')
+    values = np.asarray(s['values'], dtype=float).reshape(-1)
+    options = {key: s[key] for key in ('fmax', 'steps') if key in s}
+    scan = cv_scan(atoms, potential.load_potential().calculator(), cv, cv.to_internal(values), **options)
+    outputs = {f's{k:04d}': orm.StructureData(ase=relaxed) for k, (relaxed, _) in enumerate(scan)}
     array = orm.ArrayData()
-    array.set_array('angle', np.asarray(s['angles'], dtype=float))
-    array.set_array('achieved_angle', np.asarray(achieved))
-    array.set_array('energy', np.asarray(energies))
+    array.set_array('value', values)
+    array.set_array('achieved_value', np.asarray(cv.to_file(np.array([info['value'] for _, info in scan]))))
+    array.set_array('energy', np.array([info['energy'] for _, info in scan]))
+    array.set_array('converged', np.array([info['converged'] for _, info in scan], dtype=bool))
+    array.base.attributes.set('cv', cv.spec)
+    array.base.attributes.set('unit', cv.file_unit)
     outputs['energies'] = array
     return outputs
 
@@ -59,51 +61,13 @@ def compare_scan(energies: orm.ArrayData, dataset) -> orm.ArrayData:
     mlff_rel = (mlff - mlff.min()) * EV_TO_KCAL_MOL
     dft_rel = (dft - dft.min()) * EV_TO_KCAL_MOL
     scan = orm.ArrayData()
-    scan.set_array('angle', energies.get_array('angle'))
+    scan.set_array('value', energies.get_array('value'))
+    scan.set_array('achieved_value', energies.get_array('achieved_value'))
+    for key in ('cv', 'unit'):
+        scan.base.attributes.set(key, energies.base.attributes.get(key, None))
     scan.set_array('mlff', mlff_rel)
     scan.set_array('dft', dft_rel)
     scan.base.attributes.set('units', 'kcal/mol, relative to the minimum of each')
     scan.base.attributes.set('max_abs_difference_kcal_mol', float(np.abs(mlff_rel - dft_rel).max()))
     scan.base.attributes.set('rms_difference_kcal_mol', float(np.sqrt(np.mean((mlff_rel - dft_rel) ** 2))))
     return scan
-
-
-def _barrier_near(grid_deg: np.ndarray, f: np.ndarray, target: float, half_width: float = 15.0) -> float:
-    distance = np.abs((grid_deg - target + 180.0) % 360.0 - 180.0)
-    near = (distance <= half_width) & np.isfinite(f)
-    if not near.any():
-        return float('nan')
-    return float(np.max(f[near]) - np.nanmin(f))
-
-
-@calcfunction
-def campaign_numbers(pmf: orm.XyData, settings: orm.Dict) -> dict:
-    """The PMF in degrees, and the trans (180°) and cis (0°) barriers and TST rates from it.
-
-    ``settings``: ``temperature`` (K), ``experiment_kcal_mol`` (reference barriers, for the report).
-    """
-    s = settings.get_dict()
-    grid = np.degrees(pmf.get_x()[1])
-    names = [name for name, _, _ in pmf.get_y()]
-    values = {name: array for name, array, _ in pmf.get_y()}
-    out = orm.XyData()
-    out.set_x(grid, 'dihedral', 'degrees')
-    out.set_y([values[n] for n in names], names, ['eV'] * len(names))
-    for key in ('temperature', 'kT_eV'):
-        out.base.attributes.set(key, pmf.base.attributes.get(key, None))
-    f = values['free_energy']
-    error = values.get('error', np.zeros_like(f))
-    barriers, rates = {}, {}
-    for name, target in (('trans', 180.0), ('cis', 0.0)):
-        barrier = _barrier_near(grid, f, target)
-        i = int(np.nanargmin(np.abs((grid - target + 180.0) % 360.0 - 180.0)))
-        barriers[name] = {
-            'eV': barrier,
-            'kcal_mol': barrier * EV_TO_KCAL_MOL,
-            'error_kcal_mol': float(error[i]) * EV_TO_KCAL_MOL if np.isfinite(error[i]) else None,
-        }
-        rates[name] = tst_rate(barrier, s['temperature']) if np.isfinite(barrier) else None
-    barriers['experiment_kcal_mol'] = s.get('experiment_kcal_mol', {})
-    barriers['temperature'] = s['temperature']
-    barriers['kT_kcal_mol'] = KB_EV * s['temperature'] * EV_TO_KCAL_MOL
-    return {'pmf': out, 'barriers': orm.Dict(barriers), 'rates': orm.Dict(rates)}

@@ -13,10 +13,11 @@ from aiida_mlff.data.dataset import EV_PER_A3_PER_GPA, TrainingSetData, merge_fr
 
 __all__ = [
     'combine_potentials',
+    'cv_scan_structure',
     'dataset_from_pw',
-    'dihedral_scan_structure',
     'frame_key',
     'merge_datasets',
+    'path_structure',
     'rattle_structure',
     'select_frames',
     'strain_structure',
@@ -44,19 +45,39 @@ def strain_structure(structure: orm.StructureData, n: orm.Int, max_strain: orm.F
     return _as_outputs(sampling.strain(structure.get_ase(), n=n.value, max_strain=max_strain.value, seed=seed.value))
 
 
+def _rattled(frames, stdev: float, seed: int) -> list:
+    """Each frame once, Gaussian-rattled by ``stdev`` Å (no copy when ``stdev`` is 0)."""
+    if stdev <= 0:
+        return list(frames)
+    return [sampling.rattle(atoms, n=1, stdev=stdev, seed=seed + k)[0] for k, atoms in enumerate(frames)]
+
+
 @calcfunction
-def dihedral_scan_structure(
-    structure: orm.StructureData, indices: orm.List, angles: orm.List, rattle_stdev: orm.Float, seed: orm.Int
-) -> dict:
-    """Return copies of ``structure`` with the dihedral ``indices`` set to each of ``angles`` (degrees)."""
-    frames = sampling.dihedral_scan(
-        structure.get_ase(),
-        indices=indices.get_list(),
-        angles=angles.get_list(),
-        rattle_stdev=rattle_stdev.value,
-        seed=seed.value,
-    )
-    return _as_outputs(frames)
+def cv_scan_structure(structure: orm.StructureData, settings: orm.Dict) -> dict:
+    """Structures along any CV before a potential exists: restrained relaxations with a bond surrogate.
+
+    ``settings``: ``cv`` (spec), ``values`` (CV file unit: degrees for angles, Å for distances), ``rattle_stdev``
+    (Å), ``seed``. The bonds of the structure are kept by harmonic springs (those the CV changes are left free),
+    the CV is pulled to each value from the neighbouring value's structure, then each is rattled.
+    """
+    from aiida_mlff.core.colvars import cv_from_spec
+    from aiida_mlff.core.restraints import bond_surrogate, cv_scan
+
+    s = settings.get_dict()
+    cv = cv_from_spec(s['cv'])
+    atoms = structure.get_ase()
+    relaxed = cv_scan(atoms, bond_surrogate(atoms, cv), cv, cv.to_internal(np.asarray(s['values'], dtype=float)))
+    return _as_outputs(_rattled([frame for frame, _ in relaxed], s.get('rattle_stdev', 0.0), s.get('seed', 0)))
+
+
+@calcfunction
+def path_structure(initial: orm.StructureData, final: orm.StructureData, settings: orm.Dict) -> dict:
+    """The IDPP path between two end structures (ends included), each rattled: ``images``, ``rattle_stdev`` (Å)."""
+    from aiida_mlff.core.restraints import idpp_path
+
+    s = settings.get_dict()
+    frames = idpp_path(initial.get_ase(), final.get_ase(), int(s['images']))
+    return _as_outputs(_rattled(frames, s.get('rattle_stdev', 0.0), s.get('seed', 0)))
 
 
 @calcfunction

@@ -62,7 +62,8 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     """Potential of mean force, per-member PMFs, barrier and TST rate from umbrella MD runs.
 
     ``settings``: ``kappa`` (eV per CV unit squared), ``temperature`` (K), ``timestep`` (fs), ``equilibration_steps``,
-    ``bins``, ``bootstrap``, ``period`` (None or e.g. 2 pi), ``min_overlap``, optional ``basins`` (two CV ranges),
+    ``bins``, ``bootstrap``, ``period`` (None or e.g. 2 pi), ``closed`` (whether the windows go around the whole
+    period, so that the last and first are neighbours), ``min_overlap``, optional ``basins`` (two CV ranges),
     ``unit`` and ``name`` of the CV. ``runs``: ``colvars_K`` and ``deviations_K`` ArrayData of each MD run ``K``.
     """
     s = settings.get_dict()
@@ -105,7 +106,7 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
 
     n = len(data['centers'])
     neighbours = [(i, i + 1) for i in range(n - 1)]
-    if s.get('period') is not None and n > 2:
+    if s.get('period') is not None and s.get('closed', True) and n > 2:  # windows around the whole period
         neighbours.append((n - 1, 0))
     overlap_pairs = [float(pmf.overlap[i, j]) for i, j in neighbours]
     overlap = orm.ArrayData()

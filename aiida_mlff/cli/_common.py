@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
-__all__ = ['echo_table', 'load_node_of_type', 'load_profile_from_context']
+__all__ = ['echo_table', 'load_node_of_type', 'load_profile_from_context', 'output_path']
 
 
 def load_profile_from_context(ctx: click.Context) -> None:
@@ -52,6 +54,8 @@ def load_node_of_type(identifier: str, classes: type | tuple[type, ...], expecte
 
     from aiida_mlff.provenance import load_node
 
+    if not identifier.strip():
+        raise click.BadParameter(f'empty; expected the PK or UUID of {expected}', param_hint=param_hint)
     try:
         node = load_node(identifier)
     except NotExistent as exception:
@@ -77,3 +81,48 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None
         click.echo('  '.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if k == 0:
             click.echo('  '.join('-' * w for w in widths))
+
+
+def output_path(path: str | Path, *, folder: bool = False, force: bool = True, param_hint: str = 'OUTPUT') -> Path:
+    """Check, before anything is computed or stored, that ``path`` can be written; return it as a ``Path``.
+
+    A file output gets its missing parent folders created (as ``mkdir -p``); a folder output is created with its
+    parents. Nothing else is written.
+
+    Parameters
+    ----------
+    path
+        The file (or, with ``folder``, the folder) the command will write.
+    folder
+        Whether ``path`` is a folder to write files into.
+    force
+        Whether an existing file may be overwritten (ignored for folders, which are written into).
+    param_hint
+        The parameter named in the error.
+
+    Raises
+    ------
+    click.BadParameter
+        ``path`` is a folder where a file is expected or the reverse, exists without ``force``, lies under a file, or
+        lies in a folder this user cannot write in; the message names the path.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise click.BadParameter(f'{path} is a file, expected a folder to write into', param_hint=param_hint)
+        if not folder and path.is_dir():
+            raise click.BadParameter(f'{path} is a folder, expected a file name', param_hint=param_hint)
+        if not folder and not force:
+            raise click.BadParameter(f'{path} exists: use --force to overwrite it', param_hint=param_hint)
+    existing = next(p for p in (path if folder else path.parent, *path.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise click.BadParameter(f'{existing} is a file, so {path} cannot be written', param_hint=param_hint)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f'{path}: no permission to write in {existing}', param_hint=param_hint)
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as exception:
+        raise click.BadParameter(
+            f'{path}: cannot create its folder ({exception})', param_hint=param_hint
+        ) from exception
+    return path

@@ -16,7 +16,8 @@ def _load(ctx):
         raise click.ClickException(str(exception)) from exception
 
 
-def _builder(ctx, path: str, pw_code: str, mlff_code: str):
+def _builder(ctx, path: str, pw_code: str, mlff_code: str, output: str | None = None):
+    """Check everything that can be checked before the first pw.x job, then build the campaign (nothing stored)."""
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
@@ -27,6 +28,10 @@ def _builder(ctx, path: str, pw_code: str, mlff_code: str):
         config = load_campaign(path)
     except CampaignConfigError as exception:
         raise click.BadParameter('\n  ' + '\n  '.join(exception.errors), param_hint=f'campaign file {path}') from None
+    if output:
+        from aiida_mlff.cli._common import output_path
+
+        output_path(output, folder=True, param_hint='--output')
     _load(ctx)
     codes = {}
     for option, label in (('--pw-code', pw_code), ('--mlff-code', mlff_code)):
@@ -34,6 +39,7 @@ def _builder(ctx, path: str, pw_code: str, mlff_code: str):
             codes[option] = orm.load_code(label)
         except NotExistent:
             raise click.BadParameter(f'no code `{label}`: run `aiida-mlff setup`', param_hint=option) from None
+    _check_pseudos(config, path)
     builder = CampaignWorkChain.get_builder()
     builder.config = orm.Dict(config)
     builder.pw_code = codes['--pw-code']
@@ -41,6 +47,19 @@ def _builder(ctx, path: str, pw_code: str, mlff_code: str):
     builder.metadata.label = config['name']
     builder.metadata.description = config['description']
     return builder, config
+
+
+def _check_pseudos(config: dict, path: str) -> None:
+    """Every element of the campaign must have a pseudopotential in the family the labels will use."""
+    from aiida_mlff.workflows.campaign.config import build_structure
+    from aiida_mlff.workflows.dft.label import DftLabelWorkChain, pseudo_problem
+
+    family = DftLabelWorkChain.get_protocol_inputs(
+        config['dft']['protocol'], {k: v for k, v in config['dft'].items() if k != 'protocol'}
+    )['pseudo_family']
+    problem = pseudo_problem({'system': build_structure(config).get_chemical_symbols()}, pseudo_family=family)
+    if problem is not None:
+        raise click.BadParameter(f'dft.pseudo_family: {problem[1]}', param_hint=f'campaign file {path}')
 
 
 def _summary(node) -> None:
@@ -62,15 +81,11 @@ def _summary(node) -> None:
             )
         click.echo(f'  stopped: {history.get("stop_reason")}')
     if 'barriers' in outputs:
-        b = outputs.barriers.get_dict()
-        exp = b.get('experiment_kcal_mol', {})
-        for name in ('trans', 'cis'):
-            err = b[name].get('error_kcal_mol')
-            click.echo(
-                f'Barrier {name}: {b[name]["kcal_mol"]:.2f}'
-                + (f' ± {err:.2f}' if err is not None else '')
-                + f' kcal/mol (experiment {exp.get(name, "-")}), rate {outputs.rates[name]:.3g} s^-1'
-            )
+        from aiida_mlff.report import barrier_lines
+
+        rates = outputs.rates.get_dict() if 'rates' in outputs else None
+        for line in barrier_lines(outputs.barriers.get_dict(), rates):
+            click.echo(line)
     if 'scan' in outputs:
         diff = outputs.scan.base.attributes.get('max_abs_difference_kcal_mol')
         click.echo(f'Relaxed scan: potential vs pw.x within {diff:.2f} kcal/mol (max abs difference)')
@@ -94,7 +109,7 @@ def cmd_campaign():
 @click.pass_context
 def cmd_run(ctx, path, pw_code, mlff_code, submit, output):
     """Run the campaign in PATH on this profile (in-process, with a progress display), or submit it."""
-    builder, config = _builder(ctx, path, pw_code, mlff_code)
+    builder, config = _builder(ctx, path, pw_code, mlff_code, output)
     if submit:
         _do_submit(builder)
         return
@@ -146,15 +161,14 @@ def cmd_status(ctx, identifier):
     """Say where campaign IDENTIFIER (PK or UUID) stands: state, steps run, and results so far."""
     _load(ctx)
     from aiida import orm
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
-    try:
-        node = orm.load_node(identifier)
-    except (NotExistent, MultipleObjectsError, ValueError) as exception:
-        raise click.BadParameter(f'no campaign {identifier!r}: {exception}', param_hint='IDENTIFIER') from None
+    from aiida_mlff.cli._common import load_node_of_type
+
+    expected = 'a campaign (CampaignWorkChain) node'
+    node = load_node_of_type(identifier, orm.WorkflowNode, expected, param_hint='IDENTIFIER')
     if node.process_label != 'CampaignWorkChain':
         raise click.BadParameter(
-            f'node {identifier} is a {node.process_label or type(node).__name__}, not a CampaignWorkChain',
+            f'node {node.pk} is a {node.process_label or type(node).__name__}, expected {expected}',
             param_hint='IDENTIFIER',
         )
     _summary(node)

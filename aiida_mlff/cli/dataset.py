@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aiida_mlff.cli._common import echo_table, load_node_of_type, load_profile_from_context
+from aiida_mlff.cli._common import echo_table, load_node_of_type, load_profile_from_context, output_path
 
 __all__ = ['cmd_dataset']
 
@@ -17,20 +17,24 @@ def cmd_dataset():
 
 
 @cmd_dataset.command('import')
-@click.argument('file', type=click.Path(exists=True, dir_okay=False))
+@click.argument('file', type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.option('-L', '--label', default='', help='Label of the new node.')
 @click.option('-D', '--description', default='', help='Description of the new node.')
 @click.option('--label-method', default='imported from extxyz', show_default=True, help='How the labels were made.')
 @click.pass_context
 def cmd_dataset_import(ctx, file, label, description, label_method):
-    """Store the labelled frames of the extended-XYZ FILE (energy in eV, forces in eV/Å) as one dataset."""
+    """Store the labelled frames of the extended-XYZ FILE (energy in eV, forces in eV/Å) as one dataset.
+
+    Every frame needs an energy and forces; a NaN or infinite energy, force, stress, position or cell is refused,
+    naming the frame and atom (counted from 0), and nothing is stored.
+    """
     from aiida_mlff.data.dataset import TrainingSetData
 
     load_profile_from_context(ctx)
     try:
         dataset = TrainingSetData.from_extxyz(file, label_method=label_method)
-    except Exception as exception:  # ASE raises many kinds of errors on bad files
-        raise click.BadParameter(f'{file}: not a labelled extxyz file ({exception})', param_hint='FILE') from exception
+    except ValueError as exception:  # the message names the file, frame and atom
+        raise click.BadParameter(str(exception), param_hint='FILE') from exception
     dataset.label = label
     dataset.description = description
     dataset.store()
@@ -46,16 +50,15 @@ def cmd_dataset_import(ctx, file, label, description, label_method):
 @click.option('-f', '--force', is_flag=True, help='Overwrite OUTPUT if it exists.')
 @click.pass_context
 def cmd_dataset_export(ctx, node, output, force):
-    """Write the dataset NODE (PK or UUID) to the extended-XYZ file OUTPUT, with each label's source UUID."""
-    from pathlib import Path
+    """Write the dataset NODE (PK or UUID) to the extended-XYZ file OUTPUT, with each label's source UUID.
 
+    Missing parent folders of OUTPUT are created.
+    """
     from aiida_mlff.data.dataset import TrainingSetData
 
     load_profile_from_context(ctx)
     dataset = load_node_of_type(node, TrainingSetData, EXPECTED)
-    if Path(output).exists() and not force:
-        raise click.BadParameter(f'{output} exists: use --force to overwrite it', param_hint='OUTPUT')
-    path = dataset.to_extxyz(output)
+    path = dataset.to_extxyz(output_path(output, force=force))
     click.echo(f'Wrote {dataset.n_structures} structures of TrainingSetData<{dataset.pk}> to {path}')
 
 

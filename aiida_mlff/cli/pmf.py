@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aiida_mlff.cli._common import load_node_of_type, load_profile_from_context
+from aiida_mlff.cli._common import load_node_of_type, load_profile_from_context, output_path
 
 __all__ = ['cmd_pmf']
 
@@ -54,10 +54,10 @@ def cmd_pmf():
 @click.option('--every', type=click.IntRange(min=1), default=1, show_default=True, help='Print every n-th point.')
 @click.pass_context
 def cmd_pmf_show(ctx, node, every):
-    """Print the PMF NODE (free energy and error in eV and kcal/mol), with the barriers and rates next to it."""
+    """Print the PMF NODE (free energy and error in eV and kcal/mol), with its states and transitions by name."""
     import numpy as np
 
-    from aiida_mlff.report import EV_TO_KCAL_MOL
+    from aiida_mlff.report import EV_TO_KCAL_MOL, barrier_lines
 
     load_profile_from_context(ctx)
     pmf = load_pmf(node)
@@ -73,23 +73,23 @@ def cmd_pmf_show(ctx, node, every):
     k_max = int(np.nanargmax(free))
     click.echo(f'highest point: {free[k_max]:.4f} eV ({free[k_max] * EV_TO_KCAL_MOL:.2f} kcal/mol) at {x[k_max]:.1f}')
     barriers = _sibling(pmf, 'barriers')
-    if barriers is not None:
-        values = barriers.get_dict()
-        for name in ('trans', 'cis'):
-            if isinstance(values.get(name), dict):
-                click.echo(
-                    f'{name} barrier: {values[name].get("eV", float("nan")):.4f} eV '
-                    f'({values[name].get("kcal_mol", float("nan")):.2f} kcal/mol)  [Dict<{barriers.pk}>]'
-                )
     rates = _sibling(pmf, 'rates')
-    if rates is not None:
-        for name, value in sorted(rates.get_dict().items()):
-            click.echo(f'{name} rate: {float(value):.3g} s^-1  [Dict<{rates.pk}>]')
+    if barriers is not None:
+        nodes = f'Dict<{barriers.pk}>' + (f', rates Dict<{rates.pk}>' if rates is not None else '')
+        click.echo(f'States and transitions [{nodes}]:')
+        for line in barrier_lines(barriers.get_dict(), rates.get_dict() if rates is not None else None):
+            click.echo(f'  {line}')
 
 
 @cmd_pmf.command('plot')
 @click.argument('node')
-@click.option('-o', '--output', type=click.Path(dir_okay=False), default=None, help='PNG file [default: pmf_<PK>.png].')
+@click.option(
+    '-o',
+    '--output',
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='PNG file (missing folders are created) [default: pmf_<PK>.png].',
+)
 @click.pass_context
 def cmd_pmf_plot(ctx, node, output):
     """Plot the PMF NODE with its error band (and its barriers' experimental values when they are known)."""
@@ -98,5 +98,6 @@ def cmd_pmf_plot(ctx, node, output):
     load_profile_from_context(ctx)
     pmf = load_pmf(node)
     barriers = _sibling(pmf, 'barriers')
-    path = plot_pmf(pmf, output or f'pmf_{pmf.pk}.png', barriers=barriers.get_dict() if barriers is not None else None)
+    output = output_path(output or f'pmf_{pmf.pk}.png', param_hint='-o/--output')
+    path = plot_pmf(pmf, output, barriers=barriers.get_dict() if barriers is not None else None)
     click.echo(f'Wrote {path}')

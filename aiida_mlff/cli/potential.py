@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aiida_mlff.cli._common import echo_table, load_node_of_type, load_profile_from_context
+from aiida_mlff.cli._common import echo_table, load_node_of_type, load_profile_from_context, output_path
 
 __all__ = ['cmd_potential']
 
@@ -118,16 +118,12 @@ def cmd_potential_export(ctx, node, output, force):
     """Write the potential file of NODE to OUTPUT.
 
     The file loads anywhere with ``aiida_mlff.core.models.Potential.load(OUTPUT)``; ``.calculator()`` of that gives
-    an ASE calculator.
+    an ASE calculator. Missing parent folders of OUTPUT are created.
     """
-    from pathlib import Path
-
     from aiida_mlff.data.potential import PotentialData
 
     load_profile_from_context(ctx)
     potential = load_node_of_type(node, PotentialData, EXPECTED)
-    if Path(output).exists() and not force:
-        raise click.BadParameter(f'{output} exists: use --force to overwrite it', param_hint='OUTPUT')
-    path = potential.export(output)
+    path = potential.export(output_path(output, force=force))
     click.echo(f'Wrote PotentialData<{potential.pk}> to {path}')
     click.echo(f"Load it with: Potential.load('{path}').calculator()  (from aiida_mlff.core.models import Potential)")

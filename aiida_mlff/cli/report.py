@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aiida_mlff.cli._common import load_node_of_type, load_profile_from_context
+from aiida_mlff.cli._common import load_node_of_type, load_profile_from_context, output_path
 
 __all__ = ['cmd_campaign_report']
 
@@ -17,7 +17,7 @@ __all__ = ['cmd_campaign_report']
     'directory',
     type=click.Path(file_okay=False),
     default=None,
-    help='Folder to write into [default: report_<PK>].',
+    help='Folder to write into, created if missing (not an existing file) [default: report_<PK>].',
 )
 @click.pass_context
 def cmd_campaign_report(ctx, node, directory):
@@ -35,9 +35,10 @@ def cmd_campaign_report(ctx, node, directory):
     name = f'{process.process_label or type(process).__name__}<{process.pk}>'
     if not campaign_outputs(process):
         raise click.BadParameter(f'{name} has no outputs to report', param_hint='NODE')
+    directory = output_path(directory or f'report_{process.pk}', folder=True, param_hint='-o/--output')
     if not process.is_finished_ok:
         state = process.process_state.value if process.process_state else 'unknown'
         click.echo(f'Warning: {name} is {state} (exit status {process.exit_status}); reporting what it has')
-    paths = write_campaign_report(process, directory or f'report_{process.pk}')
+    paths = write_campaign_report(process, directory)
     for name, path in paths.items():
         click.echo(f'{name:<16}{path}')

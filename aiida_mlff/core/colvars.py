@@ -1,36 +1,76 @@
-"""Collective variables as differentiable torch functions, and harmonic (umbrella) biases.
+"""Collective variables: one registry of CV types, differentiable torch functions, window placement and biases.
 
 A collective variable (CV) names atoms by their index *inside each replica*; evaluated on a batch of B replicas it
 returns one value per replica, shape (B,). Positions are either batch-first ``(B, n, 3)`` (replicas of the same
 size) or flattened ``(N, 3)`` with ``offsets`` (B,), the global index of each replica's first atom (ragged batches,
 as in :class:`aiida_mlff.core.atoms.AtomsBatch`). Vectors between atoms use the minimum image of periodic cells.
 
-Units: Å for distances, radians for angles and dihedrals (dihedrals in (-pi, pi], period 2 pi), eV for bias
-energies, ``kappa`` in eV per CV unit squared.
+This module is the one place that knows each CV type: :data:`CV_TYPES` maps the ``type`` of a spec (the mapping in
+job files, campaign files and AiiDA ``Dict`` inputs) to its class, and each class carries its period, its internal
+unit and its file unit. Specs::
+
+    {'type': 'distance', 'atoms': [i, j]}                       # Å
+    {'type': 'angle', 'atoms': [i, j, k]}                       # vertex j; rad inside, deg in files
+    {'type': 'dihedral', 'atoms': [i, j, k, l]}                 # (-pi, pi], period 2 pi; deg in files
+    {'type': 'distance_difference', 'atoms': [i, j, k, l]}      # d(i, j) - d(k, l), Å
+    {'type': 'point_plane', 'atoms': [p, a, b, c]}              # signed distance of p from plane abc, Å
+    {'type': 'coordination', 'atoms': [...], 'partners': [...], 'r0': 1.3, 'n': 6, 'm': 12}   # dimensionless
+    {'type': 'combination', 'terms': [{'cv': {...}, 'coefficient': 1.0}, ...]}                 # unit of its terms
+
+Units: inside the engine Å for lengths, radians for angles, eV for bias energies, ``kappa`` in eV per internal CV
+unit squared. Files, reports and the command line speak Å and degrees: :meth:`CollectiveVariable.to_file` and
+:meth:`CollectiveVariable.to_internal` are the one conversion between the two.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    'CV_TYPES',
+    'FILE_UNITS',
     'Angle',
+    'CVSpecError',
     'CollectiveVariable',
+    'Combination',
+    'Coordination',
     'Dihedral',
     'Distance',
     'DistanceDifference',
     'HarmonicBias',
+    'PointPlane',
+    'WindowSpecError',
+    'Windows',
     'angle',
+    'batch_offsets',
+    'coordination',
+    'cv_from_spec',
+    'cv_spec_errors',
     'dihedral',
     'distance',
+    'midpoint',
     'minimum_image',
+    'neighbour_pairs',
+    'place_windows',
+    'point_plane',
+    'switching_function',
 ]
 
+#: internal unit -> (unit in files, reports and the CLI; factor from internal to file units). The only deg/rad
+#: conversion of the package.
+FILE_UNITS: dict[str, tuple[str, float]] = {'Å': ('Å', 1.0), 'rad': ('deg', 180.0 / math.pi), '': ('', 1.0)}
 
+
+# ------------------------------------------------------------------------------------------ geometry (torch)
 def minimum_image(vectors: Tensor, cell: Tensor | None = None, pbc: Tensor | None = None) -> Tensor:
     """Minimum-image convention for difference vectors.
 
@@ -78,6 +118,27 @@ def _vector(positions: Tensor, a: int, b: int, cell, pbc, offsets) -> Tensor:
     return minimum_image(_gather(positions, b, offsets) - _gather(positions, a, offsets), cell, pbc)
 
 
+def _gather_many(positions: Tensor, index: Tensor, offsets: Tensor | None) -> Tensor:
+    """Positions of atoms ``index`` (P,) in every replica, (B, P, 3)."""
+    if positions.dim() == 3:
+        return positions[:, index]
+    if offsets is None:
+        return positions[index].unsqueeze(0)
+    return positions[offsets.unsqueeze(-1) + index.unsqueeze(0)]
+
+
+def _pair_vectors(positions: Tensor, first: Tensor, second: Tensor, cell, pbc, offsets) -> Tensor:
+    """Minimum-image vectors r_second - r_first of P pairs in every replica, (B, P, 3) Å."""
+    v = _gather_many(positions, second, offsets) - _gather_many(positions, first, offsets)
+    n_rep, n_pairs = v.shape[:2]
+    if cell is None:
+        return v
+    cell = cell.to(v.dtype).expand(n_rep, 3, 3).unsqueeze(1).expand(n_rep, n_pairs, 3, 3).reshape(-1, 3, 3)
+    if pbc is not None:
+        pbc = pbc.expand(n_rep, 3).unsqueeze(1).expand(n_rep, n_pairs, 3).reshape(-1, 3)
+    return minimum_image(v.reshape(-1, 3), cell, pbc).reshape(n_rep, n_pairs, 3)
+
+
 def distance(positions: Tensor, i: int, j: int, cell=None, pbc=None, offsets=None) -> Tensor:
     """Distance |r_j - r_i| in Å, (B,)."""
     return _vector(positions, i, j, cell, pbc, offsets).norm(dim=-1)
@@ -103,23 +164,224 @@ def dihedral(positions: Tensor, i: int, j: int, k: int, l: int, cell=None, pbc=N
     return torch.atan2(y, x)
 
 
+def point_plane(positions: Tensor, p: int, a: int, b: int, c: int, cell=None, pbc=None, offsets=None) -> Tensor:
+    """Signed distance in Å of atom p from the plane through atoms a, b, c, (B,).
+
+    The plane normal is ``(r_b - r_a) x (r_c - r_a)``, normalised; the value is positive on the side it points to.
+    Undefined (NaN) when a, b and c are collinear.
+    """
+    u = _vector(positions, a, b, cell, pbc, offsets)
+    v = _vector(positions, a, c, cell, pbc, offsets)
+    w = _vector(positions, a, p, cell, pbc, offsets)
+    normal = torch.linalg.cross(u, v)
+    return (w * normal).sum(-1) / normal.norm(dim=-1)
+
+
+def _ones_polynomial(x: Tensor, degree: int) -> Tensor:
+    """``1 + x + ... + x**degree`` by Horner's rule (finite gradients everywhere, also at x = 0)."""
+    result = torch.ones_like(x)
+    for _ in range(degree):
+        result = result * x + 1.0
+    return result
+
+
+def switching_function(r: Tensor, r0: float, n: int = 6, m: int = 12) -> Tensor:
+    """Rational switching function ``s(r) = (1 - (r/r0)**n) / (1 - (r/r0)**m)``, dimensionless.
+
+    Evaluated as ``P_n(x) / P_m(x)`` with ``x = r/r0`` and ``P_k(x) = 1 + x + ... + x**(k-1)`` (the factor
+    ``1 - x`` cancels exactly), so the removable singularity at r = r0 is gone: s(r0) = n/m and the gradient is the
+    analytic one there. For x > 1 the same ratio is written in y = 1/x, ``y**(m-n) P_n(y) / P_m(y)``, so that large
+    distances cannot overflow; both branches are evaluated on clamped inputs and are finite, so ``torch.where``
+    passes no NaN gradients.
+
+    Parameters
+    ----------
+    r
+        Distances in Å, any shape.
+    r0
+        Switching distance in Å (s = n/m there).
+    n, m
+        Positive integer exponents, m > n; s falls from 1 at r = 0 to 0 as r grows.
+
+    Returns
+    -------
+    Tensor
+        s(r), the shape of ``r``.
+    """
+    x = r / r0
+    low = x.clamp(max=1.0)
+    high = 1.0 / x.clamp(min=1.0)
+    s_low = _ones_polynomial(low, n - 1) / _ones_polynomial(low, m - 1)
+    s_high = high ** (m - n) * _ones_polynomial(high, n - 1) / _ones_polynomial(high, m - 1)
+    return torch.where(x <= 1.0, s_low, s_high)
+
+
+def coordination(
+    positions: Tensor,
+    first: Tensor,
+    second: Tensor,
+    r0: float,
+    n: int = 6,
+    m: int = 12,
+    cell=None,
+    pbc=None,
+    offsets=None,
+) -> Tensor:
+    """Coordination number ``sum_pairs s(r_ab)`` over the pairs ``(first[p], second[p])``, dimensionless, (B,).
+
+    ``first`` and ``second`` are (P,) int64 atom indices; :func:`switching_function` gives s. Each pair is taken at
+    its minimum image only (r0 well below half the cell height).
+    """
+    r = _pair_vectors(positions, first, second, cell, pbc, offsets).norm(dim=-1)
+    return switching_function(r, r0, n, m).sum(-1)
+
+
+# -------------------------------------------------------------------------------------------- spec checking
+class CVSpecError(ValueError):
+    """A CV spec with problems; ``errors`` lists every one, each starting with the field path."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__('; '.join(self.errors))
+
+
+def _suggest(word: Any, choices) -> str:
+    word = str(word)
+    close = [c for c in sorted(choices) if word and c.startswith(word)] or difflib.get_close_matches(
+        word, sorted(choices), n=1
+    )
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, list | tuple) else repr(value)
+
+
+def _indices_ok(value: Any, n_atoms: int | None, count: int | None = None) -> bool:
+    """True for a list of valid atom indices (of length ``count`` if given, else non-empty), all below n_atoms."""
+    if not isinstance(value, list | tuple) or (len(value) != count if count is not None else not value):
+        return False
+    return all(_is_index(a) and (n_atoms is None or a < n_atoms) for a in value)
+
+
+def _a(word: str) -> str:
+    return f'an {word}' if word[0] in 'aeiou' else f'a {word}'
+
+
+def _below(n_atoms: int | None) -> str:
+    return f'below {n_atoms}' if n_atoms is not None else '(integers >= 0)'
+
+
+def _distinct(values: Sequence[int]) -> bool:
+    return len(set(values)) == len(values)
+
+
+# ----------------------------------------------------------------------------------------------- base class
 class CollectiveVariable:
-    """Base class: a function of the positions of each replica, (B,).
+    """Base class: a function of the positions of each replica, (B,), that knows its spec, period and units.
 
     Attributes
     ----------
+    type_name
+        The spec ``type`` (the key in :data:`CV_TYPES`).
     period
-        Period of the CV (2 pi for dihedrals) or None.
+        Period in internal units (2 pi for dihedrals) or None.
     unit
-        'Å' or 'rad'.
+        Internal unit: 'Å', 'rad', or '' for dimensionless.
+    file_unit
+        Unit in files, reports and the CLI: 'Å', 'deg' or '' (from :data:`FILE_UNITS`).
     """
 
+    type_name: ClassVar[str] = ''
+    keys: ClassVar[tuple[str, ...]] = ('type', 'atoms')
     period: float | None = None
     unit: str = 'Å'
+    file_unit: str = 'Å'
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.unit in FILE_UNITS:
+            cls.file_unit = FILE_UNITS[cls.unit][0]
+
+    # --- spec
+    @classmethod
+    def field_errors(cls, spec: Mapping, where: str, n_atoms: int | None) -> list[str]:
+        """Problems of the fields of a spec of this type (the keys are checked by :func:`cv_spec_errors`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> CollectiveVariable:
+        """Build from a spec that :func:`cv_spec_errors` accepts."""
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The spec (a plain dict of lists and numbers, defaults filled in) that builds this CV again."""
+        return {'type': self.type_name, 'atoms': list(self.atoms)}
+
+    def _check(self) -> None:
+        errors = cv_spec_errors(self.spec, where=self.type_name)
+        if errors:
+            raise CVSpecError(errors)
+
+    # --- labels
     def __repr__(self) -> str:
         return self.name
 
+    @property
+    def name(self) -> str:
+        """Short label, e.g. ``dihedral(2,0,1,3)``."""
+        return f'{self.type_name}({",".join(map(str, self.atoms))})'
+
+    @property
+    def atoms(self) -> tuple[int, ...]:
+        """Every atom index (inside a replica) the CV uses, each once."""
+        raise NotImplementedError
+
+    # --- units
+    def to_file(self, values):
+        """Convert values from internal units (Å, rad) to file units (Å, deg).
+
+        Parameters
+        ----------
+        values
+            A number, a (nested) list, a numpy array or a torch tensor in internal units; None passes through.
+
+        Returns
+        -------
+        float, list, numpy.ndarray or Tensor
+            The same kind of object (a list comes back as a list of floats) in :attr:`file_unit`.
+        """
+        return _scaled(values, FILE_UNITS[self.unit][1])
+
+    def to_internal(self, values):
+        """Convert values from file units (Å, deg) to internal units (Å, rad); the inverse of :meth:`to_file`."""
+        return _scaled(values, 1.0 / FILE_UNITS[self.unit][1])
+
+    @property
+    def file_period(self) -> float | None:
+        """Period in file units (360.0 for a dihedral) or None."""
+        return None if self.period is None else float(self.to_file(self.period))
+
+    def difference(self, a, b):
+        """``a - b`` in internal units, the minimum image for a periodic CV (numbers, numpy arrays or tensors)."""
+        d = a - b
+        if self.period is None:
+            return d
+        p = self.period
+        if isinstance(d, Tensor):
+            return d - p * torch.round(d.detach() / p)
+        return d - p * np.round(np.asarray(d) / p)
+
+    # --- evaluation
     def __call__(self, positions: Tensor, cell=None, pbc=None, offsets=None) -> Tensor:
         """Evaluate the CV on every replica.
 
@@ -135,23 +397,25 @@ class CollectiveVariable:
         Returns
         -------
         Tensor
-            (B,) in CV units.
+            (B,) in internal units.
         """
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        """Short label, e.g. ``dihedral(0,1,2,3)``."""
-        return f'{type(self).__name__.lower()}({",".join(map(str, self.atoms))})'
-
-    @property
-    def atoms(self) -> tuple[int, ...]:
-        """Atom indices inside a replica."""
         raise NotImplementedError
 
     def evaluate(self, batch) -> Tensor:
         """Evaluate on an :class:`~aiida_mlff.core.atoms.AtomsBatch`, (B,)."""
         return self(batch.positions, batch.cell, batch.pbc, batch_offsets(batch))
+
+
+def _scaled(values, factor: float):
+    if values is None:
+        return None
+    if isinstance(values, Tensor):
+        return values * factor if factor != 1.0 else values
+    if isinstance(values, np.ndarray):
+        return np.asarray(values, dtype=float) * factor
+    if isinstance(values, list | tuple):
+        return (np.asarray(values, dtype=float) * factor).tolist()
+    return float(values) * factor
 
 
 def batch_offsets(batch) -> Tensor:
@@ -160,61 +424,137 @@ def batch_offsets(batch) -> Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-class Distance(CollectiveVariable):
-    """Distance between atoms i and j [Å]."""
+class _FixedAtoms(CollectiveVariable):
+    """A CV of a fixed number of distinct atoms, ``{'type': ..., 'atoms': [...]}``."""
 
-    def __init__(self, i: int, j: int) -> None:
-        self.i, self.j = int(i), int(j)
-        self.period, self.unit = None, 'Å'
+    n_atoms: ClassVar[int] = 2
+
+    def __init__(self, *atoms: int) -> None:
+        self._atoms = tuple(int(a) for a in atoms)
+        self._check()
 
     @property
-    def atoms(self) -> tuple[int, ...]:  # noqa: D102
-        return (self.i, self.j)
+    def atoms(self) -> tuple[int, ...]:
+        return self._atoms
+
+    @classmethod
+    def field_errors(cls, spec, where, n_atoms):
+        atoms = spec.get('atoms')
+        if not _indices_ok(atoms, n_atoms, cls.n_atoms) or not _distinct(atoms):
+            return [
+                f'{where}.atoms: {_a(cls.type_name)} needs {cls.n_atoms} distinct atom indices {_below(n_atoms)}, '
+                f'got {_shown(atoms)}'
+            ]
+        return []
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(*spec['atoms'])
+
+
+class Distance(_FixedAtoms):
+    """Distance between atoms i and j [Å]."""
+
+    type_name = 'distance'
+    n_atoms = 2
+    unit = 'Å'
+
+    def __init__(self, i: int, j: int) -> None:
+        super().__init__(i, j)
+        self.i, self.j = self._atoms
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return distance(positions, self.i, self.j, cell, pbc, offsets)
 
 
-class Angle(CollectiveVariable):
-    """Angle i-j-k [rad], vertex at j."""
+class Angle(_FixedAtoms):
+    """Angle i-j-k [rad] in [0, pi], vertex at j; degrees in files."""
+
+    type_name = 'angle'
+    n_atoms = 3
+    unit = 'rad'
 
     def __init__(self, i: int, j: int, k: int) -> None:
-        self.i, self.j, self.k = int(i), int(j), int(k)
-        self.period, self.unit = None, 'rad'
-
-    @property
-    def atoms(self) -> tuple[int, ...]:  # noqa: D102
-        return (self.i, self.j, self.k)
+        super().__init__(i, j, k)
+        self.i, self.j, self.k = self._atoms
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return angle(positions, self.i, self.j, self.k, cell, pbc, offsets)
 
 
-class Dihedral(CollectiveVariable):
-    """Dihedral i-j-k-l [rad] in (-pi, pi], period 2 pi."""
+class Dihedral(_FixedAtoms):
+    """Dihedral i-j-k-l [rad] in (-pi, pi], period 2 pi; degrees in files."""
+
+    type_name = 'dihedral'
+    n_atoms = 4
+    unit = 'rad'
+    period = 2.0 * math.pi
 
     def __init__(self, i: int, j: int, k: int, l: int) -> None:  # noqa: E741
-        self.i, self.j, self.k, self.l = int(i), int(j), int(k), int(l)
-        self.period, self.unit = 2.0 * math.pi, 'rad'
-
-    @property
-    def atoms(self) -> tuple[int, ...]:  # noqa: D102
-        return (self.i, self.j, self.k, self.l)
+        super().__init__(i, j, k, l)
+        self.i, self.j, self.k, self.l = self._atoms
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return dihedral(positions, self.i, self.j, self.k, self.l, cell, pbc, offsets)
 
 
-class DistanceDifference(CollectiveVariable):
-    """Difference of two distances d(i, j) - d(k, l) [Å] (e.g. a proton-transfer coordinate)."""
+class PointPlane(_FixedAtoms):
+    """Signed distance [Å] of atom p from the plane through atoms a, b, c (out-of-plane, pyramidalisation).
+
+    The normal is ``(r_b - r_a) x (r_c - r_a)``, normalised: swapping b and c flips the sign. Not periodic.
+    """
+
+    type_name = 'point_plane'
+    n_atoms = 4
+    unit = 'Å'
+
+    def __init__(self, p: int, a: int, b: int, c: int) -> None:
+        super().__init__(p, a, b, c)
+        self.p, self.a, self.b, self.c = self._atoms
+
+    def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        return point_plane(positions, self.p, self.a, self.b, self.c, cell, pbc, offsets)
+
+
+class DistanceDifference(_FixedAtoms):
+    """Difference of two distances d(i, j) - d(k, l) [Å] (e.g. a proton-transfer coordinate).
+
+    The two pairs may share an atom (``[O1, H, O2, H]``), but i != j, k != l and the pairs must differ.
+    """
+
+    type_name = 'distance_difference'
+    n_atoms = 4
+    unit = 'Å'
 
     def __init__(self, i: int, j: int, k: int, l: int) -> None:  # noqa: E741
-        self.i, self.j, self.k, self.l = int(i), int(j), int(k), int(l)
-        self.period, self.unit = None, 'Å'
+        super().__init__(i, j, k, l)
+        self.i, self.j, self.k, self.l = self._atoms
 
     @property
     def atoms(self) -> tuple[int, ...]:  # noqa: D102
-        return (self.i, self.j, self.k, self.l)
+        return tuple(dict.fromkeys(self._atoms))
+
+    @property
+    def spec(self) -> dict[str, Any]:  # noqa: D102
+        return {'type': self.type_name, 'atoms': list(self._atoms)}
+
+    @property
+    def name(self) -> str:  # noqa: D102
+        return f'{self.type_name}({",".join(map(str, self._atoms))})'
+
+    @classmethod
+    def field_errors(cls, spec, where, n_atoms):  # noqa: D102
+        atoms = spec.get('atoms')
+        ok = _indices_ok(atoms, n_atoms, 4)
+        if ok:
+            i, j, k, l = atoms  # noqa: E741
+            ok = i != j and k != l and {i, j} != {k, l}
+        if not ok:
+            return [
+                f'{where}.atoms: a distance_difference needs 4 atom indices [i, j, k, l] {_below(n_atoms)} with '
+                f'i != j, k != l and two different pairs, got {_shown(atoms)}'
+            ]
+        return []
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return distance(positions, self.i, self.j, cell, pbc, offsets) - distance(
@@ -222,6 +562,452 @@ class DistanceDifference(CollectiveVariable):
         )
 
 
+class Coordination(CollectiveVariable):
+    """Coordination number between two groups of atoms, dimensionless, not periodic.
+
+    ``sum s(r_ab)`` over the *unordered* pairs {a, b} with a in ``atoms``, b in ``partners`` and a != b, each pair
+    counted once: for disjoint groups that is len(atoms) * len(partners) pairs; when the groups overlap (or
+    ``partners`` is omitted, meaning the group with itself) a pair found in both orders still counts once.
+    s is :func:`switching_function` ``(1 - (r/r0)**n) / (1 - (r/r0)**m)``, smooth through r = r0 (s = n/m there).
+
+    Parameters
+    ----------
+    atoms
+        Group A, distinct atom indices.
+    partners
+        Group B, distinct atom indices; None for pairs within group A.
+    r0
+        Switching distance in Å.
+    n, m
+        Integer exponents, 0 < n < m (defaults 6 and 12).
+    """
+
+    type_name = 'coordination'
+    keys = ('type', 'atoms', 'partners', 'r0', 'n', 'm')
+    unit = ''
+
+    def __init__(
+        self, atoms: Sequence[int], partners: Sequence[int] | None = None, *, r0: float, n: int = 6, m: int = 12
+    ) -> None:
+        self.group = tuple(int(a) for a in atoms)
+        self.partners = self.group if partners is None else tuple(int(b) for b in partners)
+        self.r0, self.n, self.m = float(r0), int(n), int(m)
+        self._check()
+        self.pairs = _unordered_pairs(self.group, self.partners)
+        self._first = torch.tensor([a for a, _ in self.pairs], dtype=torch.long)
+        self._second = torch.tensor([b for _, b in self.pairs], dtype=torch.long)
+
+    @property
+    def atoms(self) -> tuple[int, ...]:  # noqa: D102
+        return tuple(dict.fromkeys(self.group + self.partners))
+
+    @property
+    def spec(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            'type': self.type_name,
+            'atoms': list(self.group),
+            'partners': list(self.partners),
+            'r0': self.r0,
+            'n': self.n,
+            'm': self.m,
+        }
+
+    @property
+    def name(self) -> str:  # noqa: D102
+        return f'{self.type_name}({",".join(map(str, self.group))}|{",".join(map(str, self.partners))})'
+
+    @classmethod
+    def field_errors(cls, spec, where, n_atoms):  # noqa: D102
+        errors = []
+        for key in ('atoms', 'partners'):
+            value = spec.get(key)
+            if key == 'partners' and value is None:
+                continue
+            if not _indices_ok(value, n_atoms) or not _distinct(value):
+                errors.append(
+                    f'{where}.{key}: a coordination needs a non-empty list of distinct atom indices '
+                    f'{_below(n_atoms)}, got {_shown(value)}'
+                )
+        if not errors and not _unordered_pairs(spec['atoms'], spec.get('partners') or spec['atoms']):
+            errors.append(f'{where}.partners: no pair of different atoms between atoms and partners')
+        r0 = spec.get('r0')
+        if r0 is None:
+            errors.append(f'{where}.r0: missing; the switching distance in Å')
+        elif not _is_number(r0) or r0 <= 0:
+            errors.append(f'{where}.r0: must be a positive, finite distance in Å, got {r0!r}')
+        n, m = spec.get('n', 6), spec.get('m', 12)
+        n_ok = _is_index(n) and n > 0
+        if not n_ok:
+            errors.append(f'{where}.n: must be a positive integer, got {n!r}')
+        if not (_is_index(m) and m > 0):
+            errors.append(f'{where}.m: must be a positive integer, got {m!r}')
+        elif n_ok and m <= n:
+            errors.append(f'{where}.m: must be larger than n ({n}) for s to fall to 0, got {m!r}')
+        return errors
+
+    @classmethod
+    def from_spec(cls, spec):  # noqa: D102
+        return cls(spec['atoms'], spec.get('partners'), r0=spec['r0'], n=spec.get('n', 6), m=spec.get('m', 12))
+
+    def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        first, second = self._first.to(positions.device), self._second.to(positions.device)
+        return coordination(positions, first, second, self.r0, self.n, self.m, cell, pbc, offsets)
+
+
+def _unordered_pairs(group: Sequence[int], partners: Sequence[int]) -> list[tuple[int, int]]:
+    """Pairs (a, b), a in group, b in partners, a != b, each unordered pair once, in first-seen order."""
+    seen, pairs = set(), []
+    for a in group:
+        for b in partners:
+            key = (min(a, b), max(a, b))
+            if a != b and key not in seen:
+                seen.add(key)
+                pairs.append((int(a), int(b)))
+    return pairs
+
+
+class Combination(CollectiveVariable):
+    """Linear combination ``sum_t coefficient_t * cv_t`` of CVs that share one internal unit.
+
+    Combinations are never periodic, even of periodic terms: the value is the plain weighted sum of each term's
+    principal value (a dihedral in (-pi, pi]), so keep windows away from the seams of periodic terms.
+
+    Parameters
+    ----------
+    terms
+        ``(cv, coefficient)`` pairs; coefficients are dimensionless, finite and non-zero.
+    """
+
+    type_name = 'combination'
+    keys = ('type', 'terms')
+    term_keys: ClassVar[tuple[str, ...]] = ('cv', 'coefficient')
+    unit = ''
+
+    def __init__(self, terms: Sequence[tuple[CollectiveVariable, float]]) -> None:
+        self.terms = [(cv, float(c)) for cv, c in terms]
+        self._check()
+        self.unit = self.terms[0][0].unit
+        self.file_unit = FILE_UNITS[self.unit][0]
+        self.period = None
+
+    @property
+    def atoms(self) -> tuple[int, ...]:  # noqa: D102
+        return tuple(dict.fromkeys(a for cv, _ in self.terms for a in cv.atoms))
+
+    @property
+    def spec(self) -> dict[str, Any]:  # noqa: D102
+        return {'type': self.type_name, 'terms': [{'cv': cv.spec, 'coefficient': c} for cv, c in self.terms]}
+
+    @property
+    def name(self) -> str:  # noqa: D102
+        text = ''
+        for k, (cv, c) in enumerate(self.terms):
+            sign = '-' if c < 0 else ('+' if k else '')
+            size = abs(c)
+            text += f'{sign}{cv.name}' if size == 1.0 else f'{sign}{size:g}*{cv.name}'
+        return f'{self.type_name}({text})'
+
+    @classmethod
+    def field_errors(cls, spec, where, n_atoms):  # noqa: D102
+        terms = spec.get('terms')
+        if not isinstance(terms, list | tuple) or not terms:
+            return [
+                f"{where}.terms: a combination needs a non-empty list of {{'cv': ..., 'coefficient': ...}}, "
+                f'got {terms!r}'
+            ]
+        errors, units = [], {}
+        for k, term in enumerate(terms):
+            here = f'{where}.terms[{k}]'
+            if not isinstance(term, Mapping):
+                errors.append(f"{here}: must be a mapping {{'cv': ..., 'coefficient': ...}}, got {term!r}")
+                continue
+            errors += _unknown_key_errors(term, cls.term_keys, here)
+            coefficient = term.get('coefficient', 1.0)
+            if not _is_number(coefficient) or coefficient == 0:
+                errors.append(f'{here}.coefficient: must be a finite, non-zero number, got {coefficient!r}')
+            if 'cv' not in term:
+                errors.append(f'{here}.cv: missing; the spec of the term')
+                continue
+            term_errors = cv_spec_errors(term['cv'], f'{here}.cv', n_atoms)
+            errors += term_errors
+            if not term_errors:
+                units[k] = _unit_of(term['cv'])
+        if units:
+            first = next(iter(units))
+            for k, unit in units.items():
+                if unit != units[first]:
+                    errors.append(
+                        f"{where}.terms[{k}].cv: unit '{unit}' differs from the '{units[first]}' of terms[{first}]; "
+                        'the terms of a combination need one unit'
+                    )
+        return errors
+
+    @classmethod
+    def from_spec(cls, spec):  # noqa: D102
+        return cls([(cv_from_spec(term['cv']), term.get('coefficient', 1.0)) for term in spec['terms']])
+
+    def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        return sum(c * cv(positions, cell, pbc, offsets) for cv, c in self.terms)
+
+
+def _unit_of(spec: Mapping) -> str:
+    """Internal unit of a valid spec (recursing into combinations)."""
+    cls = CV_TYPES[spec['type']]
+    return _unit_of(spec['terms'][0]['cv']) if cls is Combination else cls.unit
+
+
+#: spec ``type`` -> CV class: the one list of CV types.
+CV_TYPES: dict[str, type[CollectiveVariable]] = {
+    cls.type_name: cls for cls in (Distance, Angle, Dihedral, DistanceDifference, Coordination, PointPlane, Combination)
+}
+
+
+def _unknown_key_errors(spec: Mapping, allowed: Sequence[str], where: str) -> list[str]:
+    return [
+        f'{where}.{key}: unknown key{_suggest(key, allowed)} (allowed: {", ".join(allowed)})'
+        for key in spec
+        if key not in allowed
+    ]
+
+
+def cv_spec_errors(spec: Any, where: str = 'cv', n_atoms: int | None = None) -> list[str]:
+    """Every problem of a CV spec at once, each message starting with its field path.
+
+    Parameters
+    ----------
+    spec
+        A mapping such as ``{'type': 'dihedral', 'atoms': [2, 0, 1, 3]}`` (see the module docstring).
+    where
+        Path of the spec in the user's input, e.g. ``'system.cv'``.
+    n_atoms
+        Number of atoms of the structure; atom indices must be below it. None: not checked.
+
+    Returns
+    -------
+    list[str]
+        Empty when the spec is valid.
+    """
+    if not isinstance(spec, Mapping):
+        return [f'{where}: must be a mapping with a `type` (one of {", ".join(CV_TYPES)}), got {spec!r}']
+    kind = spec.get('type')
+    if kind is None:
+        return [f'{where}.type: missing; one of {", ".join(CV_TYPES)}']
+    if not isinstance(kind, str) or kind not in CV_TYPES:
+        all_keys = sorted({key for cls in CV_TYPES.values() for key in cls.keys})
+        return [
+            f'{where}.type: unknown CV type {kind!r}{_suggest(kind, CV_TYPES)} (known: {", ".join(CV_TYPES)})',
+            *_unknown_key_errors(spec, all_keys, where),
+        ]
+    cls = CV_TYPES[kind]
+    return _unknown_key_errors(spec, cls.keys, where) + cls.field_errors(spec, where, n_atoms)
+
+
+def cv_from_spec(
+    spec: Mapping | CollectiveVariable, n_atoms: int | None = None, where: str = 'cv'
+) -> CollectiveVariable:
+    """Build a CV from its spec, e.g. ``cv_from_spec({'type': 'dihedral', 'atoms': [2, 0, 1, 3]})``.
+
+    Parameters
+    ----------
+    spec
+        A spec mapping (an existing CV is returned as it is).
+    n_atoms
+        Number of atoms of the structure, to check the indices against; None: not checked.
+    where
+        Path of the spec in the user's input, for the error messages.
+
+    Raises
+    ------
+    CVSpecError
+        With every problem in ``errors`` (see :func:`cv_spec_errors`).
+    """
+    if isinstance(spec, CollectiveVariable):
+        return spec
+    errors = cv_spec_errors(spec, where=where, n_atoms=n_atoms)
+    if errors:
+        raise CVSpecError(errors)
+    return CV_TYPES[spec['type']].from_spec(spec)
+
+
+# ------------------------------------------------------------------------------------------ umbrella windows
+class WindowSpecError(ValueError):
+    """Umbrella windows with problems; ``errors`` lists every one, each starting with the field path."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__('; '.join(self.errors))
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """Centres of umbrella windows along one CV.
+
+    Attributes
+    ----------
+    centers
+        (W,) internal units (Å, rad), in neighbour order.
+    closed
+        True when the windows form a ring around the full period of a periodic CV: then the last and the first
+        window are neighbours too.
+    """
+
+    centers: np.ndarray
+    closed: bool
+
+    def __len__(self) -> int:
+        return len(self.centers)
+
+
+def place_windows(
+    cv: CollectiveVariable,
+    *,
+    centers: Sequence[float] | None = None,
+    start: float | None = None,
+    stop: float | None = None,
+    count: int | None = None,
+    where: str = 'umbrella.windows',
+) -> Windows:
+    """Place umbrella windows from explicit ``centers`` or from ``start``, ``stop`` and ``count``, in FILE units.
+
+    ``start, stop, count``: ``count`` evenly spaced centres from start to stop, both included, in that order;
+    except when a periodic CV's range spans its full period (``|stop - start|`` = period, e.g. -180..180 deg on a
+    dihedral), where the end point is not repeated. A range shorter than the period (e.g. -70..70 deg) is open.
+
+    ``centers``: sorted ascending; on a periodic CV ordered around the circle instead, starting after the widest
+    gap, and compared modulo the period.
+
+    For a periodic CV the windows are *closed* (a ring: last and first are neighbours) when there are at least
+    three and they are evenly spaced around the full period (which covers -180..180 with the end left out, and
+    also -180..170 in steps of 10); otherwise they are open.
+
+    Parameters
+    ----------
+    cv
+        The collective variable (its :attr:`~CollectiveVariable.file_unit` is the unit of the numbers given).
+    centers
+        Explicit window centres, file units.
+    start, stop
+        Ends of the range, file units.
+    count
+        Number of windows, at least 2.
+    where
+        Path of the windows in the user's input, used in the error messages.
+
+    Returns
+    -------
+    Windows
+        Centres in internal units and whether they are closed.
+
+    Raises
+    ------
+    WindowSpecError
+        With every problem in ``errors``: fewer than 2 windows, an empty range (start == stop), non-finite values,
+        coinciding centres, a range longer than the period, both or neither of the two ways.
+    """
+    unit = cv.file_unit or 'dimensionless'
+    period = cv.file_period
+    ranged = {'start': start, 'stop': stop, 'count': count}
+    errors: list[str] = []
+    if centers is not None:
+        if any(v is not None for v in ranged.values()):
+            errors.append(f'{where}: give `centers`, or `start`, `stop` and `count`, not both')
+            raise WindowSpecError(errors)
+        if not isinstance(centers, Sequence | np.ndarray) or isinstance(centers, str):
+            raise WindowSpecError([f'{where}.centers: must be a list of numbers ({unit}), got {centers!r}'])
+        bad = [c for c in centers if not _is_number(c)]
+        if bad:
+            errors.append(f'{where}.centers: must be finite numbers ({unit}), got {bad!r} among them')
+        if len(centers) < 2:
+            errors.append(f'{where}.centers: at least 2 windows are needed, got {len(centers)}')
+        if errors:
+            raise WindowSpecError(errors)
+        values, closed = _order_centers(np.asarray(centers, dtype=float), period, where, unit)
+        return Windows(np.asarray(cv.to_internal(values), dtype=float), closed)
+
+    missing = [key for key, value in ranged.items() if value is None]
+    if missing:
+        raise WindowSpecError(
+            [f'{where}.{key}: missing; give `centers`, or `start`, `stop` and `count`' for key in missing]
+        )
+    if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 2:
+        errors.append(f'{where}.count: at least 2 windows are needed, got {count!r}')
+    for key, value in (('start', start), ('stop', stop)):
+        if not _is_number(value):
+            errors.append(f'{where}.{key}: must be a finite number ({unit}), got {value!r}')
+    if _is_number(start) and _is_number(stop):
+        span = abs(float(stop) - float(start))
+        if span == 0:
+            errors.append(f'{where}.stop: equals start ({start} {unit}); the range is empty')
+        if period is not None and span > period * (1 + 1e-9):
+            errors.append(
+                f'{where}.stop: the range {start}..{stop} {unit} is longer than the period ({period:g} {unit})'
+            )
+    if errors:
+        raise WindowSpecError(errors)
+    full = period is not None and abs(span - period) <= 1e-9 * period
+    values = np.linspace(float(start), float(stop), int(count), endpoint=not full)
+    closed = period is not None and _evenly_around(values, period)
+    return Windows(np.asarray(cv.to_internal(values), dtype=float), closed)
+
+
+def _circular_gaps(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
+    """Order of ``values`` around the circle and the gap after each of them (the last one wraps)."""
+    wrapped = np.mod(values, period)
+    order = np.argsort(wrapped, kind='stable')
+    ring = wrapped[order]
+    return order, np.diff(np.append(ring, ring[0] + period))
+
+
+def _evenly_around(values: np.ndarray, period: float) -> bool:
+    """At least three values, evenly spaced around the full period (within 0.1 % of a gap)."""
+    if len(values) < 3:
+        return False
+    _, gaps = _circular_gaps(values, period)
+    return bool(np.allclose(gaps, period / len(values), rtol=0.0, atol=1e-3 * period / len(values)))
+
+
+def _order_centers(values: np.ndarray, period: float | None, where: str, unit: str) -> tuple[np.ndarray, bool]:
+    """Explicit centres in neighbour order and whether they close a ring; raise on coinciding centres."""
+    if period is None:
+        ordered = np.sort(values)
+        same = np.isclose(np.diff(ordered), 0.0, rtol=0.0, atol=1e-9 * max(1.0, float(np.abs(ordered).max())))
+        if same.any():
+            raise WindowSpecError(
+                [f'{where}.centers: must be distinct, {sorted(set(ordered[1:][same].tolist()))} {unit} repeat']
+            )
+        return ordered, False
+    order, gaps = _circular_gaps(values, period)
+    same = gaps <= 1e-9 * period
+    if same.any():
+        twins = sorted({float(values[order[(k + d) % len(order)]]) for k in np.flatnonzero(same) for d in (0, 1)})
+        raise WindowSpecError(
+            [f'{where}.centers: must be distinct modulo the period ({period:g} {unit}); {twins} {unit} repeat']
+        )
+    closed = _evenly_around(values, period)
+    # a ring starts at the smallest centre; an open arc right after its widest gap
+    first = int(np.flatnonzero(order == np.argmin(values))[0]) if closed else (int(np.argmax(gaps)) + 1) % len(gaps)
+    return values[np.roll(order, -first)], closed
+
+
+def neighbour_pairs(windows: Windows) -> list[tuple[int, int]]:
+    """Index pairs of neighbouring windows, ``(k, k + 1)``, and ``(W - 1, 0)`` only for closed windows."""
+    n = len(windows.centers)
+    pairs = [(k, k + 1) for k in range(n - 1)]
+    if windows.closed:
+        pairs.append((n - 1, 0))
+    return pairs
+
+
+def midpoint(cv: CollectiveVariable, a: float, b: float) -> float:
+    """Point halfway between centres ``a`` and ``b`` (internal units), across the seam for a periodic CV.
+
+    ``a + (b - a) / 2`` with ``b - a`` taken as its minimum image; the result is not wrapped into the principal
+    range (a bias does not mind, it measures displacements by their minimum image too).
+    """
+    return float(a + 0.5 * cv.difference(float(b), float(a)))
+
+
+# ------------------------------------------------------------------------------------------------------ bias
 class HarmonicBias:
     """Umbrella bias ``0.5 * kappa * (s - center)**2`` with one centre per replica.
 
@@ -233,9 +1019,9 @@ class HarmonicBias:
     cv
         The collective variable.
     centers
-        (B,) centres in CV units, one per replica (a scalar applies to every replica).
+        (B,) centres in internal CV units, one per replica (a scalar applies to every replica).
     kappa
-        Force constant(s) in eV per CV unit squared, scalar or (B,).
+        Force constant(s) in eV per internal CV unit squared, scalar or (B,).
     """
 
     def __init__(
@@ -250,12 +1036,7 @@ class HarmonicBias:
 
     def displacement(self, s: Tensor) -> Tensor:
         """Minimum-image ``s - center``, (B,)."""
-        c = self.centers.to(device=s.device, dtype=s.dtype)
-        d = s - c
-        if self.cv.period is not None:
-            p = self.cv.period
-            d = d - p * torch.round(d.detach() / p)
-        return d
+        return self.cv.difference(s, self.centers.to(device=s.device, dtype=s.dtype))
 
     def energy_from_cv(self, s: Tensor) -> Tensor:
         """Bias energy [eV] from CV values s (B,)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import files
 
-__all__ = ['main', 'run_md', 'run_train']
+__all__ = ['JOB_FIELDS', 'main', 'read_job', 'run_md', 'run_train']
 
 
 class BadInputError(ValueError):
@@ -69,18 +69,6 @@ def _dtype(name: str):
 
 
 # ------------------------------------------------------------------------------------------------------- md
-def _cv_from_spec(spec: dict):
-    from . import colvars
-
-    kinds = {
-        'distance': colvars.Distance,
-        'angle': colvars.Angle,
-        'dihedral': colvars.Dihedral,
-        'distance_difference': colvars.DistanceDifference,
-    }
-    return kinds[spec['type']](*spec['atoms'])
-
-
 def run_md(job: dict[str, Any], workdir: Path) -> int:
     """Run the MD job in ``workdir`` in chunks, checkpointing the state; return the exit status."""
     from ase.io import read, write
@@ -102,17 +90,20 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
 
     biases_spec = params['biases'] or []
     n_centres = len(biases_spec[0]['centers']) if biases_spec else 0
-    if n_centres and len(structures) == 1:
-        structures = [structures[0].copy() for _ in range(n_centres)]
-        keys = [keys[0]] * n_centres
-    from .colvars import HarmonicBias
+    from .colvars import HarmonicBias, cv_from_spec
 
-    biases = [HarmonicBias(_cv_from_spec(b['cv']), b['centers'], b['kappa']) for b in biases_spec]
-    extra = [_cv_from_spec(cv) for cv in params['colvars'] or []]
+    biases = [HarmonicBias(cv_from_spec(b['cv']), b['centers'], b['kappa']) for b in biases_spec]
+    extra = [cv_from_spec(cv) for cv in params['colvars'] or []]
     for structure in structures:
         for cv in [b.cv for b in biases] + extra:
             if max(cv.atoms) >= len(structure):
                 raise BadInputError(f'{cv.name} uses atom {max(cv.atoms)}, but a structure has {len(structure)} atoms')
+    if n_centres and len(structures) == 1:
+        if params['steer_steps'] and not job.get('resume'):
+            structures = _steered(potential, structures[0], biases[0], params, device, dtype, workdir)
+        else:
+            structures = [structures[0].copy() for _ in range(n_centres)]
+        keys = [keys[0]] * n_centres
 
     checkpoint = workdir / files.MD_CHECKPOINT_FILE
     state = None
@@ -174,6 +165,35 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     files.write_json(workdir / files.SUMMARY_FILE, summary)
     write(workdir / files.FINAL_STRUCTURES_FILE, _final_structures(result, structures), format='extxyz')
     return status
+
+
+def _steered(potential, atoms, bias, params: dict, device: str, dtype, workdir: Path) -> list:
+    """One start per bias centre, pulled there by restrained MD from its nearest neighbour (``steer_steps`` each).
+
+    Only the first bias is steered; the pulls are recorded in ``steering.json`` (achieved CV value per window and the
+    windows that fell back to a neighbour's structure).
+    """
+    from .steering import steered_starts
+
+    temperature = params['temperature']
+    temperature = float(temperature[0] if isinstance(temperature, list | tuple) else temperature)
+    starts, info = steered_starts(
+        potential,
+        atoms,
+        bias.cv,
+        bias.centers.tolist(),
+        kappa=float(bias.kappa.max()),
+        temperature=temperature,
+        timestep=float(params['timestep']),
+        steps_per_window=int(params['steer_steps']),
+        friction=float(params['friction']),
+        min_distance=float(params['min_distance']),
+        seed=int(params['seed']),
+        device=device,
+        dtype=dtype,
+    )
+    files.write_json(workdir / 'steering.json', info)
+    return starts
 
 
 def _add_member_energies(workdir: Path, potential, structures, device: str, dtype, chunk: int = 1024) -> None:
@@ -293,7 +313,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
     from ase.io import read
 
     from .models import Potential
-    from .training import train
+    from .training import JOB_ONLY, train
 
     params, errors = files.validate_train_parameters(job.get('parameters', {}))
     if errors:
@@ -320,26 +340,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
     checkpoint = workdir / files.CHECKPOINT_FILE
     if job.get('resume') and not checkpoint.exists():
         raise BadInputError(f'resume asked for, but {files.CHECKPOINT_FILE} is missing')
-    options = {
-        key: params[key]
-        for key in (
-            'epochs',
-            'batch_size',
-            'learning_rate',
-            'energy_weight',
-            'forces_weight',
-            'validation_fraction',
-            'patience',
-            'max_time',
-            'seed',
-            'checkpoint_every',
-            'lr_patience',
-            'min_learning_rate',
-            'weight_decay',
-            'polish_steps',
-            'precision',
-        )
-    }
+    options = {key: value for key, value in params.items() if key not in JOB_ONLY}
     report = train(pot, frames, checkpoint=checkpoint, **options)
     curve = report['learning_curve']
     columns = sorted({key for row in curve for key in row})
@@ -370,31 +371,100 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- main
+#: The fields of a job file by task: ``name: (JSON type, required)``. ``parameters`` are checked by the task itself.
+JOB_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
+    'train': {
+        'dataset': (str, True),
+        'parameters': (dict, False),
+        'parent_potential': (str, False),
+        'resume': (bool, False),
+    },
+    'md': {
+        'structures': (str, True),
+        'potential': (str, True),
+        'structure_keys': (list, False),
+        'parameters': (dict, False),
+        'resume': (bool, False),
+    },
+}
+_JSON_TYPES = {str: 'a string', dict: 'an object', list: 'a list', bool: 'true or false'}
+
+
+def read_job(path: str | Path, task: str) -> dict[str, Any]:
+    """Read and check the job file of ``task``; raise :class:`BadInputError` naming every bad field.
+
+    A field set to ``null`` counts as absent (and is dropped from the returned job).
+    """
+    import json
+
+    try:
+        text = Path(path).read_text(encoding='utf-8')
+    except FileNotFoundError:
+        raise BadInputError(f'the job file {path} does not exist') from None
+    except IsADirectoryError:
+        raise BadInputError(f'the job file {path} is a directory, not a file') from None
+    except (OSError, UnicodeDecodeError) as exception:
+        raise BadInputError(f'the job file {path} cannot be read: {exception}') from None
+    try:
+        job = json.loads(text)
+    except json.JSONDecodeError as exception:
+        raise BadInputError(
+            f'the job file {path} is not valid JSON: {exception.msg} '
+            f'(line {exception.lineno}, column {exception.colno})'
+        ) from None
+    if not isinstance(job, dict):
+        kind = {list: 'an array', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(type(job), 'a number')
+        raise BadInputError(f'the job file {path} holds {kind}, expected a JSON object with a `task`')
+    if 'task' not in job:
+        raise BadInputError(f'the job file {path} has no `task` (expected {task!r})')
+    if job['task'] != task:
+        raise BadInputError(f'the job file {path} is for task {job["task"]!r}, not {task!r}')
+    job = {key: value for key, value in job.items() if value is not None}
+    errors = []
+    for name, (kind, required) in JOB_FIELDS[task].items():
+        if name not in job:
+            if required:
+                errors.append(f'`{name}` is missing')
+        elif not isinstance(job[name], kind) or (kind is not bool and isinstance(job[name], bool)):
+            errors.append(f'`{name}` must be {_JSON_TYPES[kind]}, got {job[name]!r}')
+    if errors:
+        raise BadInputError(f'the job file {path}: ' + '; '.join(errors))
+    return job
+
+
+def _write_summary(workdir: Path, content: dict[str, Any]) -> None:
+    """Write ``summary.json``, or say on stderr why it cannot be written (e.g. the job's folder does not exist)."""
+    try:
+        files.write_json(workdir / files.SUMMARY_FILE, content)
+    except OSError as exception:
+        print(f'mlff-run: cannot write {files.SUMMARY_FILE} in {workdir}: {exception}', file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mlff-run`` console script."""
+    """Entry point of the ``mlff-run`` console script.
+
+    Exit statuses are those of :mod:`aiida_mlff.core.files`: an unreadable or malformed job file, or a bad field or
+    input file, is bad input (2) with ``summary.json`` saying what is wrong, never a crash (1).
+    """
     parser = argparse.ArgumentParser(prog='mlff-run', description=__doc__.splitlines()[0])
     parser.add_argument('task', choices=['train', 'md'])
     parser.add_argument('job', nargs='?', default=files.JOB_FILE, help='the job file (default: job.json)')
     args = parser.parse_args(argv)
     from .potential_io import PotentialFileError
 
-    workdir = Path(args.job).resolve().parent
+    job_path = Path(args.job).resolve()
+    workdir = job_path if job_path.is_dir() else job_path.parent  # a folder given as the job: the summary goes in it
     try:
-        job = files.read_json(args.job)
-        if job.get('task') != args.task:
-            raise BadInputError(f'the job file is for task {job.get("task")!r}, not {args.task!r}')
+        job = read_job(args.job, args.task)
         runner = run_train if args.task == 'train' else run_md
         status = runner(job, workdir)
     except (BadInputError, FileNotFoundError, PotentialFileError) as exception:
-        files.write_json(workdir / files.SUMMARY_FILE, {'exit_status': files.EXIT_BAD_INPUT, 'error': str(exception)})
+        _write_summary(workdir, {'exit_status': files.EXIT_BAD_INPUT, 'error': str(exception)})
         print(f'mlff-run: bad input: {exception}', file=sys.stderr)
         return files.EXIT_BAD_INPUT
     except Exception as exception:
         traceback.print_exc()
-        files.write_json(
-            workdir / files.SUMMARY_FILE,
-            {'exit_status': files.EXIT_CRASH, 'error': f'{type(exception).__name__}: {exception}'},
-        )
+        _write_summary(workdir, {'exit_status': files.EXIT_CRASH, 'error': f'{type(exception).__name__}: {exception}'})
         return files.EXIT_CRASH
     print(f'mlff-run {args.task}: finished with status {status}')
     return status

@@ -27,32 +27,17 @@ from torch import Tensor
 
 from .atoms import AtomsBatch, Neighbors, neighbor_list
 
-__all__ = ['DEFAULTS', 'evaluate_metrics', 'split_indices', 'train']
+__all__ = ['CALL_DEFAULTS', 'JOB_ONLY', 'evaluate_metrics', 'split_indices', 'train']
 
-DEFAULTS: dict = {
-    'epochs': 1000,  # maximum number of epochs
-    'batch_size': 16,  # structures per mini-batch
-    'learning_rate': 5e-3,
-    'weight_decay': 1e-6,
-    'energy_weight': 1.0,  # w_E, 1/(eV/atom)^2
-    'forces_weight': 1.0,  # w_F, 1/(eV/Å)^2
-    'validation_fraction': 0.1,
-    'patience': 100,  # epochs without validation improvement before stopping
-    'lr_patience': 20,  # epochs without improvement before the learning rate is halved
-    'lr_factor': 0.5,
-    'min_learning_rate': 1e-5,
-    'max_time': None,  # s of wall time for this call (a walltime): a checkpoint is written, the run is unfinished
-    'time_budget': None,  # s for the whole training (AdamW, then L-BFGS polishing): a finished run within a budget
-    'seed': 0,
+#: arguments of :func:`train` that are not options of a training task (:data:`~aiida_mlff.core.options.TRAIN`)
+CALL_DEFAULTS: dict = {
     'checkpoint': None,  # path; resumed from when it exists
-    'checkpoint_every': 10,  # epochs
     'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
-    'polish_steps': 0,  # full-batch L-BFGS iterations (each up to 20 evaluations) after AdamW; with time_budget,
-    # AdamW gets 60% of the budget and L-BFGS the rest
-    'precision': 'float64',  # arithmetic of the optimisation ('float64' or 'model'); the model keeps its own dtype
     'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
     'verbose': False,
 }
+#: options of the training task that belong to the job (model, device, dtype), not to :func:`train`
+JOB_ONLY = ('model', 'device', 'dtype')
 
 
 @dataclass
@@ -318,7 +303,8 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     frames
         ``ase.Atoms`` with energy [eV] and forces [eV/Å] (e.g. a ``SinglePointCalculator``).
     **options
-        See ``DEFAULTS``: ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``energy_weight``,
+        The options of :data:`aiida_mlff.core.options.TRAIN` (defaults there) except ``model``, ``device`` and
+        ``dtype``: ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``energy_weight``,
         ``forces_weight``, ``validation_fraction``, ``patience``, ``lr_patience``, ``lr_factor``,
         ``min_learning_rate``, ``max_time`` [s, a walltime: the run stops unfinished with a checkpoint],
         ``time_budget`` [s, the whole training; a finished run], ``seed``, ``checkpoint`` (path, resumed from if
@@ -333,12 +319,15 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
         ``epochs_run``, ``finished`` (False when stopped by ``max_time``/``stop_after``), ``stopped_early``,
         ``options``. The metrics are also stored in ``pot.metadata``.
     """
-    unknown = set(options) - set(DEFAULTS)
+    from .options import TRAIN
+
+    known = (set(TRAIN.keys()) - set(JOB_ONLY)) | set(CALL_DEFAULTS)
+    unknown = set(options) - known
     if unknown:
-        raise TypeError(f'unknown training options {sorted(unknown)}; known: {sorted(DEFAULTS)}')
-    opts = {**DEFAULTS, **options}
-    if opts['precision'] not in ('float64', 'model'):
-        raise ValueError(f"precision must be 'float64' or 'model', got {opts['precision']!r}")
+        raise TypeError(f'unknown training options {sorted(unknown)}; known: {sorted(known)}')
+    given = {k: v for k, v in options.items() if k not in CALL_DEFAULTS}
+    checked = TRAIN.validate(given, 'training')
+    opts = {**{k: v for k, v in checked.items() if k not in JOB_ONLY}, **CALL_DEFAULTS, **options}
     model_dtype = pot.dtype
     # L-BFGS and the late small AdamW steps stall in float32 (loss differences drown in rounding): optimise in float64
     # and hand back a model of the caller's dtype (metrics are those of the model handed back)

@@ -11,7 +11,7 @@ from aiida.orm import ArrayData
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-__all__ = ['TrainingSetData', 'structure_hashes']
+__all__ = ['TrainingSetData', 'non_finite_arrays', 'structure_hashes']
 
 #: eV/Å^3 per GPa (the unit pw.x reports stress in through aiida-quantumespresso).
 EV_PER_A3_PER_GPA = 1.0 / 160.21766208
@@ -47,6 +47,39 @@ def structure_hashes(
             h.update(np.ascontiguousarray(part).tobytes())
         digests.append(h.hexdigest())
     return digests
+
+
+def non_finite_arrays(arrays: dict[str, np.ndarray]) -> str | None:
+    """Name the first NaN or infinite value in dataset ``arrays`` (frame, and atom with its element), or return None.
+
+    Checks energy (eV), positions (Å), forces (eV/Å), cells (Å) and stress (eV/Å^3); a stress that is NaN
+    throughout means "no stress for this frame" and is accepted. Frames and atoms count from 0.
+    """
+    from ase.data import chemical_symbols
+
+    offsets = np.concatenate([[0], np.cumsum(arrays['natoms'])])
+    per_frame = {'energy': ('eV', arrays['energy']), 'cell': ('Å', arrays['cells'])}
+    per_atom = {'position': ('Å', arrays['positions']), 'force': ('eV/Å', arrays['forces'])}
+    for name, (unit, values) in per_frame.items():
+        values = np.asarray(values, dtype=float).reshape(len(values), -1)
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            shown = values[bad[0]].tolist()
+            return f'frame {bad[0]}: {name} is not finite ({shown[0] if len(shown) == 1 else shown} {unit})'
+    for name, (unit, values) in per_atom.items():
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            i = int(bad[0])
+            k = int(np.searchsorted(offsets, i, side='right')) - 1
+            element = chemical_symbols[int(arrays['numbers'][i])]
+            return f'frame {k}, atom {i - offsets[k]} ({element}): {name} is not finite ({values[i].tolist()} {unit})'
+    stress = arrays.get('stress')
+    if stress is not None:
+        absent = np.isnan(stress).all(axis=(1, 2))
+        bad = np.flatnonzero(~(np.isfinite(stress).all(axis=(1, 2)) | absent))
+        if bad.size:
+            return f'frame {bad[0]}: stress is not finite ({stress[bad[0]].tolist()} eV/Å^3)'
+    return None
 
 
 class TrainingSetData(ArrayData):
@@ -103,21 +136,27 @@ class TrainingSetData(ArrayData):
                     xx, yy, zz, yz, xz, xy = s
                     s = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
             stress.append(s)
-        self._set_arrays(
-            numbers=np.concatenate([a.numbers for a in frames]).astype(np.int64),
-            positions=np.concatenate([a.positions for a in frames]).astype(np.float64),
-            cells=np.stack([a.cell.array for a in frames]).astype(np.float64),
-            pbc=np.stack([a.pbc for a in frames]).astype(bool),
-            natoms=np.array([len(a) for a in frames], dtype=np.int64),
-            energy=np.array(energy, dtype=np.float64),
-            forces=np.concatenate(forces).astype(np.float64),
-            stress=(
+        arrays = {
+            'numbers': np.concatenate([a.numbers for a in frames]).astype(np.int64),
+            'positions': np.concatenate([a.positions for a in frames]).astype(np.float64),
+            'cells': np.stack([a.cell.array for a in frames]).astype(np.float64),
+            'pbc': np.stack([a.pbc for a in frames]).astype(bool),
+            'natoms': np.array([len(a) for a in frames], dtype=np.int64),
+            'energy': np.array(energy, dtype=np.float64),
+            'forces': np.concatenate(forces).astype(np.float64),
+            'stress': (
                 np.stack([np.full((3, 3), np.nan) if s is None else s for s in stress])
                 if any(s is not None for s in stress)
                 else None
             ),
+        }
+        problem = non_finite_arrays(arrays)
+        if problem:
+            raise ValueError(problem)
+        self._set_arrays(
             sources=np.array(list(sources) if sources is not None else [''] * len(frames), dtype='<U36'),
             label_method=label_method,
+            **arrays,
         )
 
     def _set_arrays(self, *, stress: np.ndarray | None, sources: np.ndarray, label_method: str, **arrays):
@@ -140,6 +179,17 @@ class TrainingSetData(ArrayData):
             h.update(name.encode())
             h.update(np.ascontiguousarray(hashed[name]).tobytes())
         self.base.attributes.set('content_hash', h.hexdigest())
+
+    def _validate(self) -> bool:
+        """Refuse to store a node whose labels or structures hold NaN or infinite values (whatever filled it)."""
+        super()._validate()
+        names = set(self.get_arraynames())
+        if not set(self._ARRAYS) <= names:
+            return True  # an empty node: nothing to check
+        problem = non_finite_arrays(self.arrays())
+        if problem:
+            raise ValueError(f'{type(self).__name__} not stored: {problem}')
+        return True
 
     # ----------------------------------------------------------------------------------------------------- reading
     @property
@@ -199,15 +249,30 @@ class TrainingSetData(ArrayData):
     # ----------------------------------------------------------------------------------------------------- extxyz
     @classmethod
     def from_extxyz(cls, path: str | Path, label_method: str = 'imported from extxyz') -> TrainingSetData:
-        """Read every frame of an extended-XYZ file (energies eV, forces eV/Å); each must carry both."""
+        """Read every frame of an extended-XYZ file (energies eV, forces eV/Å); each must carry both, all finite.
+
+        Raises
+        ------
+        ValueError
+            The file cannot be read as extended XYZ, holds no frames, or a frame lacks labels or holds a NaN or
+            infinite value; the message names the file, and the frame and atom where there is one.
+        """
         from ase.io import read
 
-        frames = read(str(path), index=':', format='extxyz')
+        try:
+            frames = read(str(path), index=':', format='extxyz')
+        except Exception as exception:  # ASE raises many kinds of errors on malformed files
+            raise ValueError(
+                f'{path}: not a readable extended-XYZ file ({type(exception).__name__}: {exception})'
+            ) from exception
         for k, atoms in enumerate(frames):
             if atoms.calc is None or 'energy' not in atoms.calc.results or 'forces' not in atoms.calc.results:
                 raise ValueError(f'{path}: frame {k} has no energy and forces (expected an extxyz with labels)')
         sources = [str(a.info.get('source', '')) for a in frames]
-        return cls(frames, sources=sources, label_method=label_method)
+        try:
+            return cls(frames, sources=sources, label_method=label_method)
+        except ValueError as exception:
+            raise ValueError(f'{path}: {exception}') from exception
 
     def to_extxyz(self, path: str | Path) -> Path:
         """Write all structures with their labels to an extended-XYZ file and return its path."""

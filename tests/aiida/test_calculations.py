@@ -64,14 +64,14 @@ def test_train_copies_parent_potential(mlff_environment, labelled_frames, prepar
 
 
 def test_train_parameters_are_checked_before_submission(mlff_environment, labelled_frames, prepare):
-    with pytest.raises(ValueError, match='`learning_rate` must be positive') as info:
+    with pytest.raises(ValueError, match=r'parameters\.learning_rate: must be a number > 0') as info:
         prepare(
             TrainCalculation,
             code=mlff_environment['mlff_code'],
             dataset=TrainingSetData(labelled_frames).store(),
             parameters=orm.Dict({'learning_rate': -1.0, 'bogus': 1}),
         )
-    assert "unknown parameter(s) ['bogus']" in str(info.value)
+    assert 'parameters.bogus: unknown option' in str(info.value)
 
 
 def test_md_writes_job_and_structures(mlff_environment, prepare, potential_node, water_structure, file_regression):
@@ -98,13 +98,13 @@ def test_md_writes_job_and_structures(mlff_environment, prepare, potential_node,
 @pytest.mark.parametrize(
     ('changes', 'message'),
     [
-        ({'timestep': -0.5}, '`timestep` must be positive'),
-        ({'temperature': -10.0}, '`temperature` must be non-negative'),
-        ({'ensemble': 'npt'}, '`ensemble` must be one of'),
-        ({'steps': 10.5}, '`steps` must be an integer'),
+        ({'timestep': -0.5}, 'parameters.timestep: must be a number > 0'),
+        ({'temperature': -10.0}, 'parameters.temperature: must be a temperature in K (>= 0)'),
+        ({'ensemble': 'npt'}, "parameters.ensemble: must be one of ['nve', 'langevin']"),
+        ({'steps': 10.5}, 'parameters.steps: must be an integer'),
         (
             {'biases': [{'cv': {'type': 'dihedral', 'atoms': [0, 1]}, 'centers': [0.0], 'kappa': 1.0}]},
-            'atoms must be 4',
+            'parameters.biases[0].cv.atoms: a dihedral needs 4',
         ),
         ({'colvars': [{'type': 'distance', 'atoms': [0, 7]}]}, 'uses atoms [7], but a structure has only 3 atoms'),
     ],

@@ -100,8 +100,8 @@ def test_import_of_a_file_without_labels(invoke, h2o, tmp_path):
     path = tmp_path / 'bare.xyz'
     write(path, [h2o], format='extxyz')
     result = invoke('dataset', 'import', str(path), code=2)
-    assert 'not a labelled extxyz file' in result.output
-    assert 'no energy and forces' in result.output
+    assert f'{path}: frame 0 has no energy and forces' in ' '.join(result.output.split())
+    assert 'expected an extxyz with labels' in result.output
 
 
 def test_missing_profile_is_a_clear_error():

@@ -1,34 +1,34 @@
-"""``aiida-mlff pmf show|plot`` on a PMF made by a stand-in calcfunction (with its barriers and rates)."""
+"""``aiida-mlff pmf show|plot`` on the outputs of ``pmf_states`` (PMF in degrees, its barriers and rates)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from aiida import orm
-from aiida.engine import calcfunction
 from click.testing import CliRunner
 from matplotlib.image import imread
 
+from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.cli import cmd_root
 
-
-@calcfunction
-def fake_umbrella(height: orm.Float) -> dict:
-    """A PMF (degrees, eV) with a cosine barrier of ``height`` eV, and its barriers and rates."""
-    angle = np.linspace(-180.0, 180.0, 37)
-    free = height.value * (1 + np.cos(np.radians(angle))) / 2
-    pmf = orm.XyData()
-    pmf.set_x(angle, 'dihedral', 'degrees')
-    pmf.set_y([free, np.full_like(free, 0.002)], ['free_energy', 'error'], ['eV', 'eV'])
-    barriers = orm.Dict(
-        {'trans': {'eV': height.value, 'kcal_mol': height.value * 23.06}, 'cis': {'eV': 0.3, 'kcal_mol': 6.9}}
-    )
-    return {'pmf': pmf, 'barriers': barriers, 'rates': orm.Dict({'trans': 1.5e12, 'cis': 2.5e7})}
+from .test_states_calcfunction import knots
 
 
 @pytest.fixture
 def outputs(aiida_profile):
-    return fake_umbrella(orm.Float(0.1))
+    """An H2O2-like PMF on a 10° grid (minima at ±110°, 0.05 eV at 180°, 0.3 eV at 0°) through ``pmf_states``."""
+    angle = np.arange(-180.0, 180.0, 10.0)
+    free = knots(angle, [(-180, 0.05), (-110, 0.0), (0, 0.3), (110, 0.0), (180, 0.05)])
+    pmf = orm.XyData()
+    pmf.set_x(np.radians(angle), 'cv', 'rad')
+    pmf.set_y([free, np.full_like(free, 0.002)], ['free_energy', 'error'], ['eV', 'eV'])
+    settings = {
+        'cv': {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+        'temperature': 300.0,
+        'transitions': {'trans': [150.0, -150.0], 'cis': [-30.0, 30.0]},
+        'experiment_kcal_mol': {'trans': 1.1},
+    }
+    return pmf_states(pmf, orm.Dict(settings))
 
 
 def invoke(profile, *args: str, code: int = 0):
@@ -40,11 +40,20 @@ def invoke(profile, *args: str, code: int = 0):
 def test_show(aiida_profile, outputs):
     output = invoke(aiida_profile, 'pmf', 'show', str(outputs['pmf'].pk), '--every', '6')
     assert f'PMF XyData<{outputs["pmf"].pk}>' in output
-    assert '37 points' in output
+    assert '36 points' in output
+    assert 'dihedral(2,0,1,3) (deg)' in output
     assert len([line for line in output.splitlines() if line.strip().startswith(('-180.00', '-120.00', '0.00'))]) == 3
-    assert 'highest point: 0.1000 eV (2.31 kcal/mol) at 0.0' in output
-    assert f'trans barrier: 0.1000 eV (2.31 kcal/mol)  [Dict<{outputs["barriers"].pk}>]' in output
-    assert 'cis rate: 2.5e+07 s^-1' in output
+    assert 'highest point: 0.3000 eV (6.92 kcal/mol) at 0.0' in output
+    assert f'States and transitions [Dict<{outputs["barriers"].pk}>, rates Dict<{outputs["rates"].pk}>]:' in output
+    assert '  A: 0.00 ± 0.05 kcal/mol, minimum at -110 deg, range [-180, 0]' in output
+    assert '  B: 0.00 ± 0.05 kcal/mol, minimum at 110 deg, range [0, -180]' in output
+    rates = outputs['rates'].get_dict()
+    assert (
+        '  trans (A -> B, TS at -180 deg): forward 1.15 ± 0.07, backward 1.15 ± 0.07 kcal/mol; '
+        f'TST rate {rates["trans"]["forward"]:.3g} s^-1 forward, {rates["trans"]["backward"]:.3g} s^-1 backward; '
+        'experiment 1.1 kcal/mol'
+    ) in output
+    assert '  cis (A -> B, TS at 0 deg): forward 6.92 ± 0.07, backward 6.92 ± 0.07 kcal/mol; TST rate' in output
 
 
 def test_plot(aiida_profile, outputs, tmp_path):

@@ -65,3 +65,26 @@ def test_report_errors(aiida_profile, tmp_path):
     output = run_report(aiida_profile, str(empty.pk), code=2)
     assert 'has no outputs to report' in output
     assert 'no node with PK or UUID' in run_report(aiida_profile, '999999999', code=2)
+
+
+def test_campaign_summary_names_every_state_and_transition(aiida_profile, campaign, capsys):
+    from aiida_mlff.cli.campaign import _summary
+
+    _, outputs = campaign
+    node = orm.WorkChainNode(process_type='aiida.workflows:mlff.campaign')
+    node.set_process_label('CampaignWorkChain')
+    node.store()
+    for label in ('barriers', 'rates'):
+        outputs[label].base.links.add_incoming(node, link_type=LinkType.RETURN, link_label=label)
+    node.set_process_state(ProcessState.FINISHED)
+    node.set_exit_status(0)
+    node.seal()
+    _summary(node)
+    lines = capsys.readouterr().out.splitlines()
+    assert '  A: 0.00 ± 0.09 kcal/mol, minimum at -115 deg, range [-180, 0]' in lines
+    rates = outputs['rates'].get_dict()['cis']
+    assert (
+        '  cis (A -> B, TS at 0 deg): forward 6.92 ± 0.13, backward 6.92 ± 0.13 kcal/mol; '
+        f'TST rate {rates["forward"]:.3g} s^-1 forward, {rates["backward"]:.3g} s^-1 backward; experiment 7 kcal/mol'
+    ) in lines
+    assert [line.split(' (')[0] for line in lines if line.startswith('  ') and '->' in line] == ['  trans', '  cis']

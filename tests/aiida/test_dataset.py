@@ -89,3 +89,46 @@ def test_merge_keeps_relabelled_structures(aiida_profile, labelled_frames):
     relabelled[0].calc = SinglePointCalculator(relabelled[0], energy=123.0, forces=np.zeros((3, 3)))
     merged = merge_datasets(a=TrainingSetData(labelled_frames[:1]).store(), b=TrainingSetData(relabelled).store())
     assert merged.n_structures == 2  # same structure, other labels: not an exact duplicate
+
+
+@pytest.mark.parametrize(
+    ('field', 'value', 'expected'),
+    [
+        ('energy', np.nan, 'frame 2: energy is not finite (nan eV)'),
+        ('energy', np.inf, 'frame 2: energy is not finite (inf eV)'),
+        ('forces', np.nan, 'frame 2, atom 1 (H): force is not finite'),
+        ('positions', -np.inf, 'frame 2, atom 1 (H): position is not finite'),
+        ('stress', np.nan, 'frame 2: stress is not finite'),
+    ],
+)
+def test_non_finite_labels_are_refused_naming_frame_and_atom(aiida_profile, labelled_frames, field, value, expected):
+    frames = [atoms.copy() for atoms in labelled_frames]
+    for original, atoms in zip(labelled_frames, frames, strict=True):
+        atoms.calc = SinglePointCalculator(atoms, **original.calc.results)
+    bad = frames[2]
+    results = dict(bad.calc.results)
+    if field == 'energy':
+        results['energy'] = value
+    elif field == 'forces':
+        results['forces'] = results['forces'].copy()
+        results['forces'][1, 2] = value
+    elif field == 'positions':
+        bad.positions[1, 0] = value
+    else:
+        results['stress'] = np.array([0.1, 0.1, value, 0.0, 0.0, 0.0])
+    bad.calc = SinglePointCalculator(bad, **results)
+    with pytest.raises(ValueError, match='not finite') as info:
+        TrainingSetData(frames)
+    assert expected in str(info.value)
+
+
+def test_non_finite_arrays_set_directly_are_not_stored(aiida_profile, labelled_frames):
+    before = orm.QueryBuilder().append(TrainingSetData).count()
+    dataset = TrainingSetData(labelled_frames)
+    forces = dataset.get_array('forces')
+    forces[7, 0] = np.nan  # frame 2 (3 atoms each), atom 1
+    dataset.set_array('forces', forces)
+    with pytest.raises(ValueError, match=r'not stored: frame 2, atom 1 \(H\): force is not finite'):
+        dataset.store()
+    assert not dataset.is_stored
+    assert orm.QueryBuilder().append(TrainingSetData).count() == before

@@ -20,10 +20,13 @@ from aiida import orm
 from matplotlib.image import imread
 
 from aiida_mlff import report
+from aiida_mlff.calculations.states import pmf_states
+from aiida_mlff.calculations.wham import EV_TO_KCAL_MOL
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 
 from .test_provenance import build_campaign_graph, tiny_potential_file
+from .test_states_calcfunction import knots
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 
@@ -31,6 +34,28 @@ CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 def pixel_variance(path: Path) -> float:
     image = imread(path)
     return float(np.asarray(image[..., :3], dtype=float).var())
+
+
+H2O2_SETTINGS = {
+    'cv': {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+    'temperature': 300.0,
+    'transitions': {'trans': [150.0, -150.0], 'cis': [-30.0, 30.0]},
+    'experiment_kcal_mol': {'trans': 1.1, 'cis': 7.0},
+}
+
+
+def h2o2_pmf() -> orm.XyData:
+    """A WHAM-like PMF in radians on a 5° grid: minima at ±115°, 0.05 eV at 180° (trans), 0.3 eV at 0° (cis)."""
+    angle = np.arange(-180.0, 180.0, 5.0)
+    free = knots(angle, [(-180, 0.05), (-115, 0.0), (0, 0.3), (115, 0.0), (180, 0.05)])
+    pmf = orm.XyData()
+    pmf.set_x(np.radians(angle), 'cv', 'rad')
+    pmf.set_y(
+        [free, np.full_like(free, 0.004), free + 0.003, free - 0.002],
+        ['free_energy', 'error', 'member_0', 'member_1'],
+        ['eV', 'eV', 'eV', 'eV'],
+    )
+    return pmf
 
 
 def synthetic_outputs(labelled_frames, tmp_path: Path) -> dict[str, orm.Data]:
@@ -59,23 +84,7 @@ def synthetic_outputs(labelled_frames, tmp_path: Path) -> dict[str, orm.Data]:
         for k in range(3)
     ]
     history = orm.Dict({'iterations': iterations, 'stop_reason': 'converged'})
-    angle = np.linspace(-180.0, 180.0, 73)
-    free = 0.02 * (1 - np.cos(np.radians(angle - 115))) + 0.1 * (1 + np.cos(np.radians(angle))) / 2
-    pmf = orm.XyData()
-    pmf.set_x(angle, 'dihedral', 'degrees')
-    pmf.set_y(
-        [free, np.full_like(free, 0.004), free + 0.003, free - 0.002],
-        ['free_energy', 'error', 'member_0', 'member_1'],
-        ['eV', 'eV', 'eV', 'eV'],
-    )
-    barriers = orm.Dict(
-        {
-            'trans': {'eV': 0.05, 'kcal_mol': 1.15},
-            'cis': {'eV': 0.3, 'kcal_mol': 6.9},
-            'experiment_kcal_mol': {'trans': 1.1, 'cis': 7.0},
-        }
-    )
-    rates = orm.Dict({'trans': 2.0e12, 'cis': 1.0e8})
+    numbers = pmf_states(h2o2_pmf(), orm.Dict(H2O2_SETTINGS))
     scan = orm.ArrayData()
     scan_angle = np.linspace(0.0, 180.0, 7)
     scan.set_array('angle', scan_angle)
@@ -86,9 +95,9 @@ def synthetic_outputs(labelled_frames, tmp_path: Path) -> dict[str, orm.Data]:
         'potential': potential,
         'learning_curve': curve,
         'history': history,
-        'pmf': pmf,
-        'barriers': barriers,
-        'rates': rates,
+        'pmf': numbers['pmf'],
+        'barriers': numbers['barriers'],
+        'rates': numbers['rates'],
         'scan': scan,
     }
     for node in nodes.values():
@@ -125,8 +134,11 @@ def test_write_campaign_report(outputs, tmp_path):
     assert summary['dataset']['dft_calculations']['from_provenance_query'] == []  # imported: no PwCalculation
     assert summary['dataset']['dft_calculations']['sources_in_provenance'] is False  # made-up sources
     assert summary['potential']['uuid'] == outputs['potential'].uuid
-    assert summary['barriers']['trans']['kcal_mol'] == 1.15
-    assert summary['rates_per_s']['cis'] == 1.0e8
+    transitions = summary['barriers']['transitions']
+    assert transitions['trans']['forward_kcal_mol'] == pytest.approx(0.05 * EV_TO_KCAL_MOL)
+    assert transitions['cis']['backward_kcal_mol'] == pytest.approx(0.3 * EV_TO_KCAL_MOL)
+    assert summary['barriers']['states']['B']['minimum'] == pytest.approx(115.0)
+    assert summary['rates_per_s']['cis']['forward'] == transitions['cis']['rate_forward']
     assert summary['history']['stop_reason'] == 'converged'
     assert summary['missing'] == []
     parity = summary['parity_on_final_dataset']
@@ -137,6 +149,32 @@ def test_write_campaign_report(outputs, tmp_path):
     for key in ('dataset', 'potential', 'pmf', 'barriers'):
         assert outputs[key].uuid in text
     assert 'uuid-3' in text
+    assert '<td>state B</td><td>0.00 ± 0.09 kcal/mol, minimum at 115 deg, range [0, -180] deg</td>' in text
+    assert (
+        '<td>barrier trans (A &rarr; B)</td><td>forward 1.15 ± 0.13, backward 1.15 ± 0.13 kcal/mol, transition '
+        'state at -180 deg; experiment 1.1 kcal/mol</td>'
+    ) in text
+    assert '<td>rate cis (TST)</td><td>forward ' in text
+
+
+def test_an_old_barriers_node_still_reads(outputs, tmp_path):
+    old = orm.Dict(
+        {
+            'trans': {'eV': 0.05, 'kcal_mol': 1.15, 'error_kcal_mol': 0.1},
+            'cis': {'eV': 0.3, 'kcal_mol': 6.9, 'error_kcal_mol': None},
+            'experiment_kcal_mol': {'trans': 1.1, 'cis': 7.0},
+        }
+    ).store()
+    rates = orm.Dict({'trans': 2.0e12, 'cis': 1.0e8}).store()
+    assert report.barrier_lines(old.get_dict(), rates.get_dict()) == [
+        'Transitions (2):',
+        '  cis: forward 6.90 kcal/mol; TST rate 1e+08 s^-1; experiment 7 kcal/mol',
+        '  trans: forward 1.15 ± 0.10 kcal/mol; TST rate 2e+12 s^-1; experiment 1.1 kcal/mol',
+    ]
+    paths = report.write_campaign_report({'pmf': outputs['pmf'], 'barriers': old, 'rates': rates}, tmp_path / 'old')
+    text = paths['html'].read_text()
+    assert '<td>barrier cis</td><td>forward 6.90 kcal/mol; experiment 7 kcal/mol</td>' in text
+    assert '<td>rate trans (TST)</td><td>2e+12 s<sup>-1</sup></td>' in text
 
 
 def test_report_lists_the_dft_calculations_behind_a_campaign_graph(aiida_profile, tmp_path):

@@ -43,22 +43,20 @@ def torsion_potential(tmp_path):
 
 def torsion_builder(code, potential, hooh, equilibration: int, production: int, **overrides):
     """An ``mlff.umbrella`` builder: 24 windows over the whole dihedral, kappa 0.5 eV/rad^2, Langevin at T, float64."""
-    md = {
+    parameters = {
+        'windows': {'start': -180.0, 'stop': 180.0, 'count': 24},  # degrees, the dihedral's file unit
+        'kappa': 0.5,
         'temperature': T,
         'equilibration_steps': equilibration,
         'production_steps': production,
         'friction': 0.05,
         'dtype': 'float64',
         'device': 'cpu',
+        'bins': 48,
+        **overrides,
     }
     return UmbrellaWorkChain.get_builder_from_protocol(
-        code,
-        potential,
-        hooh,
-        cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]},
-        windows={'start': -math.pi, 'stop': math.pi, 'count': 24, 'kappa': 0.5},
-        protocol='fast',
-        overrides={'md': md, 'bins': 48, **overrides},
+        code, potential, hooh, cv={'type': 'dihedral', 'atoms': [0, 1, 2, 3]}, protocol='fast', overrides=parameters
     )
 
 
@@ -93,21 +91,19 @@ def test_umbrella_recovers_a_known_pmf(mlff_environment, hooh, torsion_potential
 
 def test_bad_windows_and_cv_are_refused(mlff_environment, hooh, torsion_potential):
     common = {'code': mlff_environment['mlff_code'], 'potential': torsion_potential, 'structure': hooh}
-    md = orm.Dict({'equilibration_steps': 10, 'production_steps': 100})
-    with pytest.raises(ValueError, match=r'`windows\.kappa` must be positive'):
+    steps = {'equilibration_steps': 10, 'production_steps': 100}
+    with pytest.raises(ValueError, match=r'parameters\.kappa: must be a number > 0'):
         run_get_node(
             UmbrellaWorkChain,
             cv=orm.Dict({'type': 'dihedral', 'atoms': [0, 1, 2, 3]}),
-            windows=orm.Dict({'centers': [0.0, 1.0], 'kappa': -1.0}),
-            md=md,
+            parameters=orm.Dict({'windows': {'centers': [0.0, 60.0]}, 'kappa': -1.0, **steps}),
             **common,
         )
-    with pytest.raises(ValueError, match=r'`cv\.atoms` must be 4 indices below 4'):
+    with pytest.raises(ValueError, match=r'cv\.atoms: a dihedral needs 4 distinct atom indices below 4'):
         run_get_node(
             UmbrellaWorkChain,
             cv=orm.Dict({'type': 'dihedral', 'atoms': [0, 1, 2, 7]}),
-            windows=orm.Dict({'centers': [0.0, 1.0], 'kappa': 1.0}),
-            md=md,
+            parameters=orm.Dict({'windows': {'centers': [0.0, 60.0]}, 'kappa': 1.0, **steps}),
             **common,
         )
 
@@ -141,7 +137,7 @@ def test_windows_that_blow_up_are_rerun_alone_then_left_out(mlff_environment, ho
     # WHAM left the dropped windows out; elsewhere the PMF is the known one
     centres = results['overlap'].get_array('centers')
     assert not np.any(np.isclose(np.degrees(centres), 90.0))
-    dropped = np.degrees(results['dropped_windows'].get_list())
+    dropped = np.asarray(results['dropped_windows'].get_list())  # in the CV's file unit: degrees
     assert np.any(np.isclose(dropped, 90.0))
     assert len(centres) + len(dropped) == 24
     grid = results['pmf'].get_x()[1]

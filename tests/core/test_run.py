@@ -59,7 +59,7 @@ def test_bad_input_writes_a_summary_naming_the_field(train_dir):
     result = mlff_run(train_dir, 'train', train_job(batch_size=0))
     assert result.returncode == files.EXIT_BAD_INPUT
     summary = files.read_json(train_dir / files.SUMMARY_FILE)
-    assert '`batch_size` must be positive' in summary['error']
+    assert 'parameters.batch_size: must be an integer >= 1, got 0' in summary['error']
 
 
 def test_wrong_task_is_bad_input(train_dir):
@@ -152,3 +152,57 @@ def test_job_files_cannot_point_outside_the_job_directory(train_dir, name):
     result = mlff_run(train_dir, 'train', job)
     assert result.returncode == files.EXIT_BAD_INPUT
     assert 'outside the job directory' in files.read_json(train_dir / files.SUMMARY_FILE)['error']
+
+
+@pytest.mark.parametrize(
+    ('content', 'expected'),
+    [
+        ('{"task": "train", "dataset": ', 'is not valid JSON'),
+        ('[1, 2]', 'holds an array, expected a JSON object'),
+        ('"train"', 'holds a string, expected a JSON object'),
+        ('{"dataset": "dataset.extxyz"}', 'has no `task`'),
+        ('{"task": "train"}', '`dataset` is missing'),
+        (
+            '{"task": "train", "dataset": 3, "parameters": [1], "resume": "yes"}',
+            '`dataset` must be a string, got 3; `parameters` must be an object, got [1]; '
+            "`resume` must be true or false, got 'yes'",
+        ),
+        ('{"task": "md", "potential": "p.pt"}', "not 'train'"),
+        ('\udcff', 'cannot be read'),
+    ],
+)
+def test_malformed_job_file_is_bad_input(tmp_path, monkeypatch, capsys, content, expected):
+    from aiida_mlff.core.run import main
+
+    (tmp_path / files.JOB_FILE).write_bytes(content.encode('utf-8', 'surrogateescape'))
+    monkeypatch.chdir(tmp_path)
+    assert main(['train', files.JOB_FILE]) == files.EXIT_BAD_INPUT
+    summary = files.read_json(tmp_path / files.SUMMARY_FILE)
+    assert summary['exit_status'] == files.EXIT_BAD_INPUT
+    assert expected in summary['error']
+    assert files.JOB_FILE in summary['error']
+    err = capsys.readouterr().err
+    assert expected in err
+    assert 'Traceback' not in err
+
+
+def test_md_job_without_its_files_names_them(tmp_path, monkeypatch, capsys):
+    from aiida_mlff.core.run import main
+
+    files.write_json(tmp_path / files.JOB_FILE, {'task': 'md', 'structure_keys': 'a'})
+    monkeypatch.chdir(tmp_path)
+    assert main(['md']) == files.EXIT_BAD_INPUT
+    error = files.read_json(tmp_path / files.SUMMARY_FILE)['error']
+    assert '`structures` is missing; `potential` is missing; `structure_keys` must be a list' in error
+    assert 'Traceback' not in capsys.readouterr().err
+
+
+def test_job_file_that_is_a_folder_or_missing(tmp_path, capsys):
+    from aiida_mlff.core.run import main
+
+    assert main(['train', str(tmp_path)]) == files.EXIT_BAD_INPUT
+    assert 'is a directory' in files.read_json(tmp_path / files.SUMMARY_FILE)['error']
+    assert main(['train', str(tmp_path / 'missing' / files.JOB_FILE)]) == files.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert 'does not exist' in err
+    assert 'Traceback' not in err

@@ -45,7 +45,14 @@ def _weights(pot):
     return {k: v.clone() for k, v in pot.state_dict().items()}
 
 
-OPTIONS = {'epochs': 6, 'batch_size': 8, 'validation_fraction': 0.25, 'seed': 3}
+OPTIONS = {
+    'epochs': 6,
+    'batch_size': 8,
+    'validation_fraction': 0.25,
+    'seed': 3,
+    'polish_steps': 0,
+    'energy_weight': 1.0,
+}
 
 
 def test_split_is_seeded_and_disjoint():

@@ -31,9 +31,11 @@ CAMPAIGN = {
     'name': 'h2o2-torsion-deployment',
     'description': 'Reduced H2O2 torsion campaign for the deployment tests (daemon, Slurm over SSH)',
     'system': {'molecule': 'H2O2', 'box': 9.0, 'cv': {'type': 'dihedral', 'atoms': [2, 0, 1, 3]}},
+    'states': {'gauche_minus': [-150, -60], 'gauche_plus': [60, 150]},
+    'transitions': {'trans': [150, 210], 'cis': [-30, 30]},
     'sampling': {
         'rattle': {'n': RATTLES, 'stdev': 0.05, 'seed': 0},
-        'dihedral_scan': {'angles': SCAN_ANGLES, 'rattle_stdev': 0.03, 'seed': 1},
+        'scan': {'values': SCAN_ANGLES, 'rattle_stdev': 0.03, 'seed': 1},
     },
     'dft': {'protocol': 'fast', 'max_concurrent': 2},
     'training': {
@@ -74,7 +76,7 @@ CAMPAIGN = {
         'bootstrap': 4,
         'refit_rounds': 0,
     },
-    'check': {'relaxed_scan_angles': []},
+    'check': {'values': []},
 }
 
 
@@ -118,7 +120,7 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
     y = {name: array for name, array, _ in pmf.get_y()}['free_energy']
     assert len(x) == len(y) == CAMPAIGN['umbrella']['bins']
     assert np.isfinite(y).sum() >= len(y) // 2, f'the PMF is mostly undefined: {y}'
-    assert {'trans', 'cis'} <= set(node.outputs.barriers.get_dict())
+    assert {'trans', 'cis'} <= set(node.outputs.barriers.get_dict()['transitions'])
 
     # Every DFT calculation ran as a Slurm job on the cluster reached over SSH; one per labelled structure.
     calcs = pw_calculations(node)
@@ -162,9 +164,9 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
         screenshot = tmp_path / 'screenshot.png'
         assert open_in_chromium(directory / 'index.html', screenshot) == []
         assert pixel_variance(screenshot) > 1e-3
-    barriers = node.outputs.barriers.get_dict()
+    barriers = node.outputs.barriers.get_dict()['transitions']
     print(
         f'\nreduced campaign through daemon + Slurm over SSH: {seconds:.0f} s; {len(calcs)} PwCalculations, '
-        f'{len(mlff_jobs)} mlff-run jobs; trans {barriers["trans"]["kcal_mol"]:.2f} kcal/mol, '
-        f'cis {barriers["cis"]["kcal_mol"]:.2f} kcal/mol'
+        f'{len(mlff_jobs)} mlff-run jobs; trans {barriers["trans"]["forward_kcal_mol"]:.2f} kcal/mol, '
+        f'cis {barriers["cis"]["forward_kcal_mol"]:.2f} kcal/mol'
     )

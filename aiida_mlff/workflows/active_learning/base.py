@@ -7,26 +7,18 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_mlff.calculations.functions import merge_datasets, select_frames
+from aiida_mlff.core.options import ACTIVE_LEARNING, EXPLORE, MD
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
-from aiida_mlff.workflows.protocols import ProtocolMixin
+from aiida_mlff.workflows.protocols import ProtocolMixin, option_port
 from aiida_mlff.workflows.train.base import TrainBaseWorkChain
 
 __all__ = ['ActiveLearningWorkChain']
 
-EXPLORE_KEYS = (
-    'ensemble',
-    'timestep',
-    'steps',
-    'stride',
-    'friction',
-    'dtype',
-    'device',
-    'min_distance',
-    'max_energy_jump',
-)
+#: exploration options that go to the MD jobs as they are
+EXPLORE_KEYS = tuple(key for key in EXPLORE if key in MD)
 
 
 def validate_inputs(value, _) -> str | None:
@@ -38,14 +30,10 @@ def validate_inputs(value, _) -> str | None:
     lower, upper = value['trust_lower'].value, value['trust_upper'].value
     if not 0 < lower < upper:
         return f'trust levels must satisfy 0 < trust_lower < trust_upper, got {lower} and {upper} eV/Å'
-    rule = value['stop_rule'].get_dict()
-    if not 0 < rule.get('accurate_fraction', 0) <= 1 or int(rule.get('consecutive', 0)) < 1:
-        return f'`stop_rule` needs 0 < accurate_fraction <= 1 and consecutive >= 1, got {rule}'
-    explore = value['explore'].get_dict()
-    temperatures = explore.get('temperatures')
-    if not temperatures or any(not isinstance(t, int | float) or t <= 0 for t in temperatures):
-        return f'`explore.temperatures` must be a list of positive temperatures (K), got {temperatures}'
-    return None
+    errors = []
+    for name, schema in (('stop_rule', ACTIVE_LEARNING['stop_rule']), ('explore', EXPLORE)):
+        errors += schema.resolve(value[name].get_dict(), name)[1]
+    return '; '.join(errors) if errors else None
 
 
 class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
@@ -59,6 +47,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
     """
 
     _protocol_file = 'active_learning/base.yaml'
+    _options = ACTIVE_LEARNING
 
     @classmethod
     def define(cls, spec):
@@ -80,7 +69,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             namespace_options={'help': 'Inputs of `mlff.train.base`; the committee size is set by `committee`.'},
         )
         spec.input('md_code', valid_type=orm.AbstractCode, help='The `mlff-run` code for exploration MD.')
-        spec.input('committee', valid_type=orm.Int, default=lambda: orm.Int(4))
+        option_port(spec, 'committee', ACTIVE_LEARNING)
         spec.input('explore', valid_type=orm.Dict, help='temperatures (K), replicas_per_temperature, MD settings.')
         spec.input(
             'umbrella',
@@ -88,19 +77,16 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             required=False,
             help="Also explore in umbrella windows: {'cv': {...}, 'centers': [...], 'kappa': eV/unit^2}.",
         )
-        spec.input('trust_lower', valid_type=orm.Float, default=lambda: orm.Float(0.10), help='eV/Å')
-        spec.input('trust_upper', valid_type=orm.Float, default=lambda: orm.Float(0.40), help='eV/Å')
-        spec.input('max_candidates', valid_type=orm.Int, default=lambda: orm.Int(16))
-        spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(5))
-        spec.input(
+        for name in ('trust_lower', 'trust_upper', 'max_candidates', 'max_iterations'):
+            option_port(spec, name, ACTIVE_LEARNING)
+        option_port(
+            spec,
             'stop_rule',
-            valid_type=orm.Dict,
-            default=lambda: orm.Dict({'accurate_fraction': 0.95, 'consecutive': 2}),
+            ACTIVE_LEARNING,
             help='Stop when the accurate fraction reaches this in this many consecutive iterations.',
         )
-        spec.input('max_failed_label_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.25))
-        spec.input('max_failed_exploration_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.5))
-        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0))
+        for name in ('max_failed_label_fraction', 'max_failed_exploration_fraction', 'seed'):
+            option_port(spec, name, ACTIVE_LEARNING)
         spec.input(
             'fill_from_failed',
             valid_type=orm.Bool,
@@ -146,8 +132,14 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         overrides=None,
         label_overrides=None,
         train_overrides=None,
+        label_protocol=None,
+        train_protocol=None,
     ):
-        """Return a builder from the protocols of this work chain, `mlff.dft.label` and `mlff.train.base`."""
+        """Return a builder from the protocols of this work chain, `mlff.dft.label` and `mlff.train.base`.
+
+        ``label_protocol`` and ``train_protocol`` name the protocols of the labelling and training steps (default:
+        ``protocol``).
+        """
         from aiida_mlff.core.structures import to_atoms
 
         inputs = cls.get_protocol_inputs(protocol, overrides)
@@ -161,10 +153,10 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
 
         seed_nodes = nodes(seeds, 'seed_')
         label = DftLabelWorkChain.get_builder_from_protocol(
-            pw_code, seed_nodes, protocol=protocol, overrides=label_overrides, molecule=True
+            pw_code, seed_nodes, protocol=label_protocol or protocol, overrides=label_overrides, molecule=True
         )
         train = TrainBaseWorkChain.get_builder_from_protocol(
-            mlff_code, None, protocol=protocol, overrides=train_overrides
+            mlff_code, None, protocol=train_protocol or protocol, overrides=train_overrides
         )
         builder = cls.get_builder()
         builder.label = {k: v for k, v in label._inputs(prune=True).items() if k != 'structures'}
@@ -217,6 +209,8 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         failed = (
             len(node.outputs.failed.get_dict()) if 'failed' in node.outputs else (0 if node.is_finished_ok else total)
         )
+        if not node.is_finished_ok and 200 <= (node.exit_status or 0) < 300:  # bad input: no label was attempted
+            return None, total, f'labelling refused its input: {node.exit_message}'
         dataset = node.outputs.dataset if 'dataset' in node.outputs else None
         limit = self.inputs.max_failed_label_fraction.value
         if total and failed / total > limit:
@@ -267,11 +261,11 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
 
     def explore(self):
         """MD from every seed at every temperature (one batched job), and in umbrella windows if asked."""
-        explore = self.inputs.explore.get_dict()
+        explore = EXPLORE.validate(self.inputs.explore.get_dict(), 'explore')
         seeds = [self.inputs.seeds[k] for k in sorted(self.inputs.seeds)]
         replicas, temperatures = {}, []
         for t in explore['temperatures']:
-            for _ in range(int(explore.get('replicas_per_temperature', 1))):
+            for _ in range(int(explore['replicas_per_temperature'])):
                 for seed in seeds:
                     replicas[f'r{len(replicas):04d}'] = seed
                     temperatures.append(float(t))

@@ -1,52 +1,42 @@
-"""``mlff.campaign``: from a molecule to a free-energy profile with error band, traceable to every DFT label.
+"""``mlff.campaign``: from a structure and a CV to a free-energy profile with error band, traceable to every label.
 
-sample (rattles, dihedral scan) -> label with pw.x and active-learn a committee (``mlff.active_learning``) ->
-umbrella sampling along the CV (``mlff.umbrella``), handing untrusted windows back for labels and a refit ->
-WHAM -> PMF, barriers, rates -> the potential's relaxed scan checked against pw.x single points.
+sample (rattles, restrained scans along the CV, a path between two end structures) -> label with pw.x and
+active-learn a committee (``mlff.active_learning``) -> umbrella sampling along the CV (``mlff.umbrella``), handing
+untrusted windows back for labels and a refit -> WHAM -> PMF, states, barriers of every transition, rates -> the
+potential relaxed at fixed CV values, checked against pw.x single points.
 """
 
 from __future__ import annotations
 
-import math
-
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_mlff.calculations.campaign import campaign_numbers, compare_scan, relaxed_dihedral_scan
+from aiida_mlff.calculations.campaign import compare_scan, relaxed_cv_scan
 from aiida_mlff.calculations.functions import (
-    dihedral_scan_structure,
+    cv_scan_structure,
     frame_key,
     merge_datasets,
+    path_structure,
     rattle_structure,
     select_frames,
 )
+from aiida_mlff.calculations.states import pmf_states
+from aiida_mlff.core.colvars import cv_from_spec, place_windows
+from aiida_mlff.core.options import UMBRELLA
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
-from aiida_mlff.workflows.campaign.config import CampaignConfigError, validate_campaign
+from aiida_mlff.workflows.campaign.config import CampaignConfigError, build_structure, validate_campaign
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
 from aiida_mlff.workflows.train.base import TrainBaseWorkChain
-from aiida_mlff.workflows.umbrella.base import UmbrellaWorkChain
+from aiida_mlff.workflows.umbrella.base import UmbrellaWorkChain, umbrella_windows
 
 __all__ = ['CampaignWorkChain', 'build_structure']
 
 
-def build_structure(config: dict):
-    """The campaign's molecule (``ase.Atoms``) centred in its periodic box."""
-    system = config['system']
-    if system.get('molecule'):
-        from ase.build import molecule
-
-        atoms = molecule(system['molecule'])
-    else:
-        from ase.io import read
-
-        atoms = read(system['file'])
-    box = float(system['box'])
-    atoms.set_cell([box, box, box])
-    atoms.center()
-    atoms.pbc = True
-    return atoms
+def _given(section: dict, *drop: str) -> dict:
+    """A campaign section as overrides of its step's protocol (without the campaign's own keys)."""
+    return {k: v for k, v in section.items() if k not in ('protocol', *drop)}
 
 
 def validate_config(value, _) -> str | None:
@@ -79,23 +69,53 @@ class CampaignWorkChain(WorkChain):
                 cls.inspect_umbrella,
                 if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
             ),
-            cls.run_relaxed_scan,
-            cls.inspect_scan,
+            cls.run_check,
+            cls.inspect_check,
             cls.results,
         )
         spec.output('dataset', valid_type=TrainingSetData)
         spec.output('potential', valid_type=PotentialData)
         spec.output('history', valid_type=orm.Dict)
         spec.output('learning_curve', valid_type=orm.ArrayData, required=False)
-        spec.output('pmf', valid_type=orm.XyData, required=False, help='x: dihedral (degrees); y: eV.')
+        spec.output('pmf', valid_type=orm.XyData, required=False, help='x: the CV in its file unit; y: eV.')
         spec.output('overlap', valid_type=orm.ArrayData, required=False)
-        spec.output('barriers', valid_type=orm.Dict, required=False)
+        spec.output('barriers', valid_type=orm.Dict, required=False, help='States and every transition, named.')
         spec.output('rates', valid_type=orm.Dict, required=False)
         spec.output('scan', valid_type=orm.ArrayData, required=False, help='Relaxed scan: potential vs pw.x.')
         spec.exit_code(401, 'ERROR_ACTIVE_LEARNING_FAILED', message='Active learning failed: {message}')
         spec.exit_code(402, 'ERROR_UMBRELLA_FAILED', message='Umbrella sampling failed: {message}')
         spec.exit_code(403, 'ERROR_SCAN_LABELS_FAILED', message='The pw.x check of the relaxed scan failed: {message}')
         spec.exit_code(404, 'ERROR_REFIT_FAILED', message='Refitting on untrusted umbrella frames failed: {message}')
+
+    @classmethod
+    def get_builder_from_protocol(cls, pw_code, mlff_code, structure, cv: dict, protocol=None, overrides=None):
+        """A builder for a campaign on ``structure`` along ``cv``; ``overrides`` are the sections of a campaign file.
+
+        ``structure``: a ``StructureData``, an ``ase.Atoms``, a pymatgen ``Molecule``/``Structure``, a file ASE
+        reads, or a molecule name (``'H2O2'``). A structure without a cell is boxed by ``system.box``.
+        """
+        from pathlib import Path
+
+        config = dict(overrides or {})
+        system = dict(config.get('system') or {})
+        system['cv'] = cv
+        if isinstance(structure, str) and not Path(structure).is_file():
+            system['molecule'] = structure
+        else:
+            if not isinstance(structure, str | Path):
+                structure = _write_structure(structure)
+            system['file'] = str(Path(structure).resolve())
+        config['system'] = system
+        if protocol is not None:
+            config['protocol'] = protocol
+        config = validate_campaign(config)
+        builder = cls.get_builder()
+        builder.config = orm.Dict(config)
+        builder.pw_code = orm.load_code(pw_code) if isinstance(pw_code, str) else pw_code
+        builder.mlff_code = orm.load_code(mlff_code) if isinstance(mlff_code, str) else mlff_code
+        builder.metadata.label = config['name']
+        builder.metadata.description = config['description']
+        return builder
 
     # -------------------------------------------------------------------------------------------------- helpers
     @property
@@ -104,41 +124,38 @@ class CampaignWorkChain(WorkChain):
         return validate_campaign(self.inputs.config.get_dict())
 
     def _train_overrides(self) -> dict:
-        t = self.config['training']
-        keys = (
-            'model',
-            'epochs',
-            'patience',
-            'batch_size',
-            'learning_rate',
-            'energy_weight',
-            'forces_weight',
-            'lr_patience',
-            'weight_decay',
-            'polish_steps',
-            'precision',
-        )
-        parameters = {key: t[key] for key in keys if key in t}
-        parameters['device'] = t.get('device', 'auto')
-        return {'train': {'parameters': parameters}}
+        return {'train': {'parameters': _given(self.config['training'], 'committee')}}
 
     def _label_overrides(self) -> dict:
-        d = self.config['dft']
-        overrides = {'max_concurrent': d['max_concurrent'], 'max_failure_fraction': d['max_failure_fraction']}
+        overrides = _given(self.config['dft'])
         if 'pseudo_family' in self.inputs:
             overrides['pseudo_family'] = self.inputs.pseudo_family.value
         return overrides
 
+    def _label(self, structures: dict, label: str, **extra):
+        builder = DftLabelWorkChain.get_builder_from_protocol(
+            self.inputs.pw_code,
+            structures,
+            protocol=self.config['dft']['protocol'],
+            overrides={**self._label_overrides(), **extra},
+            molecule=not self.ctx.periodic,
+        )
+        builder.metadata.call_link_label = label
+        return self.submit(builder)
+
     # -------------------------------------------------------------------------------------------------- outline
     def setup(self):
         """Build the structure and remember the settings."""
-        self.ctx.structure = orm.StructureData(ase=build_structure(self.config))
+        atoms = build_structure(self.config)
+        self.ctx.structure = orm.StructureData(ase=atoms)
+        self.ctx.periodic = not atoms.info.get('boxed', False)  # a molecule in a box is labelled at Gamma
+        self.ctx.cv = cv_from_spec(self.config['system']['cv'])
         self.ctx.refits = 0
         self.ctx.umbrella_done = False
         self.ctx.refit_history = []
 
     def sample(self):
-        """Rattles and a dihedral scan of the molecule: the first structures to label."""
+        """Rattles, restrained relaxations along the CV and a path between two ends: the first structures to label."""
         sampling = self.config['sampling']
         cv = self.config['system']['cv']
         structures = {}
@@ -148,48 +165,75 @@ class CampaignWorkChain(WorkChain):
                 self.ctx.structure, orm.Int(rattle['n']), orm.Float(rattle['stdev']), orm.Int(rattle['seed'])
             )
             structures.update({f'rattle_{k}': v for k, v in out.items()})
-        scan = sampling['dihedral_scan']
-        if scan.get('angles'):
-            out = dihedral_scan_structure(
-                self.ctx.structure,
-                orm.List(cv['atoms']),
-                orm.List([float(a) for a in scan['angles']]),
-                orm.Float(scan['rattle_stdev']),
-                orm.Int(scan['seed']),
-            )
+        scan = sampling['scan']
+        if scan['values']:
+            out = cv_scan_structure(self.ctx.structure, orm.Dict({'cv': cv, **scan}))
             structures.update({f'scan_{k}': v for k, v in out.items()})
+        path = sampling['path']
+        if path['to']:
+            ends = [self._end_structure(path[key]) for key in ('from', 'to')]
+            settings = {k: path[k] for k in ('images', 'rattle_stdev', 'seed')}
+            out = path_structure(ends[0], ends[1], orm.Dict(settings))
+            structures.update({f'path_{k}': v for k, v in out.items()})
         self.ctx.initial = structures
         self.report(f'sampled {len(structures)} structures to label')
+
+    def _end_structure(self, path: str | None) -> orm.StructureData:
+        """An end of the sampling path: the system, or a file in the system's cell."""
+        if path is None:
+            return self.ctx.structure
+        from ase.io import read
+
+        atoms = read(path)
+        reference = self.ctx.structure.get_ase()
+        if not (atoms.pbc.any() and atoms.cell.volume > 0):
+            atoms.set_cell(reference.cell)
+            atoms.center()
+            atoms.pbc = reference.pbc
+        return orm.StructureData(ase=atoms)
+
+    def _umbrella_options(self) -> dict:
+        """The umbrella options of the file over the umbrella protocol (defaults from the schema)."""
+        given = _given(self.config['umbrella'], 'refit_rounds')
+        protocol = UmbrellaWorkChain.get_protocol_inputs(self.config['umbrella']['protocol'], {'parameters': given})
+        return UMBRELLA.validate(protocol['parameters'], 'umbrella')
 
     def run_active_learning(self):
         """Label the samples and active-learn a committee (exploring in umbrella windows too, if asked)."""
         config = self.config
-        al = config['active_learning']
-        training = config['training']
-        overrides = {
-            key: al[key]
-            for key in ('max_iterations', 'max_candidates', 'trust_lower', 'trust_upper', 'stop_rule', 'explore')
-        }
-        overrides['committee'] = training['committee']
-        overrides['explore'] = {**al['explore'], 'device': training.get('device', 'auto')}
-        seeds = [self.ctx.structure]
+        overrides = _given(config['active_learning'], 'umbrella_windows')
+        if 'committee' in config['training']:
+            overrides['committee'] = config['training']['committee']
         builder = ActiveLearningWorkChain.get_builder_from_protocol(
             self.inputs.pw_code,
             self.inputs.mlff_code,
-            seeds,
-            protocol=config['dft']['protocol'],
+            [self.ctx.structure],
+            protocol=config['active_learning']['protocol'],
             overrides=overrides,
             label_overrides=self._label_overrides(),
             train_overrides=self._train_overrides(),
+            label_protocol=config['dft']['protocol'],
+            train_protocol=config['training']['protocol'],
         )
         builder.structures = dict(self.ctx.initial)
-        cv = config['system']['cv']
-        n_windows = int(al.get('umbrella_windows', 0))
-        if n_windows and cv['type'] == 'dihedral':
-            centers = [-math.pi + 2 * math.pi * (k + 0.5) / n_windows for k in range(n_windows)]
-            builder.umbrella = orm.Dict({'cv': cv, 'centers': centers, 'kappa': float(config['umbrella']['kappa'])})
+        n_windows = int(config['active_learning'].get('umbrella_windows', 0))
+        if n_windows:
+            builder.umbrella = orm.Dict(self._exploration_windows(n_windows))
         builder.metadata.call_link_label = 'active_learning'
         return ToContext(active_learning=self.submit(builder))
+
+    def _exploration_windows(self, count: int) -> dict:
+        """``count`` windows spread over the umbrella's range, with the umbrella's force constant (internal units)."""
+        options = self._umbrella_options()
+        cv = self.ctx.cv
+        windows, kappa = umbrella_windows(cv, options)
+        file_centers = cv.to_file(windows.centers)
+        lo, hi = float(file_centers.min()), float(file_centers.max())
+        if windows.closed:
+            spread = place_windows(cv, start=lo, stop=lo + cv.file_period, count=count)
+        else:
+            spread = place_windows(cv, start=lo, stop=hi, count=count)
+        return {'cv': self.config['system']['cv'], 'centers': [float(c) for c in spread.centers], 'kappa': kappa}
 
     def inspect_active_learning(self):
         """Take the potential and dataset of active learning."""
@@ -209,35 +253,16 @@ class CampaignWorkChain(WorkChain):
 
     def run_umbrella(self):
         """Umbrella sampling along the CV with the current potential."""
-        config = self.config
-        u = config['umbrella']
-        cv = config['system']['cv']
-        windows = dict(u['windows'])
-        degrees = cv['type'] in ('dihedral', 'angle')
-        if degrees:
-            if 'centers' in windows:
-                windows['centers'] = [math.radians(c) for c in windows['centers']]
-            else:
-                windows['start'], windows['stop'] = math.radians(windows['start']), math.radians(windows['stop'])
-        windows['kappa'] = float(u['kappa'])
-        md = {
-            'temperature': float(u['temperature']),
-            'timestep': float(u['timestep']),
-            'equilibration_steps': int(u['equilibration_steps']),
-            'production_steps': int(u['production_steps']),
-            'stride': 10,
-            'friction': 0.02,
-            'device': u.get('device', 'auto'),
-            'seed': self.ctx.refits,
-        }
+        umbrella = self.config['umbrella']
+        overrides = _given(umbrella, 'refit_rounds')
+        overrides['seed'] = int(overrides.get('seed', 0)) + self.ctx.refits
         builder = UmbrellaWorkChain.get_builder_from_protocol(
             self.inputs.mlff_code,
             self.ctx.potential,
             self.ctx.structure,
-            cv,
-            windows,
-            protocol='fast',
-            overrides={'md': md, 'bins': u['bins'], 'bootstrap': u['bootstrap'], 'mode': u['mode']},
+            self.config['system']['cv'],
+            protocol=umbrella['protocol'],
+            overrides=overrides,
         )
         builder.metadata.call_link_label = f'umbrella_{self.ctx.refits}'
         return ToContext(umbrella=self.submit(builder))
@@ -249,7 +274,7 @@ class CampaignWorkChain(WorkChain):
             return self.exit_codes.ERROR_UMBRELLA_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
         overlap = node.outputs.overlap
         deviation = overlap.get_array('max_force_deviation')
-        upper = self.config['active_learning']['trust_upper']
+        upper = self._trust('trust_upper')
         untrusted = [float(c) for c, d in zip(overlap.get_array('centers'), deviation, strict=True) if d >= upper]
         dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
         self.ctx.untrusted = untrusted + list(dropped)  # windows that kept blowing up need labels most of all
@@ -257,9 +282,12 @@ class CampaignWorkChain(WorkChain):
             f'umbrella: {len(untrusted)} of {len(deviation)} windows exceed the trust level {upper} eV/Å '
             f'(largest deviation {float(deviation.max()):.3f} eV/Å); {len(dropped)} left out after blowing up'
         )
-        if not self.ctx.untrusted or self.ctx.refits >= self.config['umbrella']['refit_rounds']:
+        if not self.ctx.untrusted or self.ctx.refits >= self.config['umbrella'].get('refit_rounds', 1):
             self.ctx.umbrella_done = True
         return None
+
+    def _trust(self, key: str):
+        return self.ctx.active_learning.inputs[key].value
 
     def should_refit(self):
         """Whether untrusted windows go back to DFT before the final PMF."""
@@ -275,25 +303,16 @@ class CampaignWorkChain(WorkChain):
             runs[f'deviations_{key}'] = md.outputs.deviations
             for r, trajectory in md.outputs.trajectories.items():
                 runs[f'trajectory_{key}_{r}'] = trajectory
-        al = self.config['active_learning']
         settings = {
-            'trust_lower': al['trust_lower'],
-            'trust_upper': 10.0 * al['trust_upper'],  # beyond the trust region is exactly what needs labels here
-            'max_candidates': al['max_candidates'],
+            'trust_lower': self._trust('trust_lower'),
+            'trust_upper': 10.0 * self._trust('trust_upper'),  # beyond the trust region is what needs labels here
+            'max_candidates': self.ctx.active_learning.inputs.max_candidates.value,
             'seed': 100 + self.ctx.refits,
         }
         selection = select_frames(settings=orm.Dict(settings), **runs)
         candidates = {k: v for k, v in selection.items() if k.startswith('candidate_')}
         self.ctx.refit_history.append({'round': self.ctx.refits + 1, **selection['statistics'].get_dict()})
-        builder = DftLabelWorkChain.get_builder_from_protocol(
-            self.inputs.pw_code,
-            candidates,
-            protocol=self.config['dft']['protocol'],
-            overrides=self._label_overrides(),
-            molecule=True,
-        )
-        builder.metadata.call_link_label = f'label_umbrella_{self.ctx.refits}'
-        return ToContext(refit_labels=self.submit(builder))
+        return ToContext(refit_labels=self._label(candidates, f'label_umbrella_{self.ctx.refits}'))
 
     def retrain(self):
         """Merge the new labels and retrain the committee."""
@@ -307,9 +326,10 @@ class CampaignWorkChain(WorkChain):
             len(labels.outputs.failed.get_dict()) if 'failed' in labels.outputs else 0
         )
         overrides = self._train_overrides()
-        overrides['train']['parameters']['model'] = {
-            **overrides['train']['parameters']['model'],
-            'committee': self.config['training']['committee'],
+        parameters = overrides['train']['parameters']
+        parameters['model'] = {
+            **parameters.get('model', {}),
+            'committee': self.ctx.active_learning.inputs.committee.value,
         }
         builder = TrainBaseWorkChain.get_builder_from_protocol(
             self.inputs.mlff_code, self.ctx.dataset, protocol=self.config['training']['protocol'], overrides=overrides
@@ -326,28 +346,18 @@ class CampaignWorkChain(WorkChain):
         self.ctx.refits += 1
         return None
 
-    def run_relaxed_scan(self):
-        """Relax the molecule with the potential along the CV, then label those geometries with pw.x."""
-        angles = self.config['check']['relaxed_scan_angles']
-        cv = self.config['system']['cv']
-        if not angles or cv['type'] != 'dihedral':
+    def run_check(self):
+        """Relax the structure with the potential at fixed CV values, then label those geometries with pw.x."""
+        check = self.config['check']
+        if not check['values']:
             return None
-        out = relaxed_dihedral_scan(
-            self.ctx.potential, self.ctx.structure, orm.Dict({'atoms': cv['atoms'], 'angles': angles})
-        )
+        settings = {'cv': self.config['system']['cv'], 'values': check['values'], 'fmax': check['fmax']}
+        out = relaxed_cv_scan(self.ctx.potential, self.ctx.structure, orm.Dict(settings))
         self.ctx.scan_energies = out['energies']
-        structures = {frame_key(k): out[frame_key(k)] for k in range(len(angles))}
-        builder = DftLabelWorkChain.get_builder_from_protocol(
-            self.inputs.pw_code,
-            structures,
-            protocol=self.config['dft']['protocol'],
-            overrides={**self._label_overrides(), 'max_failure_fraction': 0.0},
-            molecule=True,
-        )
-        builder.metadata.call_link_label = 'label_scan'
-        return ToContext(scan_labels=self.submit(builder))
+        structures = {frame_key(k): out[frame_key(k)] for k in range(len(check['values']))}
+        return ToContext(scan_labels=self._label(structures, 'label_scan', max_failure_fraction=0.0))
 
-    def inspect_scan(self):
+    def inspect_check(self):
         """Compare the potential with pw.x along the relaxed scan."""
         if 'scan_labels' not in self.ctx:
             return None
@@ -360,7 +370,7 @@ class CampaignWorkChain(WorkChain):
         return None
 
     def results(self):
-        """Attach every result."""
+        """Attach every result: the PMF in the CV's file unit, its states and every transition between them."""
         self.out('dataset', self.ctx.dataset)
         self.out('potential', self.ctx.potential)
         history = dict(self.ctx.history)
@@ -371,18 +381,43 @@ class CampaignWorkChain(WorkChain):
             self.out('learning_curve', creator.outputs.learning_curve)
         umbrella = self.ctx.umbrella
         if 'pmf' in umbrella.outputs:
+            config = self.config
             settings = {
-                'temperature': float(self.config['umbrella']['temperature']),
-                'experiment_kcal_mol': self.config['reference'].get('experiment_kcal_mol', {}),
+                'cv': config['system']['cv'],
+                'temperature': float(umbrella.outputs.pmf.base.attributes.get('temperature')),
+                'states': config['states'],
+                'transitions': config['transitions'],
+                'experiment_kcal_mol': config['reference']['experiment_kcal_mol'],
             }
-            numbers = campaign_numbers(umbrella.outputs.pmf, orm.Dict(settings))
+            numbers = pmf_states(umbrella.outputs.pmf, orm.Dict(settings))
             for key in ('pmf', 'barriers', 'rates'):
                 self.out(key, numbers[key])
             self.out('overlap', umbrella.outputs.overlap)
-            b = numbers['barriers']
-            self.report(
-                f'barriers: trans {b["trans"]["kcal_mol"]:.2f} kcal/mol, cis {b["cis"]["kcal_mol"]:.2f} kcal/mol'
-            )
+            self._report_barriers(numbers['barriers'].get_dict())
         if 'scan' in self.ctx:
             self.out('scan', self.ctx.scan)
         return None
+
+    def _report_barriers(self, barriers: dict) -> None:
+        for name, t in barriers.get('transitions', {}).items():
+            self.report(
+                f'transition {name}: forward {t["forward_kcal_mol"]:.2f} +- {t["forward_error_kcal_mol"]:.2f}, '
+                f'backward {t["backward_kcal_mol"]:.2f} +- {t["backward_error_kcal_mol"]:.2f} kcal/mol'
+            )
+        for warning in barriers.get('warnings', []):
+            self.report(f'warning: {warning}')
+
+
+def _write_structure(structure) -> str:
+    """A structure object (StructureData, ase.Atoms, pymatgen) written to a temporary extxyz file; its path."""
+    import tempfile
+
+    from ase.io import write
+
+    from aiida_mlff.core.structures import to_atoms
+
+    atoms = structure.get_ase() if isinstance(structure, orm.StructureData) else to_atoms(structure)
+    handle = tempfile.NamedTemporaryFile(suffix='.extxyz', delete=False)  # noqa: SIM115 (kept for the work chain)
+    handle.close()
+    write(handle.name, atoms, format='extxyz')
+    return handle.name

@@ -1,16 +1,28 @@
-"""Campaign files: read, fill defaults, and check every field with a message that names it."""
+"""Campaign files: read, fill defaults, and check every field with a message that names it.
+
+A campaign file's sections are the options of the campaign's steps: ``dft`` holds the labelling options
+(:data:`aiida_mlff.core.options.LABEL`), ``training`` the training options (``TRAIN``) plus the committee size,
+``active_learning`` and ``umbrella`` theirs; each step section may name its own ``protocol`` (default: the file's
+top-level ``protocol``), whose values the section's keys override. Every default lives in ``core/options.py``;
+this module only adds the campaign's own fields (system, states, sampling, check, reference).
+CV values (windows, states, scans) are in the CV's file unit: degrees for angles and dihedrals, Å for distances.
+"""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from aiida_mlff.core.files import CV_ATOMS
+from aiida_mlff.core.options import ACTIVE_LEARNING, LABEL, TRAIN, UMBRELLA, Option, OptionsError, Schema, suggest
 
-__all__ = ['DEFAULTS', 'CampaignConfigError', 'load_campaign', 'validate_campaign']
+__all__ = ['CAMPAIGN', 'CampaignConfigError', 'build_structure', 'load_campaign', 'validate_campaign']
+
+PROTOCOLS = ('fast', 'balanced', 'stringent')
+MAX_YAML_BYTES = 1_000_000
+MIN_VACUUM = 4.0  # Å between the molecule and its periodic image, at least (or the model cutoff, if larger)
 
 
 class CampaignConfigError(ValueError):
@@ -21,189 +33,329 @@ class CampaignConfigError(ValueError):
         super().__init__('invalid campaign: ' + '; '.join(errors))
 
 
-DEFAULTS: dict[str, Any] = {
-    'name': 'campaign',
-    'description': '',
-    'system': {'box': 10.0},
-    'sampling': {
-        'rattle': {'n': 10, 'stdev': 0.04, 'seed': 0},
-        'dihedral_scan': {'angles': [], 'rattle_stdev': 0.02, 'seed': 1},
-    },
-    'dft': {'protocol': 'fast', 'max_concurrent': 2, 'max_failure_fraction': 0.25},
-    'training': {
-        'protocol': 'fast',
-        'committee': 4,
-        'model': {'cutoff': 3.5},
-        'epochs': 400,
-        'patience': 100,
-        'batch_size': 4,
-        'learning_rate': 0.005,
-        'energy_weight': 10.0,
-        'forces_weight': 1.0,
-        'lr_patience': 20,
-        'polish_steps': 200,
-        'device': 'auto',
-    },
-    'active_learning': {
-        'max_iterations': 3,
-        'max_candidates': 10,
-        'trust_lower': 0.1,
-        'trust_upper': 0.4,
-        'stop_rule': {'accurate_fraction': 0.95, 'consecutive': 2},
-        'explore': {'temperatures': [300.0], 'steps': 1000, 'stride': 20, 'timestep': 0.5},
-        'umbrella_windows': 0,
-    },
-    'umbrella': {
-        'windows': {'start': -180.0, 'stop': 180.0, 'count': 24},
-        'kappa': 1.0,
-        'temperature': 300.0,
-        'equilibration_steps': 1000,
-        'production_steps': 8000,
-        'timestep': 0.5,
-        'bins': 72,
-        'bootstrap': 20,
-        'refit_rounds': 1,
-        'mode': 'batched',
-        'device': 'auto',
-    },
-    'check': {'relaxed_scan_angles': []},
-    'reference': {'experiment_kcal_mol': {}},
-}
+def _protocol(default=None) -> Option:
+    return Option(default, kind='choice', choices=(None, *PROTOCOLS), nullable=True, help='protocol of this step')
 
 
-def _merge(base: dict, new: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (new or {}).items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+def _values_problem(value: Any) -> str | None:
+    return Option(None, kind='numbers')._numbers_problem(value)
+
+
+def _ranges_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f'must map names to [low, high] CV ranges, got {value!r}'
+    for name, bounds in value.items():
+        if (
+            not isinstance(bounds, list | tuple)
+            or len(bounds) != 2
+            or any(isinstance(b, bool) or not isinstance(b, int | float) or not np.isfinite(b) for b in bounds)
+        ):
+            return f'{name}: needs [low, high] in the CV file unit, got {bounds!r}'
+        if bounds[0] == bounds[1]:
+            return f'{name}: the range [{bounds[0]}, {bounds[1]}] is empty'
+    return None
+
+
+SYSTEM = Schema(
+    {
+        'molecule': Option(None, kind='any', nullable=True, help='a name ase.build.molecule knows'),
+        'file': Option(None, kind='any', nullable=True, help='a structure file ASE reads (relative to the campaign)'),
+        'box': Option(None, 'Å', low=0, low_open=True, nullable=True, help='cubic box; none: the extent + 10 Å'),
+        'cv': Option(None, kind='any', nullable=True, help="the CV's spec, e.g. {type: dihedral, atoms: [2, 0, 1, 3]}"),
+    }
+)
+
+SAMPLING = Schema(
+    {
+        'rattle': Schema(
+            {
+                'n': Option(10, kind='integer', low=0, help='rattled copies of the structure'),
+                'stdev': Option(0.04, 'Å', low=0),
+                'seed': Option(0, kind='integer', low=0),
+            }
+        ),
+        'scan': Schema(
+            {
+                'values': Option([], 'CV file unit', kind='any', check=_values_problem, help='restrained relaxations'),
+                'rattle_stdev': Option(0.02, 'Å', low=0),
+                'seed': Option(1, kind='integer', low=0),
+            }
+        ),
+        'path': Schema(
+            {
+                'from': Option(None, kind='any', nullable=True, help='structure file (default: the system)'),
+                'to': Option(None, kind='any', nullable=True, help='structure file of the other end'),
+                'images': Option(8, kind='integer', low=1, help='structures between the two ends (IDPP)'),
+                'rattle_stdev': Option(0.02, 'Å', low=0),
+                'seed': Option(2, kind='integer', low=0),
+            }
+        ),
+    }
+)
+
+TRAINING = Schema(
+    {'protocol': _protocol(), 'committee': ACTIVE_LEARNING['committee'], **TRAIN.fields}, TRAIN.checks, fill=False
+)
+
+CAMPAIGN = Schema(
+    {
+        'name': Option('campaign', kind='any'),
+        'description': Option('', kind='any'),
+        'protocol': Option('balanced', kind='choice', choices=PROTOCOLS, help='of every step that names none'),
+        'system': SYSTEM,
+        'states': Option({}, 'CV file unit', kind='any', check=_ranges_problem, help='named basins: CV ranges'),
+        'transitions': Option({}, 'CV file unit', kind='any', check=_ranges_problem, help='names of barrier tops'),
+        'sampling': SAMPLING,
+        'dft': Schema({'protocol': _protocol(), **LABEL.fields}, fill=False),
+        'training': TRAINING,
+        'active_learning': Schema(
+            {'protocol': _protocol(), **{k: v for k, v in ACTIVE_LEARNING.fields.items() if k != 'committee'}},
+            ACTIVE_LEARNING.checks,
+            fill=False,
+        ),
+        'umbrella': Schema(
+            {
+                'protocol': _protocol(),
+                **UMBRELLA.fields,
+                'refit_rounds': Option(1, kind='integer', low=0, help='label untrusted windows and refit this often'),
+            },
+            fill=False,
+        ),
+        'check': Schema(
+            {
+                'values': Option([], 'CV file unit', kind='any', check=_values_problem, help='relaxed scan vs pw.x'),
+                'fmax': Option(0.01, 'eV/Å', low=0, low_open=True),
+            }
+        ),
+        'reference': Schema({'experiment_kcal_mol': Option({}, 'kcal/mol', kind='mapping')}),
+    }
+)
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def _safe_yaml(text: str):
+    """``yaml.safe_load`` that refuses aliases (a small file with nested aliases can expand without bound)."""
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, 'YAML aliases (*name) are not allowed in campaign files', event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliasLoader)
 
 
 def load_campaign(source: str | Path | dict) -> dict:
     """Return the validated campaign (defaults filled in) from a YAML file path or a mapping."""
     if isinstance(source, dict):
-        raw = source
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise CampaignConfigError([f'file: {path} does not exist'])
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exception:
-            raise CampaignConfigError([f'file: {path} is not valid YAML ({exception})']) from exception
-        if not isinstance(raw, dict):
-            raise CampaignConfigError([f'file: {path} must hold a mapping of sections'])
-        system = raw.get('system', {})
-        if isinstance(system, dict) and system.get('file'):
-            system['file'] = str((path.parent / system['file']).resolve())
+        return validate_campaign(source)
+    path = Path(source)
+    if not path.is_file():
+        raise CampaignConfigError([f'file: {path} does not exist or is not a file'])
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise CampaignConfigError([f'file: {path} is larger than {MAX_YAML_BYTES} bytes: not a campaign file'])
+    try:
+        raw = _safe_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exception:
+        raise CampaignConfigError([f'file: {path} is not valid YAML ({exception})']) from exception
+    if not isinstance(raw, dict):
+        raise CampaignConfigError([f'file: {path} must hold a mapping of sections'])
+    _resolve_paths(raw, path.parent)
     return validate_campaign(raw)
 
 
-def _number(errors, where, value, positive=True, integer=False, allow_zero=False):
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    if ok and positive:
-        ok = value > 0 or (allow_zero and value == 0)
-    if not ok:
-        kind = 'an integer' if integer else 'a number'
-        sign = ' >= 0' if allow_zero else ' > 0' if positive else ''
-        errors.append(f'{where}: must be {kind}{sign}, got {value!r}')
+def _resolve_paths(raw: dict, folder: Path) -> None:
+    """Structure files named in the campaign are relative to the campaign file."""
+    system = raw.get('system')
+    if isinstance(system, dict) and isinstance(system.get('file'), str):
+        system['file'] = str((folder / system['file']).resolve())
+    path = (raw.get('sampling') or {}).get('path') if isinstance(raw.get('sampling'), dict) else None
+    if isinstance(path, dict):
+        for key in ('from', 'to'):
+            if isinstance(path.get(key), str):
+                path[key] = str((folder / path[key]).resolve())
 
 
-def validate_campaign(raw: dict) -> dict:
-    """Fill defaults and check every field; raise :class:`CampaignConfigError` listing every problem."""
-    errors: list[str] = []
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        errors.append(f'{", ".join(unknown)}: unknown section(s); known: {", ".join(sorted(DEFAULTS))}')
-    config = _merge(DEFAULTS, {k: v for k, v in raw.items() if k in DEFAULTS})
+def _read_structure(value: Any, field: str, errors: list[str]):
+    from ase.io import read
 
+    try:
+        return read(value)
+    except Exception as exception:  # ASE raises many kinds
+        errors.append(f'{field}: cannot read {value} ({type(exception).__name__}: {exception})')
+        return None
+
+
+def build_structure(config: dict):
+    """The campaign's structure (``ase.Atoms``): a molecule centred in its cubic periodic box, or the file's cell."""
     system = config['system']
-    if not system.get('molecule') and not system.get('file'):
-        errors.append('system.molecule: give a molecule name (e.g. H2O2) or system.file')
-    elif system.get('molecule'):
+    if system.get('molecule'):
         from ase.build import molecule
 
-        try:
-            atoms = molecule(system['molecule'])
-        except KeyError:
-            errors.append(f'system.molecule: ASE does not know a molecule called {system["molecule"]!r}')
-            atoms = None
+        atoms = molecule(system['molecule'])
     else:
         from ase.io import read
 
-        try:
-            atoms = read(system['file'])
-        except Exception as exception:  # ASE raises many kinds
-            errors.append(f'system.file: cannot read {system["file"]} ({exception})')
-            atoms = None
-    _number(errors, 'system.box', system.get('box'))
-    cv = system.get('cv')
-    if not isinstance(cv, dict) or cv.get('type') not in CV_ATOMS:
-        errors.append(f'system.cv: needs type (one of {sorted(CV_ATOMS)}) and atoms, got {cv!r}')
-    elif atoms is not None:
-        indices = cv.get('atoms')
-        if (
-            not isinstance(indices, list)
-            or len(indices) != CV_ATOMS[cv['type']]
-            or not all(isinstance(i, int) and 0 <= i < len(atoms) for i in indices)
-        ):
-            errors.append(
-                f'system.cv.atoms: {CV_ATOMS[cv["type"]]} atom indices below {len(atoms)} needed, got {indices!r}'
-            )
+        atoms = read(system['file'])
+    periodic_file = system.get('file') and atoms.pbc.any() and atoms.cell.volume > 0
+    if system.get('box') is None and periodic_file:
+        return atoms
+    box = float(system['box']) if system.get('box') is not None else _extent(atoms) + 2 * 5.0
+    atoms.set_cell([box, box, box])
+    atoms.center()
+    atoms.pbc = True
+    atoms.info['boxed'] = True
+    return atoms
 
-    rattle = config['sampling']['rattle']
-    _number(errors, 'sampling.rattle.n', rattle.get('n'), integer=True, allow_zero=True)
-    _number(errors, 'sampling.rattle.stdev', rattle.get('stdev'), allow_zero=True)
-    angles = config['sampling']['dihedral_scan'].get('angles', [])
-    if not isinstance(angles, list) or not all(isinstance(a, int | float) for a in angles):
-        errors.append(f'sampling.dihedral_scan.angles: must be a list of degrees, got {angles!r}')
-    elif angles and (not isinstance(cv, dict) or cv.get('type') != 'dihedral'):
-        errors.append('sampling.dihedral_scan: needs system.cv of type dihedral')
 
-    if config['dft'].get('protocol') not in ('fast', 'balanced', 'stringent'):
-        errors.append(f'dft.protocol: must be fast, balanced or stringent, got {config["dft"].get("protocol")!r}')
-    _number(errors, 'dft.max_concurrent', config['dft'].get('max_concurrent'), integer=True)
+def _extent(atoms) -> float:
+    positions = atoms.get_positions()
+    return float((positions.max(axis=0) - positions.min(axis=0)).max()) if len(atoms) else 0.0
 
-    training = config['training']
-    _number(errors, 'training.committee', training.get('committee'), integer=True)
-    if isinstance(training.get('committee'), int) and training['committee'] < 2:
-        errors.append('training.committee: needs at least 2 members for uncertainty')
-    for key in ('epochs', 'patience', 'batch_size', 'lr_patience'):
-        _number(errors, f'training.{key}', training.get(key), integer=True)
-    _number(errors, 'training.polish_steps', training.get('polish_steps'), integer=True, allow_zero=True)
-    _number(errors, 'training.learning_rate', training.get('learning_rate'))
 
-    al = config['active_learning']
-    for key in ('max_iterations', 'max_candidates'):
-        _number(errors, f'active_learning.{key}', al.get(key), integer=True)
-    _number(errors, 'active_learning.trust_lower', al.get('trust_lower'))
-    _number(errors, 'active_learning.trust_upper', al.get('trust_upper'))
-    trust = [al.get(k) for k in ('trust_lower', 'trust_upper')]
-    if all(isinstance(t, int | float) for t in trust) and trust[0] >= trust[1]:
-        errors.append('active_learning.trust_lower: must be below active_learning.trust_upper')
-    temps = al['explore'].get('temperatures')
-    if not isinstance(temps, list) or not temps or not all(isinstance(t, int | float) and t > 0 for t in temps):
-        errors.append(f'active_learning.explore.temperatures: a list of positive K, got {temps!r}')
-    for key in ('steps', 'stride'):
-        _number(errors, f'active_learning.explore.{key}', al['explore'].get(key), integer=True)
-    _number(errors, 'active_learning.explore.timestep', al['explore'].get('timestep'))
-
-    umbrella = config['umbrella']
-    windows = umbrella.get('windows', {})
-    if not isinstance(windows, dict) or not ({'centers'} <= set(windows) or {'start', 'stop', 'count'} <= set(windows)):
-        errors.append('umbrella.windows: give centers (degrees) or start, stop and count')
-    elif 'count' in windows:
-        _number(errors, 'umbrella.windows.count', windows['count'], integer=True)
-    for key in ('kappa', 'temperature', 'timestep'):
-        _number(errors, f'umbrella.{key}', umbrella.get(key))
-    for key in ('production_steps', 'bins'):
-        _number(errors, f'umbrella.{key}', umbrella.get(key), integer=True)
-    for key in ('equilibration_steps', 'bootstrap', 'refit_rounds'):
-        _number(errors, f'umbrella.{key}', umbrella.get(key), integer=True, allow_zero=True)
-    if umbrella.get('mode') not in ('batched', 'parallel'):
-        errors.append(f'umbrella.mode: must be batched or parallel, got {umbrella.get("mode")!r}')
-    scan = config['check'].get('relaxed_scan_angles', [])
-    if not isinstance(scan, list) or not all(isinstance(a, int | float) for a in scan):
-        errors.append(f'check.relaxed_scan_angles: must be a list of degrees, got {scan!r}')
+# --------------------------------------------------------------------------------------------------- validation
+def validate_campaign(raw: dict) -> dict:
+    """Fill defaults and check every field; raise :class:`CampaignConfigError` listing every problem."""
+    config, errors = CAMPAIGN.resolve(raw)
+    atoms = _check_system(config, errors)
+    cv = _check_cv(config, atoms, errors)
+    for section in ('dft', 'training', 'active_learning', 'umbrella'):
+        if config[section].get('protocol') is None:
+            config[section]['protocol'] = config['protocol']
+    if cv is not None:
+        windows = _check_windows(config, cv, errors)
+        _check_cv_values(config, cv, windows, errors)
+    _check_sampling(config, atoms, errors)
     if errors:
         raise CampaignConfigError(errors)
     return config
+
+
+def _check_system(config: dict, errors: list[str]):
+    system = config['system']
+    if bool(system.get('molecule')) == bool(system.get('file')):
+        errors.append('system: give exactly one of molecule (a name, e.g. H2O2) or file (a structure file)')
+        return None
+    if system.get('molecule'):
+        from ase.build import molecule
+        from ase.collections import g2
+
+        try:
+            molecule(system['molecule'])
+        except (KeyError, TypeError):
+            errors.append(
+                f'system.molecule: ASE does not know a molecule called {system["molecule"]!r}'
+                f'{suggest(system["molecule"], g2.names)}; give system.file for your own structure'
+            )
+            return None
+    elif not Path(str(system['file'])).is_file():
+        errors.append(f'system.file: {system["file"]} does not exist')
+        return None
+    elif _read_structure(system['file'], 'system.file', errors) is None:
+        return None
+    atoms = build_structure(config)
+    if len(atoms) == 0:
+        errors.append('system.file: the structure has no atoms')
+        return None
+    _check_box(config, atoms, errors)
+    return atoms
+
+
+def _check_box(config: dict, atoms, errors: list[str]) -> None:
+    from aiida_mlff.core.structures import closest_pair
+
+    box = config['system'].get('box')
+    if box is not None:
+        extent = _extent(atoms)
+        cutoff = float((config['training'].get('model') or {}).get('cutoff', 0.0) or 0.0)
+        vacuum = max(MIN_VACUUM, cutoff)
+        if box < extent + vacuum:
+            errors.append(
+                f'system.box: {box} Å is too small for the molecule (extent {extent:.2f} Å): it needs at least '
+                f'{extent + vacuum:.1f} Å (the extent plus {vacuum:.1f} Å of vacuum, at least the model cutoff)'
+            )
+            return
+    if len(atoms) > 1:
+        i, j, d = closest_pair(atoms)
+        if d < 0.5:
+            errors.append(f'system: atoms {i} and {j} are {d:.3f} Å apart (at least 0.5 Å): is the structure right?')
+
+
+def _check_cv(config: dict, atoms, errors: list[str]):
+    from aiida_mlff.core.colvars import cv_from_spec, cv_spec_errors
+
+    spec = config['system'].get('cv')
+    if spec is None:
+        errors.append('system.cv: the reaction coordinate is missing, e.g. {type: dihedral, atoms: [2, 0, 1, 3]}')
+        return None
+    problems = cv_spec_errors(spec, where='system.cv', n_atoms=len(atoms) if atoms is not None else None)
+    errors.extend(problems)
+    return None if problems else cv_from_spec(spec)
+
+
+def _check_windows(config: dict, cv, errors: list[str]):
+    from aiida_mlff.workflows.umbrella.base import umbrella_windows
+
+    umbrella = {k: v for k, v in config['umbrella'].items() if k not in ('protocol', 'refit_rounds')}
+    umbrella = {**UMBRELLA.defaults(), **umbrella}
+    if umbrella.get('windows') is None:
+        errors.append('umbrella.windows: give centers, or start, stop and count (in the CV file unit)')
+        return None
+    if any(e.startswith('umbrella.') for e in errors):
+        return None
+    try:
+        return umbrella_windows(cv, umbrella)[0]
+    except ValueError as exception:
+        errors.append(f'umbrella.windows: {exception}')
+        return None
+
+
+def _check_cv_values(config: dict, cv, windows, errors: list[str]) -> None:
+    """States, transitions and scans must lie where the windows sample (open ranges) or anywhere (closed ones)."""
+    from aiida_mlff.core.states import in_range
+
+    if windows is None or windows.closed:
+        return
+    centers = np.asarray(cv.to_file(np.asarray(windows.centers, dtype=float)))
+    lo, hi = float(centers.min()), float(centers.max())
+    period = cv.file_period
+    for section in ('states', 'transitions'):
+        for name, (a, b) in (config.get(section) or {}).items():
+            inside = in_range(centers, a, b, period) if period else (centers >= min(a, b)) & (centers <= max(a, b))
+            if not np.any(inside):
+                errors.append(
+                    f'{section}.{name}: the range [{a}, {b}] {cv.file_unit} holds no umbrella window '
+                    f'(windows from {lo:g} to {hi:g} {cv.file_unit}): widen umbrella.windows or move the state'
+                )
+
+
+def _check_sampling(config: dict, atoms, errors: list[str]) -> None:
+    path = config['sampling']['path']
+    if path.get('to') is None:
+        if path.get('from') is not None:
+            errors.append('sampling.path.to: the other end of the path is missing')
+        return
+    ends = {}
+    for key in ('from', 'to'):
+        if path.get(key) is None:
+            ends[key] = atoms
+        elif not Path(str(path[key])).is_file():
+            errors.append(f'sampling.path.{key}: {path[key]} does not exist')
+        else:
+            ends[key] = _read_structure(path[key], f'sampling.path.{key}', errors)
+    if atoms is None or any(end is None for end in ends.values()) or len(ends) < 2:
+        return
+    for key, end in ends.items():
+        if end.get_chemical_symbols() != atoms.get_chemical_symbols():
+            errors.append(
+                f'sampling.path.{key}: its atoms ({end.get_chemical_formula()}, in order) differ from '
+                f'the system ({atoms.get_chemical_formula()}): the same atoms in the same order are needed'
+            )
+
+
+def options_error(exception: OptionsError) -> CampaignConfigError:
+    """A :class:`CampaignConfigError` from options errors."""
+    return CampaignConfigError(exception.errors)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiida import orm
 from aiida.common import AttributeDict
@@ -11,11 +11,58 @@ from aiida.engine import ToContext, WorkChain, while_
 from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
 
 from aiida_mlff.calculations.functions import dataset_from_pw, frame_key
+from aiida_mlff.core.options import LABEL
 from aiida_mlff.core.structures import closest_pair, to_atoms
 from aiida_mlff.data.dataset import TrainingSetData
-from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
+from aiida_mlff.workflows.protocols import ProtocolMixin, option_port, recursive_merge
 
-__all__ = ['DftLabelWorkChain']
+__all__ = ['DftLabelWorkChain', 'pseudo_problem']
+
+
+def pseudo_problem(
+    elements: Mapping[str, Iterable[str]], pseudo_family: str | None = None, pseudos: Iterable[str] | None = None
+) -> tuple[str, str] | None:
+    """Say which element has no pseudopotential, before any pw.x job: ``(exit code name, message)`` or None.
+
+    Parameters
+    ----------
+    elements
+        Chemical symbols by structure key (the key names the structure in the message).
+    pseudo_family
+        Label of the pseudopotential family; it is used when given.
+    pseudos
+        Elements with an explicit pseudopotential, used when no family is given.
+
+    Returns
+    -------
+    ``('ERROR_INVALID_PSEUDO_FAMILY', message)`` when the family does not exist,
+    ``('ERROR_MISSING_PSEUDOPOTENTIAL', message)`` naming each missing element, the structures that hold it and the
+    family, or None when every element is covered.
+    """
+    if pseudo_family is not None:
+        from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+        family = orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': pseudo_family}).first(flat=True)
+        if family is None:
+            message = f'the pseudo family `{pseudo_family}` does not exist: run `aiida-mlff setup` or install it'
+            return 'ERROR_INVALID_PSEUDO_FAMILY', message
+        available = set(family.elements)
+        source = f'the pseudo family `{pseudo_family}`'
+    elif pseudos is not None:
+        available = set(pseudos)
+        source = 'the `pseudos` input'
+    else:
+        return 'ERROR_MISSING_PSEUDOPOTENTIAL', 'neither `pseudo_family` nor `pseudos` was given'
+    symbols = {key: set(values) for key, values in elements.items()}
+    missing = sorted(set().union(*symbols.values()) - available)
+    if not missing:
+        return None
+    where = {el: [key for key, values in symbols.items() if el in values] for el in missing}
+    listing = '; '.join(
+        f'{el} (in {", ".join(keys[:5])}{", ..." if len(keys) > 5 else ""})' for el, keys in where.items()
+    )
+    message = f'no pseudopotential for {listing} in {source}, which has {", ".join(sorted(available))}'
+    return 'ERROR_MISSING_PSEUDOPOTENTIAL', message
 
 
 class DftLabelWorkChain(ProtocolMixin, WorkChain):
@@ -27,6 +74,7 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
     """
 
     _protocol_file = 'dft/label.yaml'
+    _options = LABEL
 
     @classmethod
     def define(cls, spec):
@@ -57,19 +105,8 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
             required=False,
             help='SCF threshold per atom (Ry): each structure gets `conv_thr = natoms * conv_thr_per_atom`.',
         )
-        spec.input('max_concurrent', valid_type=orm.Int, default=lambda: orm.Int(4), help='Labels running at once.')
-        spec.input(
-            'max_failure_fraction',
-            valid_type=orm.Float,
-            default=lambda: orm.Float(0.1),
-            help='Largest tolerated fraction of failed labels.',
-        )
-        spec.input(
-            'min_distance',
-            valid_type=orm.Float,
-            default=lambda: orm.Float(0.5),
-            help='Smallest allowed interatomic distance (Å): closer atoms stop the work chain before any DFT.',
-        )
+        for name in ('max_concurrent', 'max_failure_fraction', 'min_distance'):
+            option_port(spec, name, LABEL)
         spec.input('label_method', valid_type=orm.Str, required=False, help='Description stored on the dataset.')
         spec.input(
             'clean_workdir',
@@ -169,34 +206,14 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         if not structures:
             return self.exit_codes.ERROR_NO_STRUCTURES
 
-        elements = sorted({kind.symbol for s in structures.values() for kind in s.kinds})
-        if 'pseudo_family' in self.inputs:
-            from aiida_pseudo.groups.family import PseudoPotentialFamily
-
-            label = self.inputs.pseudo_family.value
-            family = orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': label}).first(flat=True)
-            if family is None:
-                return self.exit_codes.ERROR_INVALID_PSEUDO_FAMILY.format(
-                    message=f'the pseudo family `{label}` does not exist: run `aiida-mlff setup` or install it'
-                )
-            available = set(family.elements)
-            source = f'the pseudo family `{label}`'
-        elif 'pseudos' in self.inputs:
-            available = set(self.inputs.pseudos.keys())
-            source = 'the `pseudos` input'
-        else:
-            return self.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.format(
-                message='neither `pseudo_family` nor `pseudos` was given'
-            )
-        missing = [el for el in elements if el not in available]
-        if missing:
-            where = {
-                el: [k for k, s in structures.items() if el in {kind.symbol for kind in s.kinds}] for el in missing
-            }
-            listing = '; '.join(f'{el} (in {", ".join(keys[:5])})' for el, keys in where.items())
-            return self.exit_codes.ERROR_MISSING_PSEUDOPOTENTIAL.format(
-                message=f'no pseudopotential for {listing} in {source}, which has {", ".join(sorted(available))}'
-            )
+        problem = pseudo_problem(
+            {key: {kind.symbol for kind in s.kinds} for key, s in structures.items()},
+            pseudo_family=self.inputs.pseudo_family.value if 'pseudo_family' in self.inputs else None,
+            pseudos=self.inputs.pseudos.keys() if 'pseudos' in self.inputs else None,
+        )
+        if problem is not None:
+            name, message = problem
+            return getattr(self.exit_codes, name).format(message=message)
 
         limit = self.inputs.min_distance.value
         for key, structure in structures.items():

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ['ProtocolMixin', 'recursive_merge']
+__all__ = ['ProtocolMixin', 'option_port', 'recursive_merge']
 
 PROTOCOL_DIR = pathlib.Path(__file__).parent
 
@@ -23,6 +23,33 @@ def recursive_merge(left: dict, right: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+_NODE_TYPES = {'number': 'Float', 'integer': 'Int', 'bool': 'Bool', 'choice': 'Str', 'mapping': 'Dict'}
+
+
+def option_port(spec, name: str, schema, key: str | None = None, **kwargs) -> None:
+    """Declare input ``name`` with the default, unit and help of option ``key`` (default ``name``) of ``schema``.
+
+    The value is defined once, in ``aiida_mlff.core.options``; the port only carries it into the graph.
+    """
+    from aiida import orm
+
+    from aiida_mlff.core.options import Schema
+
+    option = schema[key or name]
+    if isinstance(option, Schema):
+        node_type, default = orm.Dict, option.defaults()
+    else:
+        node_type, default = getattr(orm, _NODE_TYPES[option.kind]), option.default
+    unit = f' [{option.unit}]' if getattr(option, 'unit', '') else ''
+    spec.input(
+        name,
+        valid_type=node_type,
+        default=lambda: node_type(copy.deepcopy(default)),
+        help=kwargs.pop('help', None) or f'{option.help}{unit}'.strip() or None,
+        **kwargs,
+    )
 
 
 @cache
@@ -39,6 +66,7 @@ class ProtocolMixin:
     """
 
     _protocol_file: str  # path relative to this folder, e.g. 'dft/label.yaml'
+    _options = None  # the work chain's options schema (``aiida_mlff.core.options``): defaults filled in at the top
 
     @classmethod
     def _protocol_data(cls) -> dict:
@@ -65,4 +93,9 @@ class ProtocolMixin:
             )
         inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
         inputs.pop('description', None)
-        return recursive_merge(inputs, overrides or {})
+        inputs = recursive_merge(inputs, overrides or {})
+        if cls._options is not None:
+            known = {k: v for k, v in inputs.items() if k in cls._options}
+            checked = cls._options.validate(known, cls.__name__)
+            inputs.update(checked)
+        return inputs

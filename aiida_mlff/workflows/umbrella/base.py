@@ -1,86 +1,94 @@
-"""``mlff.umbrella``: umbrella sampling along one collective variable, then WHAM -> PMF, barrier and rate."""
+"""``mlff.umbrella``: umbrella sampling along one collective variable, then WHAM -> PMF, barrier and rate.
+
+Window placement, periods, units and minimum images come from the CV (``aiida_mlff.core.colvars``); the options
+and their defaults from ``aiida_mlff.core.options.UMBRELLA``. Windows are given in the CV's file unit (degrees for
+angles and dihedrals, Å for distances); inside, the engine works in its own units.
+"""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, while_
 
 from aiida_mlff.calculations.wham import wham_pmf
-from aiida_mlff.core.files import CV_ATOMS
+from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors, midpoint, place_windows
+from aiida_mlff.core.options import UMBRELLA
+from aiida_mlff.core.wham import KB_EV
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
 from aiida_mlff.workflows.protocols import ProtocolMixin
 
-__all__ = ['UmbrellaWorkChain', 'window_centers']
+__all__ = ['UmbrellaWorkChain', 'umbrella_windows', 'validate_umbrella']
 
-PERIODIC = {'dihedral': 2 * math.pi}
-MD_KEYS = {'ensemble', 'timestep', 'temperature', 'friction', 'stride', 'seed', 'dtype', 'device'}
+#: options of a window's MD job taken over from the umbrella options as they are
+MD_KEYS = (
+    'ensemble',
+    'timestep',
+    'temperature',
+    'friction',
+    'stride',
+    'seed',
+    'dtype',
+    'device',
+    'min_distance',
+    'max_energy_jump',
+    'steer_steps',
+)
 
 
-def window_centers(windows: dict, cv_type: str) -> tuple[list[float], float]:
-    """Return ``(centres, kappa)`` from ``{'centers': [...]}`` or ``{'start', 'stop', 'count'}`` plus ``kappa``.
+def umbrella_windows(cv, parameters: dict):
+    """The windows of ``parameters`` (file units) and their force constant: ``(Windows, kappa)``.
 
-    For a periodic CV (dihedral) a range that spans the full period does not repeat its end point.
+    Without ``kappa`` the force constant is ``3 kT / spacing^2`` (internal units), so that neighbouring windows
+    overlap (the bias standard deviation is spacing / sqrt(3)).
     """
-    if 'kappa' not in windows:
-        raise ValueError('`windows.kappa` (eV per CV unit squared) is required')
-    kappa = float(windows['kappa'])
-    if not kappa > 0:
-        raise ValueError(f'`windows.kappa` must be positive, got {kappa}')
-    if 'centers' in windows:
-        centers = [float(c) for c in windows['centers']]
-    elif {'start', 'stop', 'count'} <= set(windows):
-        count = int(windows['count'])
-        if count < 2:
-            raise ValueError(f'`windows.count` must be at least 2, got {count}')
-        start, stop = float(windows['start']), float(windows['stop'])
-        period = PERIODIC.get(cv_type)
-        full = period is not None and abs(abs(stop - start) - period) < 1e-9
-        centers = list(np.linspace(start, stop, count, endpoint=not full))
-    else:
-        raise ValueError('`windows` needs `centers`, or `start`, `stop` and `count`')
-    if len(centers) < 2:
-        raise ValueError('umbrella sampling needs at least two windows')
-    return centers, kappa
+    windows = place_windows(cv, **parameters['windows'])
+    kappa = parameters.get('kappa')
+    if kappa is None:
+        centers = np.sort(np.asarray(windows.centers, dtype=float))
+        spacing = float(np.median(np.diff(centers)))
+        kappa = 3.0 * KB_EV * float(parameters['temperature']) / spacing**2
+    return windows, float(kappa)
+
+
+def validate_umbrella(
+    cv: dict, parameters: dict, n_atoms: int | None = None, cv_where: str = 'cv', where: str = 'parameters'
+) -> list[str]:
+    """Every problem of a CV spec and umbrella options, each naming its field (``where.windows: ...``)."""
+    errors = cv_spec_errors(cv, where=cv_where, n_atoms=n_atoms)
+    merged, problems = UMBRELLA.resolve(parameters, where)
+    errors += problems
+    if merged.get('windows') is None:
+        errors.append(f'{where}.windows: give centers, or start, stop and count')
+    if errors:
+        return errors
+    try:
+        umbrella_windows(cv_from_spec(cv), merged)
+    except (ValueError, CVSpecError) as exception:
+        errors.append(f'{where}.windows: {exception}')
+    return errors
 
 
 def validate_inputs(value, _) -> str | None:
     """Check the CV, the windows and the MD settings before anything runs."""
-    cv = value['cv'].get_dict()
-    if cv.get('type') not in CV_ATOMS:
-        return f'`cv.type` must be one of {sorted(CV_ATOMS)}, got {cv.get("type")!r}'
-    atoms = cv.get('atoms', [])
-    n_atoms = len(value['structure'].sites)
-    if len(atoms) != CV_ATOMS[cv['type']] or any((not isinstance(a, int)) or a < 0 or a >= n_atoms for a in atoms):
-        return f'`cv.atoms` must be {CV_ATOMS[cv["type"]]} indices below {n_atoms} for a {cv["type"]}, got {atoms}'
-    try:
-        window_centers(value['windows'].get_dict(), cv['type'])
-    except ValueError as exception:
-        return str(exception)
-    md = value['md'].get_dict()
-    for key in ('equilibration_steps', 'production_steps'):
-        if not isinstance(md.get(key), int) or md[key] < 0 or (key == 'production_steps' and md[key] == 0):
-            return f'`md.{key}` must be a {"positive" if key == "production_steps" else "non-negative"} integer'
-    unknown = set(md) - MD_KEYS - {'equilibration_steps', 'production_steps'}
-    if unknown:
-        return f'unknown `md` settings {sorted(unknown)}'
-    if value['mode'].value not in ('batched', 'parallel'):
-        return f"`mode` must be 'batched' or 'parallel', got {value['mode'].value!r}"
+    errors = validate_umbrella(
+        value['cv'].get_dict(), value['parameters'].get_dict(), n_atoms=len(value['structure'].sites)
+    )
     potential = value['potential']
     missing = sorted({k.symbol for k in value['structure'].kinds} - set(potential.elements))
     if missing:
-        return f'the structure has {missing}, which the potential ({potential.elements}) does not know'
-    return None
+        errors.append(f'structure: has {missing}, which the potential ({potential.elements}) does not know')
+    return '; '.join(errors) if errors else None
 
 
 class UmbrellaWorkChain(ProtocolMixin, WorkChain):
     """Run every umbrella window (in one batched MD job, or one job per window), WHAM, and refine poor overlap.
 
     Where neighbouring windows overlap less than ``min_overlap``, a window is added half-way between them and only
-    the new windows run; WHAM then uses every window. At most ``max_refinements`` such rounds.
+    the new windows run; WHAM then uses every window. At most ``max_refinements`` such rounds. Windows that blow up
+    run again on their own (new velocities, then half the time step), at most ``max_reruns`` times, and are left
+    out of WHAM and named in ``dropped_windows`` after that.
     """
 
     _protocol_file = 'umbrella/base.yaml'
@@ -91,31 +99,13 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         super().define(spec)
         spec.input('code', valid_type=orm.AbstractCode, help='The `mlff-run` code.')
         spec.input('potential', valid_type=PotentialData)
-        spec.input('structure', valid_type=orm.StructureData, help='Starting structure of every window.')
+        spec.input('structure', valid_type=orm.StructureData, help='Starting structure (windows are pulled from it).')
+        spec.input('cv', valid_type=orm.Dict, help="The CV's spec, e.g. {'type': 'dihedral', 'atoms': [2, 0, 1, 3]}.")
         spec.input(
-            'cv',
+            'parameters',
             valid_type=orm.Dict,
-            help="{'type': 'dihedral', 'angle', 'distance' or 'distance_difference', 'atoms': [indices]}.",
+            help='Umbrella options (`aiida_mlff.core.options.UMBRELLA`): windows in the CV file unit, MD, WHAM.',
         )
-        spec.input(
-            'windows',
-            valid_type=orm.Dict,
-            help="{'centers': [...]} or {'start', 'stop', 'count'}, plus 'kappa' (eV per CV unit^2; radians).",
-        )
-        spec.input('md', valid_type=orm.Dict, help='MD settings, with equilibration_steps and production_steps.')
-        spec.input('mode', valid_type=orm.Str, default=lambda: orm.Str('batched'))
-        spec.input('bins', valid_type=orm.Int, default=lambda: orm.Int(72))
-        spec.input('bootstrap', valid_type=orm.Int, default=lambda: orm.Int(50))
-        spec.input('max_refinements', valid_type=orm.Int, default=lambda: orm.Int(2))
-        spec.input('min_overlap', valid_type=orm.Float, default=lambda: orm.Float(0.03))
-        spec.input(
-            'max_reruns',
-            valid_type=orm.Int,
-            default=lambda: orm.Int(2),
-            help='Rounds in which windows that blew up run again (first with new velocities, then also with half '
-            'the time step); windows still unstable after that are left out of WHAM and named in the report.',
-        )
-        spec.input('basins', valid_type=orm.List, required=False, help='Two CV ranges for the barrier.')
         spec.input('options', valid_type=orm.Dict, required=False, help='metadata.options of the MD jobs.')
         spec.inputs.validator = validate_inputs
         spec.outline(
@@ -131,63 +121,63 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             'dropped_windows',
             valid_type=orm.List,
             required=False,
-            help='Centres (CV units) of windows left out because they kept blowing up.',
+            help='Centres (CV file unit) of windows left out because they kept blowing up.',
         )
         spec.exit_code(401, 'ERROR_MD_FAILED', message='The umbrella MD failed: {message}')
 
     @classmethod
     def get_builder_from_protocol(
-        cls, code, potential, structure, cv: dict, windows: dict, protocol=None, overrides=None, options=None
+        cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None
     ):
-        """Return a builder filled from a protocol (fast, balanced, stringent)."""
+        """Return a builder filled from a protocol (fast, balanced, stringent); ``overrides`` are umbrella options."""
         if isinstance(code, str):
             code = orm.load_code(code)
-        inputs = cls.get_protocol_inputs(protocol, overrides)
+        inputs = cls.get_protocol_inputs(protocol, {'parameters': overrides or {}})
         builder = cls.get_builder()
         builder.code = code
         builder.potential = potential
         builder.structure = structure
         builder.cv = orm.Dict(cv)
-        builder.windows = orm.Dict(windows)
-        builder.md = orm.Dict(inputs['md'])
-        builder.mode = orm.Str(inputs['mode'])
-        builder.bins = orm.Int(inputs['bins'])
-        builder.bootstrap = orm.Int(inputs['bootstrap'])
-        builder.max_refinements = orm.Int(inputs['max_refinements'])
-        builder.min_overlap = orm.Float(inputs['min_overlap'])
+        builder.parameters = orm.Dict(inputs['parameters'])
         builder.options = orm.Dict({**inputs['options'], **(options or {})})
         return builder
 
+    @property
+    def parameters(self) -> dict:
+        """The umbrella options, defaults filled in."""
+        return UMBRELLA.validate(self.inputs.parameters.get_dict())
+
     def setup(self):
         """Place the first windows."""
-        cv = self.inputs.cv.get_dict()
-        centers, self.ctx.kappa = window_centers(self.inputs.windows.get_dict(), cv['type'])
-        self.ctx.new_windows = centers
+        self.ctx.cv = cv_from_spec(self.inputs.cv.get_dict())
+        windows, self.ctx.kappa = umbrella_windows(self.ctx.cv, self.parameters)
+        self.ctx.closed = bool(windows.closed)
+        self.ctx.new_windows = [float(c) for c in windows.centers]
         self.ctx.all_windows = []
         self.ctx.runs = []
         self.ctx.refinements = 0
         self.ctx.attempt = 0  # 0: first run of the new windows; k > 0: k-th rerun of windows that blew up
         self.ctx.latest = []  # run keys of the last round: where to look for windows that blew up
         self.ctx.exclude = {}  # run key -> replicas left out of WHAM (blown up)
-        self.ctx.dropped = []  # centres of windows given up on
+        self.ctx.dropped = []  # centres of windows given up on (internal units)
 
     def has_new_windows(self):
         """Whether windows are waiting to run."""
         return bool(self.ctx.new_windows)
 
     def _md_inputs(self, centers: list[float], label: str) -> dict:
-        md = self.inputs.md.get_dict()
+        md = self.parameters
         cv = self.inputs.cv.get_dict()
-        parameters = {key: md[key] for key in MD_KEYS if key in md}
+        parameters = {key: md[key] for key in MD_KEYS}
         parameters['steps'] = md['equilibration_steps'] + md['production_steps']
         attempt = self.ctx.attempt
         if attempt:  # a rerun of windows that blew up: new velocities and noise, then also half the time step
-            parameters['seed'] = int(parameters.get('seed', 0)) + 1000 * attempt
+            parameters['seed'] = int(parameters['seed']) + 1000 * attempt
             if attempt >= 2:
-                parameters['timestep'] = 0.5 * float(parameters.get('timestep', 0.5))
+                parameters['timestep'] = 0.5 * float(parameters['timestep'])
                 parameters['steps'] *= 2
-                parameters['stride'] = 2 * int(parameters.get('stride', 10))
-        parameters['checkpoint_every'] = max(parameters.get('stride', 10), parameters['steps'] // 4)
+                parameters['stride'] = 2 * int(parameters['stride'])
+        parameters['checkpoint_every'] = max(parameters['stride'], parameters['steps'] // 4)
         parameters['biases'] = [{'cv': cv, 'centers': [float(c) for c in centers], 'kappa': self.ctx.kappa}]
         metadata = {'call_link_label': label}
         inputs = {
@@ -212,7 +202,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             self.ctx.all_windows.extend(centers)
         round_ = f'{self.ctx.refinements}_rerun{self.ctx.attempt}' if self.ctx.attempt else str(self.ctx.refinements)
         futures = {}
-        if self.inputs.mode.value == 'batched':
+        if self.parameters['mode'] == 'batched':
             futures[f'umbrella_{round_}_all'] = self.submit(
                 MdBaseWorkChain, **self._md_inputs(centers, f'windows_round_{round_}')
             )
@@ -226,7 +216,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         what = f'{len(centers)} windows'
         if self.ctx.attempt:
             what = f'rerun {self.ctx.attempt} of {what} that blew up'
-        self.report(f'round {round_}: {what} in {len(futures)} MD job(s) ({self.inputs.mode.value})')
+        self.report(f'round {round_}: {what} in {len(futures)} MD job(s) ({self.parameters["mode"]})')
         return ToContext(**futures)
 
     def analyse(self):
@@ -249,51 +239,50 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                     rerun += [float(centres[r]) for r in blown]
         self.ctx.latest = []
         rerun = sorted(set(rerun))
+        cv = self.ctx.cv
         if rerun:
-            if self.ctx.attempt < self.inputs.max_reruns.value:
+            shown = np.round(cv.to_file(rerun), 3).tolist()
+            if self.ctx.attempt < self.parameters['max_reruns']:
                 self.ctx.attempt += 1
                 self.ctx.new_windows = rerun
-                self.report(f'{len(rerun)} windows blew up; running them again: {np.round(rerun, 3)}')
+                self.report(f'{len(rerun)} windows blew up; running them again: {shown} {cv.file_unit}')
                 return None
             self.ctx.dropped.extend(rerun)
-            self.report(f'{len(rerun)} windows still blew up after {self.ctx.attempt} reruns; left out: {rerun}')
+            self.report(f'{len(rerun)} windows still blew up after {self.ctx.attempt} reruns; left out: {shown}')
         self.ctx.attempt = 0
-        md = self.inputs.md.get_dict()
-        cv = self.inputs.cv.get_dict()
+        self.ctx.wham = wham_pmf(settings=orm.Dict(self._wham_settings()), **runs)
+        low = self.ctx.wham['overlap'].base.attributes.get('low_overlap_pairs', [])
+        if low and self.ctx.refinements < self.parameters['max_refinements']:
+            self.ctx.refinements += 1
+            self.ctx.new_windows = [float(midpoint(cv, a, b)) for a, b in low]
+            shown = np.round(cv.to_file(self.ctx.new_windows), 3).tolist()
+            self.report(f'{len(low)} neighbouring windows overlap too little: adding windows at {shown} {cv.file_unit}')
+        elif low:
+            shown = np.round(cv.to_file(np.asarray(low)), 3).tolist()
+            self.report(
+                f'overlap still too low between {shown} {cv.file_unit} after {self.ctx.refinements} refinements'
+            )
+        return None
+
+    def _wham_settings(self) -> dict:
+        parameters = self.parameters
+        cv = self.ctx.cv
         settings = {
             'kappa': self.ctx.kappa,
-            'temperature': float(md.get('temperature', 300.0)),
-            'timestep': float(md.get('timestep', 0.5)),
-            'equilibration_steps': md['equilibration_steps'],
-            'bins': self.inputs.bins.value,
-            'bootstrap': self.inputs.bootstrap.value,
-            'period': PERIODIC.get(cv['type']),
-            'min_overlap': self.inputs.min_overlap.value,
-            'name': f'{cv["type"]}({",".join(map(str, cv["atoms"]))})',
-            'unit': 'Å' if cv['type'] in ('distance', 'distance_difference') else 'rad',
+            'temperature': float(parameters['temperature']),
+            'timestep': float(parameters['timestep']),
+            'equilibration_steps': parameters['equilibration_steps'],
+            'bins': parameters['bins'],
+            'bootstrap': parameters['bootstrap'],
+            'period': cv.period,
+            'closed': self.ctx.closed,
+            'min_overlap': parameters['min_overlap'],
+            'name': cv.name,
+            'unit': cv.unit,
         }
-        if 'basins' in self.inputs:
-            settings['basins'] = self.inputs.basins.get_list()
         if self.ctx.exclude:
             settings['exclude'] = dict(self.ctx.exclude)
-        self.ctx.wham = wham_pmf(settings=orm.Dict(settings), **runs)
-        low = self.ctx.wham['overlap'].base.attributes.get('low_overlap_pairs', [])
-        if low and self.ctx.refinements < self.inputs.max_refinements.value:
-            self.ctx.refinements += 1
-            period = settings['period']
-            new = []
-            for a, b in low:
-                if period is not None and b < a:
-                    b += period
-                mid = 0.5 * (a + b)
-                if period is not None:
-                    mid = (mid + period / 2) % period - period / 2
-                new.append(mid)
-            self.ctx.new_windows = new
-            self.report(f'{len(low)} neighbouring windows overlap too little: adding windows at {np.round(new, 3)}')
-        elif low:
-            self.report(f'overlap still too low between {low} after {self.ctx.refinements} refinements')
-        return None
+        return settings
 
     def results(self):
         """Attach the PMF, overlap, barrier and rate."""
@@ -301,8 +290,6 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             if key in self.ctx.wham:
                 self.out(key, self.ctx.wham[key])
         if self.ctx.dropped:
-            self.report(f'windows left out because they kept blowing up: {np.round(self.ctx.dropped, 3).tolist()}')
-            self.out('dropped_windows', orm.List(sorted(self.ctx.dropped)).store())
-        barrier = self.ctx.wham.get('barrier')
-        if barrier is not None:
-            self.report(f'barrier {barrier.value:.4f} eV ({barrier.base.attributes.get("kcal_mol"):.2f} kcal/mol)')
+            dropped = sorted(float(x) for x in self.ctx.cv.to_file(self.ctx.dropped))
+            self.report(f'windows left out because they kept blowing up: {np.round(dropped, 3).tolist()}')
+            self.out('dropped_windows', orm.List(dropped).store())

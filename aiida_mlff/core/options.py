@@ -1,0 +1,441 @@
+"""The options of every task, each defined once: default, unit, type and check.
+
+One :class:`Schema` per task (``TRAIN``, ``MD``, ``UMBRELLA``, ``ACTIVE_LEARNING``, ``LABEL``). Core functions,
+``mlff-run`` job files, CalcJob validation, the protocols (which only override) and the campaign file all read their
+defaults and checks from here. :meth:`Schema.resolve` fills defaults and returns every problem at once, each naming
+its field (``training.epochs: ...``); an unknown key is an error that suggests the closest known one.
+
+Units: Å, eV, fs, K, eV/Å; umbrella window positions and force constants in the CV's file unit (degrees for angles
+and dihedrals, Å for distances).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    'ACTIVE_LEARNING',
+    'EXPLORE',
+    'LABEL',
+    'MD',
+    'TRAIN',
+    'UMBRELLA',
+    'Option',
+    'OptionsError',
+    'Schema',
+    'suggest',
+]
+
+Check = Callable[[Any], str | None]
+
+
+class OptionsError(ValueError):
+    """Bad options; ``errors`` lists each one as ``'field: problem'``."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__('; '.join(errors))
+
+
+def suggest(key: str, known) -> str:
+    """``"; did you mean 'x'?"`` for the closest known key, or ``''``."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its default, unit, type and range.
+
+    Attributes
+    ----------
+    default
+        The value used when the option is not given.
+    unit
+        Unit of the value ('' when dimensionless).
+    kind
+        'number', 'integer', 'bool', 'choice', 'numbers' (a list of numbers), 'mapping' or 'any'.
+    low, high
+        Bounds of numbers (``low_open`` / ``high_open``: the bound itself is excluded).
+    choices
+        Allowed values of a 'choice'.
+    nullable
+        Whether None is allowed (e.g. 'no limit').
+    check
+        Extra check of the value: returns a problem or None.
+    """
+
+    default: Any
+    unit: str = ''
+    kind: str = 'number'
+    help: str = ''
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    nullable: bool = False
+    nonempty: bool = False
+    check: Check | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value``, or None."""
+        if value is None:
+            return None if self.nullable else 'must be given (got None)'
+        if self.kind == 'choice':
+            return None if value in self.choices else f'must be one of {list(self.choices)}, got {value!r}'
+        if self.kind == 'bool':
+            return None if isinstance(value, bool) else f'must be true or false, got {value!r}'
+        if self.kind in ('number', 'integer'):
+            problem = self._number_problem(value)
+        elif self.kind == 'numbers':
+            problem = self._numbers_problem(value)
+        elif self.kind == 'mapping':
+            problem = None if isinstance(value, Mapping) else f'must be a mapping, got {value!r}'
+        else:
+            problem = None
+        if problem is None and self.check is not None:
+            problem = self.check(value)
+        return problem
+
+    def _number_problem(self, value: Any) -> str | None:
+        integer = self.kind == 'integer'
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return f'must be {"an integer" if integer else "a number"}{self._range()}, got {value!r}'
+        if not math.isfinite(value):
+            return f'must be finite, got {value!r}'
+        too_low = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        too_high = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        if too_low or too_high:
+            return f'must be {"an integer" if integer else "a number"}{self._range()}, got {value!r}'
+        return None
+
+    def _numbers_problem(self, value: Any) -> str | None:
+        if not isinstance(value, list | tuple):
+            return f'must be a list of numbers{self._range()}, got {value!r}'
+        if self.nonempty and not value:
+            return 'must not be empty'
+        bad = [
+            v for v in value if Option(None, low=self.low, low_open=self.low_open, high=self.high)._number_problem(v)
+        ]
+        return f'must be a list of numbers{self._range()}, got {value!r}' if bad else None
+
+    def _range(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f'{">" if self.low_open else ">="} {self.low:g}')
+        if self.high is not None:
+            parts.append(f'{"<" if self.high_open else "<="} {self.high:g}')
+        unit = f' {self.unit}' if self.unit and parts else ''
+        return (' ' + ' and '.join(parts) + unit) if parts else ''
+
+
+@dataclass
+class Schema:
+    """Named options (and nested schemas) of one task.
+
+    Attributes
+    ----------
+    fields
+        Key -> :class:`Option` or nested :class:`Schema`.
+    checks
+        Checks across fields: ``check(values) -> list of (key, problem)`` on the filled-in values.
+    open
+        Whether keys beyond ``fields`` are allowed (passed through unchecked).
+    fill
+        Whether :meth:`resolve` fills in defaults; False for options that are overrides of a protocol (they are
+        checked, and the defaults fill in later, under the protocol's values).
+    """
+
+    fields: dict[str, Option | Schema]
+    checks: list[Callable[[dict], list[tuple[str, str]]]] = field(default_factory=list)
+    open: bool = False
+    help: str = ''
+    fill: bool = True
+
+    def __getitem__(self, key: str) -> Option | Schema:
+        return self.fields[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.fields
+
+    def __iter__(self):
+        return iter(self.fields)
+
+    def keys(self):
+        """The known keys."""
+        return self.fields.keys()
+
+    def defaults(self) -> dict[str, Any]:
+        """Every default, nested schemas included (a fresh copy)."""
+        import copy
+
+        return {
+            key: f.defaults() if isinstance(f, Schema) else copy.deepcopy(f.default) for key, f in self.fields.items()
+        }
+
+    def resolve(
+        self, values: Mapping[str, Any] | None, where: str = '', fill: bool = True
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Return ``(values with defaults filled in, every problem)``; problems name the field (``where.key``).
+
+        Defaults are filled in only when both ``fill`` and the schema's own ``fill`` are true (and likewise for
+        nested schemas: the options below a protocol's overrides stay overrides).
+        """
+        fill = fill and self.fill
+        prefix = f'{where}.' if where else ''
+        values = {} if values is None else values
+        if not isinstance(values, Mapping):
+            return self.defaults(), [f'{where or "options"}: must be a mapping of options, got {values!r}']
+        errors: list[str] = []
+        merged = self.defaults() if fill else {}
+        for key, value in values.items():
+            if key not in self.fields:
+                if self.open:
+                    merged[key] = value
+                    continue
+                errors.append(
+                    f'{prefix}{key}: unknown option{suggest(key, self.fields)} (known: {", ".join(self.fields)})'
+                )
+                continue
+            spec = self.fields[key]
+            if isinstance(spec, Schema):
+                merged[key], nested = spec.resolve(value, f'{prefix}{key}', fill)
+                errors.extend(nested)
+            else:
+                merged[key] = value
+                problem = spec.problem(value)
+                if problem:
+                    errors.append(f'{prefix}{key}: {problem}')
+        if not errors:
+            filled = {**self.defaults(), **merged}
+            for check in self.checks:
+                errors.extend(f'{prefix}{key}: {problem}' for key, problem in check(filled))
+        return merged, errors
+
+    def validate(self, values: Mapping[str, Any] | None, where: str = '') -> dict[str, Any]:
+        """Like :meth:`resolve`, raising :class:`OptionsError` with every problem."""
+        merged, errors = self.resolve(values, where)
+        if errors:
+            raise OptionsError(errors)
+        return merged
+
+    def subset(self, keys) -> Schema:
+        """A schema of some of these fields (same definitions, not copies of them)."""
+        return Schema({k: self.fields[k] for k in keys})
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+def _model_problem(model: Any) -> str | None:
+    """Model hyperparameters are checked against the builder of their architecture (its signature holds them)."""
+    import inspect
+
+    from .models import ARCHITECTURES, Potential
+
+    name = model.get('architecture', Potential.architecture)
+    if name not in ARCHITECTURES:
+        return f'architecture {name!r} is not registered{suggest(name, ARCHITECTURES)} (known: {sorted(ARCHITECTURES)})'
+    parameters = inspect.signature(ARCHITECTURES[name]).parameters
+    allowed = set(parameters) - {'elements', 'committee', 'seed', 'dtype', 'device'}
+    unknown = sorted(set(model) - allowed - {'architecture'})
+    if unknown:
+        return (
+            f'unknown hyperparameter {unknown[0]!r} of {name}{suggest(unknown[0], allowed)} (known: {sorted(allowed)})'
+        )
+    for key in ('cutoff', 'angular_cutoff'):
+        value = model.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            return f'{key} must be a positive number of Å, got {value!r}'
+    hidden = model.get('hidden')
+    if hidden is not None and (
+        not isinstance(hidden, list | tuple) or not hidden or not all(isinstance(h, int) and h > 0 for h in hidden)
+    ):
+        return f'hidden must be a list of positive layer widths, got {hidden!r}'
+    return None
+
+
+def _train_checks(values: dict) -> list[tuple[str, str]]:
+    if values['energy_weight'] == 0 and values['forces_weight'] == 0:
+        return [('energy_weight', 'energy_weight and forces_weight cannot both be zero')]
+    return []
+
+
+def _temperatures_problem(value: Any) -> str | None:
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values or any(isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < 1e5 for t in values):
+        return f'must be a temperature in K (>= 0) or a list of them, got {value!r}'
+    return None
+
+
+DEVICE = Option('auto', kind='choice', choices=('auto', 'cpu', 'cuda'), help='auto: CUDA when present, else CPU')
+DTYPE = Option('float32', kind='choice', choices=('float32', 'float64'), help='precision of the model and the MD')
+SEED = Option(0, kind='integer', low=0, help='random seed')
+MAX_TIMESTEP_FS = 5.0  # beyond this no atomistic MD with hydrogens is stable
+
+# ----------------------------------------------------------------------------------------------------- tasks
+TRAIN = Schema(
+    {
+        'model': Option({}, kind='mapping', check=_model_problem, help='architecture and its hyperparameters'),
+        'epochs': Option(300, kind='integer', low=1, help='maximum number of AdamW epochs'),
+        'batch_size': Option(16, kind='integer', low=1, help='structures per mini-batch'),
+        'learning_rate': Option(5e-3, low=0, low_open=True),
+        'weight_decay': Option(1e-6, low=0),
+        'energy_weight': Option(10.0, '1/(eV/atom)^2', low=0, help='weight of the per-atom energy error'),
+        'forces_weight': Option(1.0, '1/(eV/Å)^2', low=0, help='weight of the force error'),
+        'validation_fraction': Option(0.1, low=0, high=1, high_open=True),
+        'patience': Option(60, kind='integer', low=1, help='epochs without improvement before stopping'),
+        'lr_patience': Option(20, kind='integer', low=1, help='epochs without improvement before halving the rate'),
+        'lr_factor': Option(0.5, low=0, low_open=True, high=1, high_open=True),
+        'min_learning_rate': Option(1e-5, low=0, low_open=True),
+        'polish_steps': Option(100, kind='integer', low=0, help='full-batch L-BFGS iterations after AdamW'),
+        'precision': Option('float64', kind='choice', choices=('float64', 'model'), help='arithmetic of training'),
+        'max_time': Option(None, 's', low=0, low_open=True, nullable=True, help='walltime: checkpoint and stop'),
+        'time_budget': Option(None, 's', low=0, low_open=True, nullable=True, help='for the whole training'),
+        'checkpoint_every': Option(10, 'epochs', kind='integer', low=1),
+        'seed': SEED,
+        'device': DEVICE,
+        'dtype': DTYPE,
+    },
+    checks=[_train_checks],
+)
+
+MD = Schema(
+    {
+        'ensemble': Option('langevin', kind='choice', choices=('nve', 'langevin')),
+        'timestep': Option(0.5, 'fs', low=0, low_open=True, high=MAX_TIMESTEP_FS),
+        'steps': Option(1000, kind='integer', low=0),
+        'temperature': Option(300.0, 'K', kind='any', check=_temperatures_problem, help='one value or one per replica'),
+        'friction': Option(0.01, '1/fs', low=0, low_open=True),
+        'stride': Option(10, 'steps', kind='integer', low=1),
+        'seed': SEED,
+        'device': DEVICE,
+        'dtype': DTYPE,
+        'max_force_deviation': Option(None, 'eV/Å', low=0, low_open=True, nullable=True),
+        'min_distance': Option(0.5, 'Å', low=0, help='closer atoms stop a replica (blown up)'),
+        'max_energy_jump': Option(1.0, 'eV/atom', low=0, low_open=True, help='between frames: a replica blew up'),
+        'biases': Option([], kind='any', help='harmonic biases, one centre per replica'),
+        'colvars': Option([], kind='any', help='extra CVs to record'),
+        'max_time': Option(None, 's', low=0, low_open=True, nullable=True),
+        'checkpoint_every': Option(1000, 'steps', kind='integer', low=1),
+        'steer_steps': Option(
+            0, 'steps', kind='integer', low=0, help='pull each replica to its bias centre from its neighbour first'
+        ),
+    }
+)
+
+#: the MD options an umbrella window or an exploration replica takes from the MD schema
+_WINDOW_MD = ('ensemble', 'timestep', 'friction', 'stride', 'dtype', 'device', 'min_distance', 'max_energy_jump')
+
+
+def _windows_problem(windows: Any) -> str | None:
+    if not isinstance(windows, Mapping):
+        return f'must be a mapping with centers, or start, stop and count, got {windows!r}'
+    unknown = sorted(set(windows) - {'centers', 'start', 'stop', 'count'})
+    if unknown:
+        return f'unknown key {unknown[0]!r}{suggest(unknown[0], ("centers", "start", "stop", "count"))}'
+    if 'centers' in windows:
+        if set(windows) & {'start', 'stop', 'count'}:
+            return 'give either centers, or start, stop and count, not both'
+        centers = windows['centers']
+        if Option(None, kind='numbers')._numbers_problem(centers):
+            return f'centers must be a list of numbers, got {centers!r}'
+        if len(centers) < 2:
+            return f'umbrella sampling needs at least 2 windows, got {len(centers)} centre(s)'
+        if len(set(centers)) != len(centers):
+            return f'centers must be distinct, got {centers!r}'
+        return None
+    if not {'start', 'stop', 'count'} <= set(windows):
+        return f'needs start, stop and count (or centers), got {sorted(windows)}'
+    for key in ('start', 'stop'):
+        if Option(None)._number_problem(windows[key]):
+            return f'{key} must be a number, got {windows[key]!r}'
+    if Option(None, kind='integer', low=2)._number_problem(windows['count']):
+        return f'count must be an integer >= 2, got {windows["count"]!r}'
+    if windows['start'] == windows['stop']:
+        return f'start and stop are equal ({windows["start"]}): the windows need a range'
+    return None
+
+
+UMBRELLA = Schema(
+    {
+        'windows': Option(
+            None, 'CV file unit', kind='any', nullable=True, check=_windows_problem, help='centers or start/stop/count'
+        ),
+        'kappa': Option(
+            None,
+            'eV/Å^2 or eV/rad^2',
+            low=0,
+            low_open=True,
+            nullable=True,
+            help='force constant per internal CV unit squared; none: 3 kT / spacing^2 (neighbours overlap)',
+        ),
+        'temperature': Option(300.0, 'K', low=0, low_open=True),
+        'equilibration_steps': Option(1000, kind='integer', low=0),
+        'production_steps': Option(10000, kind='integer', low=1),
+        'steer_steps': Option(200, 'steps', kind='integer', low=0, help='pull each window from its neighbour first'),
+        **{key: MD[key] for key in _WINDOW_MD},
+        'friction': Option(0.02, '1/fs', low=0, low_open=True),
+        'seed': SEED,
+        'mode': Option('batched', kind='choice', choices=('batched', 'parallel')),
+        'estimator': Option('wham', kind='choice', choices=('wham',)),
+        'bins': Option(72, kind='integer', low=4),
+        'bootstrap': Option(50, kind='integer', low=0),
+        'min_overlap': Option(0.03, low=0, high=1),
+        'max_refinements': Option(2, kind='integer', low=0),
+        'max_reruns': Option(2, kind='integer', low=0),
+    }
+)
+
+
+def _trust_checks(values: dict) -> list[tuple[str, str]]:
+    if values['trust_lower'] >= values['trust_upper']:
+        return [('trust_lower', f'must be below trust_upper ({values["trust_lower"]} >= {values["trust_upper"]} eV/Å)')]
+    return []
+
+
+EXPLORE = Schema(
+    {
+        'temperatures': Option([300.0, 600.0], 'K', kind='numbers', low=0, low_open=True, nonempty=True),
+        'replicas_per_temperature': Option(2, kind='integer', low=1),
+        'steps': Option(2000, kind='integer', low=1),
+        **{key: MD[key] for key in _WINDOW_MD},
+        'friction': Option(0.02, '1/fs', low=0, low_open=True),
+        'stride': Option(20, 'steps', kind='integer', low=1),
+    }
+)
+
+ACTIVE_LEARNING = Schema(
+    {
+        'max_iterations': Option(5, kind='integer', low=1),
+        'max_candidates': Option(16, kind='integer', low=1, help='labels per iteration'),
+        'trust_lower': Option(0.10, 'eV/Å', low=0, low_open=True, help='below: a frame is accurate'),
+        'trust_upper': Option(0.40, 'eV/Å', low=0, low_open=True, help='at or above: a frame has failed'),
+        'stop_rule': Schema(
+            {
+                'accurate_fraction': Option(0.95, low=0, low_open=True, high=1),
+                'consecutive': Option(2, kind='integer', low=1),
+            }
+        ),
+        'max_failed_label_fraction': Option(0.25, low=0, high=1),
+        'max_failed_exploration_fraction': Option(0.5, low=0, high=1),
+        'committee': Option(4, kind='integer', low=2, help='members: at least 2 for an uncertainty'),
+        'explore': EXPLORE,
+        'umbrella_windows': Option(0, kind='integer', low=0, help='also explore in this many windows along the CV'),
+        'seed': SEED,
+    },
+    checks=[_trust_checks],
+)
+
+LABEL = Schema(
+    {
+        'max_concurrent': Option(4, kind='integer', low=1, help='pw.x jobs running at once'),
+        'max_failure_fraction': Option(0.1, low=0, high=1, help='of labels that may fail before the step fails'),
+        'min_distance': Option(0.5, 'Å', low=0, help='closer atoms stop the step before any DFT'),
+        'pseudo_family': Option('mlff/espresso-deb/PBE', kind='any', help='label of an aiida-pseudo family'),
+        'conv_thr_per_atom': Option(1e-9, 'Ry/atom', low=0, low_open=True, help='SCF threshold per atom'),
+    }
+)

@@ -1,0 +1,150 @@
+"""Campaign files: every bad field is named at once, before anything is stored or submitted (exit status 2)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_mlff.cli import cmd_root
+from aiida_mlff.workflows.campaign.config import CampaignConfigError, load_campaign, validate_campaign
+
+DEMO = Path(__file__).parents[2] / 'examples' / 'h2o2-torsion.yaml'
+
+
+def demo() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def errors_of(config: dict) -> list[str]:
+    with pytest.raises(CampaignConfigError) as info:
+        validate_campaign(config)
+    return info.value.errors
+
+
+def changed(path: str, value):
+    config = demo()
+    *parents, last = path.split('.')
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+def test_the_demo_is_valid_and_keeps_only_what_it_sets():
+    config = load_campaign(DEMO)
+    assert config['training']['protocol'] == 'fast'  # the file's protocol reaches every step
+    assert config['umbrella']['protocol'] == 'fast'
+    assert 'validation_fraction' not in config['training']  # protocol values are not overwritten by defaults
+    assert config['sampling']['rattle']['n'] == 16
+
+
+@pytest.mark.parametrize(
+    ('path', 'value', 'message'),
+    [
+        ('training.epoch', 10, "training.epoch: unknown option; did you mean 'epochs'?"),
+        ('training.device', 'gpu', "training.device: must be one of ['auto', 'cpu', 'cuda'], got 'gpu'"),
+        ('training.energy_weight', -1.0, 'training.energy_weight: must be a number >= 0'),
+        ('training.model', {'hiden': [8]}, "did you mean 'hidden'"),
+        ('umbrella.windows', {'start': 0, 'stop': 90, 'count': 1}, 'umbrella.windows: count must be an integer >= 2'),
+        ('umbrella.windows', {'centers': []}, 'umbrella.windows: umbrella sampling needs at least 2 windows'),
+        ('umbrella.windows', {'start': 30, 'stop': 30, 'count': 8}, 'umbrella.windows: start and stop are equal'),
+        ('umbrella.timestep', 50.0, 'umbrella.timestep: must be a number > 0 and <= 5 fs, got 50.0'),
+        ('active_learning.explore.timestep', 50.0, 'active_learning.explore.timestep: must be a number > 0'),
+        ('active_learning.trust_upper', 0.1, 'active_learning.trust_lower: must be below trust_upper'),
+        ('system.cv', {'type': 'dihedral', 'atoms': [2, 0, 0, 3]}, 'system.cv'),
+        ('system.cv', {'type': 'dihedrl', 'atoms': [2, 0, 1, 3]}, "did you mean 'dihedral'"),
+        ('system.cv', {'type': 'distance', 'atoms': [0, 9]}, 'system.cv'),
+        ('system.box', 0.5, 'system.box: 0.5 Å is too small for the molecule'),
+        ('system.molecule', 'H2O3', 'system.molecule: ASE does not know a molecule called'),
+        ('sampling.rattle.n', -1, 'sampling.rattle.n: must be an integer >= 0'),
+        ('sampling.scan.values', 'all', 'sampling.scan.values: must be a list of numbers'),
+        ('dft.max_concurrent', 0, 'dft.max_concurrent: must be an integer >= 1'),
+        ('dft.protocol', 'quick', "dft.protocol: must be one of [None, 'fast', 'balanced', 'stringent']"),
+        ('states', {'a': [10]}, 'states: a: needs [low, high]'),
+        ('reference.experiment', {}, "reference.experiment: unknown option; did you mean 'experiment_kcal_mol'?"),
+        ('umbrela', {}, "umbrela: unknown option; did you mean 'umbrella'?"),
+    ],
+)
+def test_bad_fields_are_named(path, value, message):
+    errors = errors_of(changed(path, value))
+    assert any(message in e for e in errors), errors
+
+
+def test_every_bad_field_at_once():
+    config = changed('training.epoch', 10)
+    config['umbrella']['timestep'] = 50.0
+    config['system']['box'] = 0.5
+    config['dft']['max_concurrent'] = 0
+    errors = errors_of(config)
+    assert len(errors) == 4, errors
+
+
+def test_states_outside_an_open_window_range_are_refused():
+    config = changed('umbrella.windows', {'start': -70, 'stop': 70, 'count': 8})
+    config['states'] = {'left': [-60, -20], 'far': [150, 170]}
+    config['transitions'] = {}
+    errors = errors_of(config)
+    assert errors == [
+        'states.far: the range [150, 170] deg holds no umbrella window (windows from -70 to 70 deg): widen '
+        'umbrella.windows or move the state'
+    ]
+
+
+def test_yaml_alias_bombs_and_missing_files(tmp_path):
+    bomb = tmp_path / 'bomb.yaml'
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f'{chr(98 + k)}: &{chr(98 + k)} [*{chr(97 + k)}, *{chr(97 + k)}, *{chr(97 + k)}]' for k in range(9)]
+    bomb.write_text('reference:\n  ' + '\n  '.join(lines) + '\n')
+    with pytest.raises(CampaignConfigError, match='aliases'):
+        load_campaign(bomb)
+    with pytest.raises(CampaignConfigError, match='does not exist'):
+        load_campaign(tmp_path / 'missing.yaml')
+    config = demo()
+    config['sampling']['path'] = {'to': str(tmp_path / 'nowhere.xyz'), 'images': 4}
+    assert any('sampling.path.to:' in e for e in errors_of(config))
+
+
+def test_the_cli_exits_2_and_stores_nothing(aiida_profile, tmp_path):
+    config = changed('training.epoch', 10)
+    config['umbrella']['windows'] = {'centers': []}
+    path = tmp_path / 'bad.yaml'
+    path.write_text(yaml.safe_dump(config))
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cmd_root, ['-p', aiida_profile.name, 'campaign', 'run', str(path)])
+    assert result.exit_code == 2, result.output
+    assert 'training.epoch' in result.output
+    assert 'umbrella.windows' in result.output
+    assert 'Traceback' not in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_the_output_folder_is_checked_before_the_run(aiida_profile, tmp_path):
+    blocker = tmp_path / 'report'
+    blocker.write_text('a file where the report folder should go')
+    result = CliRunner().invoke(cmd_root, ['-p', aiida_profile.name, 'campaign', 'run', str(DEMO), '-o', str(blocker)])
+    assert result.exit_code == 2, result.output
+    assert 'is a file' in result.output
+    assert str(blocker) in result.output
+
+
+def test_an_element_without_pseudopotential_is_refused_before_any_job(mlff_environment, aiida_profile, tmp_path):
+    config = copy.deepcopy(demo())
+    config['system'] = {'molecule': 'CH3Cl', 'box': 10.0, 'cv': {'type': 'distance', 'atoms': [0, 1]}}
+    config['states'], config['transitions'], config['reference'] = {}, {}, {}
+    config['umbrella']['windows'] = {'start': 1.0, 'stop': 2.0, 'count': 6}
+    config['sampling']['scan'] = {'values': []}
+    config['check'] = {'values': []}
+    path = tmp_path / 'chlorine.yaml'
+    path.write_text(yaml.safe_dump(config))
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cmd_root, ['-p', aiida_profile.name, 'campaign', 'run', str(path)])
+    assert result.exit_code == 2, result.output
+    assert 'dft.pseudo_family' in result.output
+    assert 'Cl' in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
