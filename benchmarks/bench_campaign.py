@@ -13,7 +13,6 @@ import time
 
 
 def main(path: str = 'examples/h2o2-torsion.yaml', *args: str) -> int:
-    from aiida import orm
     from aiida.engine import run_get_node
 
     from aiida_mlff.environment import load_mlff_profile
@@ -22,11 +21,7 @@ def main(path: str = 'examples/h2o2-torsion.yaml', *args: str) -> int:
     from aiida_mlff.workflows.campaign.base import CampaignWorkChain
     from aiida_mlff.workflows.campaign.config import load_campaign
 
-    config = load_campaign(path)
-    builder = CampaignWorkChain.get_builder()
-    builder.config = orm.Dict(config)
-    builder.pw_code = orm.load_code('pw@localhost')
-    builder.mlff_code = orm.load_code('mlff-run@localhost')
+    builder = CampaignWorkChain.get_builder_from_config('pw@localhost', 'mlff-run@localhost', load_campaign(path))
     start = time.perf_counter()
     _, node = run_get_node(builder)
     minutes = (time.perf_counter() - start) / 60

@@ -40,12 +40,7 @@ def _builder(ctx, path: str, pw_code: str, mlff_code: str, output: str | None = 
         except NotExistent:
             raise click.BadParameter(f'no code `{label}`: run `aiida-mlff setup`', param_hint=option) from None
     _check_pseudos(config, path)
-    builder = CampaignWorkChain.get_builder()
-    builder.config = orm.Dict(config)
-    builder.pw_code = codes['--pw-code']
-    builder.mlff_code = codes['--mlff-code']
-    builder.metadata.label = config['name']
-    builder.metadata.description = config['description']
+    builder = CampaignWorkChain.get_builder_from_config(codes['--pw-code'], codes['--mlff-code'], config)
     return builder, config
 
 

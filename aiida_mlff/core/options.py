@@ -240,7 +240,7 @@ def _model_problem(model: Any) -> str | None:
     if name not in ARCHITECTURES:
         return f'architecture {name!r} is not registered{suggest(name, ARCHITECTURES)} (known: {sorted(ARCHITECTURES)})'
     parameters = inspect.signature(ARCHITECTURES[name]).parameters
-    allowed = set(parameters) - {'elements', 'committee', 'seed', 'dtype', 'device'}
+    allowed = set(parameters) - {'elements', 'seed', 'dtype', 'device'}
     unknown = sorted(set(model) - allowed - {'architecture'})
     if unknown:
         return (

@@ -98,9 +98,10 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
         for cv in [b.cv for b in biases] + extra:
             if max(cv.atoms) >= len(structure):
                 raise BadInputError(f'{cv.name} uses atom {max(cv.atoms)}, but a structure has {len(structure)} atoms')
+    steering = None
     if n_centres and len(structures) == 1:
         if params['steer_steps'] and not job.get('resume'):
-            structures = _steered(potential, structures[0], biases[0], params, device, dtype, workdir)
+            structures, steering = _steered(potential, structures[0], biases[0], params, device, dtype)
         else:
             structures = [structures[0].copy() for _ in range(n_centres)]
         keys = [keys[0]] * n_centres
@@ -160,6 +161,8 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     status = files.EXIT_UNSTABLE_MD if blown else files.EXIT_WALLTIME if walltime else files.EXIT_OK
     summary = files.read_json(workdir / files.SUMMARY_FILE)
     summary['exit_status'] = status
+    if steering is not None:
+        summary['steering'] = steering
     if blown:
         summary['error'] = '; '.join(result.diagnostic[i] for i in blown)
     files.write_json(workdir / files.SUMMARY_FILE, summary)
@@ -167,11 +170,11 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     return status
 
 
-def _steered(potential, atoms, bias, params: dict, device: str, dtype, workdir: Path) -> list:
+def _steered(potential, atoms, bias, params: dict, device: str, dtype) -> tuple[list, dict]:
     """One start per bias centre, pulled there by restrained MD from its nearest neighbour (``steer_steps`` each).
 
-    Only the first bias is steered; the pulls are recorded in ``steering.json`` (achieved CV value per window and the
-    windows that fell back to a neighbour's structure).
+    Only the first bias is steered. Returns the starts and what the pulls reached (achieved CV value per window, the
+    windows that fell back to a neighbour's structure), which goes into the summary.
     """
     from .steering import steered_starts
 
@@ -192,8 +195,7 @@ def _steered(potential, atoms, bias, params: dict, device: str, dtype, workdir: 
         device=device,
         dtype=dtype,
     )
-    files.write_json(workdir / 'steering.json', info)
-    return starts
+    return starts, info
 
 
 def _add_member_energies(workdir: Path, potential, structures, device: str, dtype, chunk: int = 1024) -> None:

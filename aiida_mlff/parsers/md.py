@@ -105,6 +105,8 @@ class MdParser(Parser):
             'device': summary.get('device'),
             'n_neighbor_builds': summary.get('n_neighbor_builds'),
         }
+        if summary.get('steering') is not None:  # where the windows were pulled before the run
+            replicas['steering'] = _finite_or_none(summary['steering'])
         self.out('status', orm.Dict(replicas))
 
         if status == files.EXIT_UNSTABLE_MD:
@@ -114,3 +116,16 @@ class MdParser(Parser):
         if status == files.EXIT_WALLTIME:
             return self.exit_codes.ERROR_WALLTIME.format(step=summary.get('steps_done', '?'))
         return None
+
+
+def _finite_or_none(value):
+    """The value with every NaN or infinity replaced by None (the database stores JSON)."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -148,3 +148,44 @@ def test_an_element_without_pseudopotential_is_refused_before_any_job(mlff_envir
     assert 'dft.pseudo_family' in result.output
     assert 'Cl' in result.output
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_the_campaign_is_a_composite_of_its_children(mlff_environment):
+    from aiida.engine import run_get_node
+
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+
+    overrides = {k: v for k, v in demo().items() if k != 'system'}
+    overrides['system'] = {'box': 9.0}
+    overrides['training']['protocol'] = 'balanced'
+    builder = CampaignWorkChain.get_builder_from_protocol(
+        mlff_environment['code'],
+        mlff_environment['mlff_code'],
+        'H2O2',
+        {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+        protocol='fast',
+        overrides=overrides,
+    )
+    spec = CampaignWorkChain.spec().inputs
+    assert {'label', 'train', 'explore', 'trust_upper'} <= set(spec['active_learning'])
+    assert {'parameters', 'options', 'code'} <= set(spec['umbrella'])
+    # each section reached its own step: the training section (balanced) over the balanced protocol ...
+    parameters = builder.active_learning.train.train.parameters.get_dict()
+    assert parameters['epochs'] == 200
+    assert parameters['model']['hidden'] == [16, 16]
+    # ... the umbrella section over the fast umbrella protocol (bootstrap from the file, not the protocol)
+    assert builder.umbrella.parameters.get_dict()['windows'] == {'start': -180.0, 'stop': 180.0, 'count': 24}
+    assert builder.active_learning.trust_upper.value == 0.6
+    assert builder.structure.get_formula() == 'H2O2'
+    # the composite checks its children's options together before anything runs
+    builder.umbrella.parameters = orm.Dict({'windows': {'start': -70.0, 'stop': 70.0, 'count': 8}})
+    with pytest.raises(ValueError, match=r'transitions\.trans: the range \[150, 210\] deg holds no umbrella window'):
+        run_get_node(builder)
+    with pytest.raises(CampaignConfigError, match=r'training\.epoch: unknown option'):
+        CampaignWorkChain.get_builder_from_protocol(
+            mlff_environment['code'],
+            mlff_environment['mlff_code'],
+            'H2O2',
+            {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+            overrides={'training': {'epoch': 3}},
+        )

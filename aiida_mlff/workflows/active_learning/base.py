@@ -21,11 +21,15 @@ __all__ = ['ActiveLearningWorkChain']
 EXPLORE_KEYS = tuple(key for key in EXPLORE if key in MD)
 
 
-def validate_inputs(value, _) -> str | None:
-    """Check trust levels, the stop rule and that there is something to learn from."""
-    if 'dataset' not in value and not value.get('structures'):
+def validate_inputs(value, ctx) -> str | None:
+    """Check trust levels, the stop rule and that there is something to learn from.
+
+    Exposed in a composite without ``seeds`` (the composite gives them), only the options are checked.
+    """
+    standalone = 'seeds' in ctx
+    if standalone and 'dataset' not in value and not value.get('structures'):
         return 'give a labelled `dataset`, `structures` to label first, or both'
-    if not value.get('seeds'):
+    if standalone and not value.get('seeds'):
         return '`seeds` (starting structures of the exploration MD) needs at least one structure'
     lower, upper = value['trust_lower'].value, value['trust_upper'].value
     if not 0 < lower < upper:

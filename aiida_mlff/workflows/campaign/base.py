@@ -8,7 +8,10 @@ potential relaxed at fixed CV values, checked against pw.x single points.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiida import orm
+from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_mlff.calculations.campaign import compare_scan, relaxed_cv_scan
@@ -23,15 +26,25 @@ from aiida_mlff.calculations.functions import (
 from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.core.colvars import cv_from_spec, place_windows
 from aiida_mlff.core.options import UMBRELLA
+from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
-from aiida_mlff.workflows.campaign.config import CampaignConfigError, build_structure, validate_campaign
+from aiida_mlff.workflows.campaign.config import (
+    CAMPAIGN,
+    SAMPLING,
+    box_structure,
+    build_structure,
+    check_cv_values,
+    load_campaign,
+    validate_campaign,
+)
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
+from aiida_mlff.workflows.protocols import option_port
 from aiida_mlff.workflows.train.base import TrainBaseWorkChain
 from aiida_mlff.workflows.umbrella.base import UmbrellaWorkChain, umbrella_windows
 
-__all__ = ['CampaignWorkChain', 'build_structure']
+__all__ = ['CampaignWorkChain']
 
 
 def _given(section: dict, *drop: str) -> dict:
@@ -39,26 +52,81 @@ def _given(section: dict, *drop: str) -> dict:
     return {k: v for k, v in section.items() if k not in ('protocol', *drop)}
 
 
-def validate_config(value, _) -> str | None:
-    """Check the campaign before anything runs."""
-    try:
-        validate_campaign(value.get_dict())
-    except CampaignConfigError as exception:
-        return str(exception)
-    return None
+CHECK = CAMPAIGN['check']
+PATH_SETTINGS = ('images', 'rattle_stdev', 'seed')
+
+
+def validate_inputs(value, _) -> str | None:
+    """Check everything that can be checked before the first pw.x job: CV, sampling, windows, states, check."""
+    from aiida_mlff.workflows.umbrella.base import validate_umbrella
+
+    structure = value['structure']
+    cv = value['cv'].get_dict()
+    errors = validate_umbrella(cv, value['umbrella']['parameters'].get_dict(), len(structure.sites), 'cv', 'umbrella')
+    sampling, problems = SAMPLING.resolve(value['sampling'].get_dict(), 'sampling')
+    errors += problems
+    if not problems and (sampling['path']['from'] or sampling['path']['to']):
+        errors.append('sampling.path: give the ends as the `path_start` and `path_end` structures, not file names')
+    errors += CHECK.resolve(value['check'].get_dict(), 'check')[1]
+    for name in ('states', 'transitions'):
+        problem = CAMPAIGN[name].problem(value[name].get_dict()) if name in value else None
+        if problem:
+            errors.append(f'{name}: {problem}')
+    if 'path_end' in value:
+        start = value.get('path_start', structure)
+        if start.get_ase().get_chemical_symbols() != value['path_end'].get_ase().get_chemical_symbols():
+            errors.append('path_end: its atoms (in order) differ from those of the start of the path')
+    if not errors:
+        cv_object = cv_from_spec(cv)
+        parameters = UMBRELLA.validate(value['umbrella']['parameters'].get_dict())
+        windows, _ = umbrella_windows(cv_object, parameters)
+        ranges = {name: value[name].get_dict() if name in value else {} for name in ('states', 'transitions')}
+        check_cv_values(ranges['states'], ranges['transitions'], cv_object, windows, errors)
+    return '; '.join(errors) if errors else None
 
 
 class CampaignWorkChain(WorkChain):
-    """The whole campaign of a campaign file, every step linked in one provenance graph."""
+    """A campaign: one structure and one CV to a free-energy profile, every step linked in one provenance graph.
+
+    A composite of its children: the inputs of active learning (``mlff.active_learning``: labelling, training,
+    exploration) and of the umbrella sampling (``mlff.umbrella``) are exposed as they are, and the refit and the
+    check reuse them. :meth:`get_builder_from_protocol` fills them from protocols; a campaign file is its
+    ``overrides``, section by section.
+    """
 
     @classmethod
     def define(cls, spec):
         """Define the process specification."""
         super().define(spec)
-        spec.input('config', valid_type=orm.Dict, validator=validate_config, help="A campaign file's content.")
-        spec.input('pw_code', valid_type=orm.AbstractCode, help='The pw.x code.')
-        spec.input('mlff_code', valid_type=orm.AbstractCode, help='The mlff-run code.')
-        spec.input('pseudo_family', valid_type=orm.Str, required=False, help='Default: the setup family.')
+        spec.input('structure', valid_type=orm.StructureData, help='The system (a molecule in its periodic box).')
+        spec.input('cv', valid_type=orm.Dict, help="The CV's spec, e.g. {'type': 'dihedral', 'atoms': [2, 0, 1, 3]}.")
+        spec.input('states', valid_type=orm.Dict, required=False, help='Named basins: CV ranges (CV file unit).')
+        spec.input('transitions', valid_type=orm.Dict, required=False, help='Names of barrier tops: CV ranges.')
+        spec.input(
+            'sampling',
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict(SAMPLING.defaults()),
+            help='The first structures to label: rattle, scan (CV file unit), path (images between the path ends).',
+        )
+        spec.input('path_start', valid_type=orm.StructureData, required=False, help='Default: `structure`.')
+        spec.input('path_end', valid_type=orm.StructureData, required=False, help='The other end of the path.')
+        spec.expose_inputs(
+            ActiveLearningWorkChain,
+            namespace='active_learning',
+            exclude=('structures', 'seeds', 'dataset', 'umbrella'),
+            namespace_options={'help': 'Labelling, training and exploration (`mlff.active_learning`).'},
+        )
+        option_port(spec, 'exploration_windows', CAMPAIGN['active_learning'], 'umbrella_windows')
+        spec.expose_inputs(
+            UmbrellaWorkChain,
+            namespace='umbrella',
+            exclude=('potential', 'structure', 'cv'),
+            namespace_options={'help': 'Umbrella sampling along the CV (`mlff.umbrella`).'},
+        )
+        option_port(spec, 'refit_rounds', CAMPAIGN['umbrella'])
+        spec.input('check', valid_type=orm.Dict, default=lambda: orm.Dict(CHECK.defaults()), help='values, fmax.')
+        spec.input('experiment_kcal_mol', valid_type=orm.Dict, required=False, help='Reference barriers by name.')
+        spec.inputs.validator = validate_inputs
         spec.outline(
             cls.setup,
             cls.sample,
@@ -92,148 +160,134 @@ class CampaignWorkChain(WorkChain):
         """A builder for a campaign on ``structure`` along ``cv``; ``overrides`` are the sections of a campaign file.
 
         ``structure``: a ``StructureData``, an ``ase.Atoms``, a pymatgen ``Molecule``/``Structure``, a file ASE
-        reads, or a molecule name (``'H2O2'``). A structure without a cell is boxed by ``system.box``.
+        reads, or a molecule name (``'H2O2'``); a molecule is boxed by ``system.box``. Every section of
+        ``overrides`` overrides the protocol of its step (``protocol``, or the section's own ``protocol``); the
+        whole is checked first and every bad field named (:class:`CampaignConfigError`).
         """
-        from pathlib import Path
-
         config = dict(overrides or {})
-        system = dict(config.get('system') or {})
-        system['cv'] = cv
-        if isinstance(structure, str) and not Path(structure).is_file():
-            system['molecule'] = structure
-        else:
-            if not isinstance(structure, str | Path):
-                structure = _write_structure(structure)
-            system['file'] = str(Path(structure).resolve())
-        config['system'] = system
         if protocol is not None:
             config['protocol'] = protocol
-        config = validate_campaign(config)
+        system = {**(config.get('system') or {}), 'cv': cv}
+        atoms = None
+        if isinstance(structure, str) and not Path(structure).is_file():
+            system['molecule'] = structure
+        elif isinstance(structure, str | Path):
+            system['file'] = str(Path(structure).resolve())
+        else:
+            atoms = structure.get_ase() if isinstance(structure, orm.StructureData) else to_atoms(structure)
+        config = validate_campaign({**config, 'system': system}, structure=atoms)
+        return cls.get_builder_from_config(pw_code, mlff_code, config, atoms)
+
+    @classmethod
+    def get_builder_from_config(cls, pw_code, mlff_code, config: dict, atoms=None):
+        """A builder from a checked campaign (:func:`validate_campaign`): each section fills its step's inputs."""
+        pw_code = orm.load_code(pw_code) if isinstance(pw_code, str) else pw_code
+        mlff_code = orm.load_code(mlff_code) if isinstance(mlff_code, str) else mlff_code
+        atoms = build_structure(config) if atoms is None else box_structure(atoms.copy(), config['system']['box'])
+        structure = orm.StructureData(ase=atoms)
         builder = cls.get_builder()
-        builder.config = orm.Dict(config)
-        builder.pw_code = orm.load_code(pw_code) if isinstance(pw_code, str) else pw_code
-        builder.mlff_code = orm.load_code(mlff_code) if isinstance(mlff_code, str) else mlff_code
+        builder.structure = structure
+        builder.cv = orm.Dict(config['system']['cv'])
+        for name in ('states', 'transitions'):
+            if config[name]:
+                builder[name] = orm.Dict(config[name])
+        sampling = config['sampling']
+        ends = {key: sampling['path'].pop(key) for key in ('from', 'to')}
+        builder.sampling = orm.Dict(sampling)
+        if ends['to']:
+            builder.path_end = _end_structure(ends['to'], atoms)
+            if ends['from']:
+                builder.path_start = _end_structure(ends['from'], atoms)
+        builder.active_learning = _active_learning_inputs(pw_code, mlff_code, structure, config)
+        builder.exploration_windows = orm.Int(config['active_learning'].get('umbrella_windows', 0))
+        umbrella = UmbrellaWorkChain.get_builder_from_protocol(
+            mlff_code,
+            None,
+            structure,
+            config['system']['cv'],
+            protocol=config['umbrella']['protocol'],
+            overrides=_given(config['umbrella'], 'refit_rounds'),
+        )
+        builder.umbrella = {
+            k: v for k, v in umbrella._inputs(prune=True).items() if k in ('code', 'parameters', 'options')
+        }
+        builder.refit_rounds = orm.Int(
+            config['umbrella'].get('refit_rounds', CAMPAIGN['umbrella']['refit_rounds'].default)
+        )
+        builder.check = orm.Dict(config['check'])
+        if config['reference']['experiment_kcal_mol']:
+            builder.experiment_kcal_mol = orm.Dict(config['reference']['experiment_kcal_mol'])
         builder.metadata.label = config['name']
         builder.metadata.description = config['description']
         return builder
 
+    @classmethod
+    def get_builder_from_file(cls, path, pw_code='pw@localhost', mlff_code='mlff-run@localhost'):
+        """A builder from a campaign file (``load_campaign`` checks it and names every bad field)."""
+        return cls.get_builder_from_config(pw_code, mlff_code, load_campaign(path))
+
     # -------------------------------------------------------------------------------------------------- helpers
-    @property
-    def config(self) -> dict:
-        """The validated campaign, defaults filled in."""
-        return validate_campaign(self.inputs.config.get_dict())
-
-    def _train_overrides(self) -> dict:
-        return {'train': {'parameters': _given(self.config['training'], 'committee')}}
-
-    def _label_overrides(self) -> dict:
-        overrides = _given(self.config['dft'])
-        if 'pseudo_family' in self.inputs:
-            overrides['pseudo_family'] = self.inputs.pseudo_family.value
-        return overrides
+    def _exposed(self, process, namespace: str) -> AttributeDict:
+        return AttributeDict(self.exposed_inputs(process, namespace))
 
     def _label(self, structures: dict, label: str, **extra):
-        builder = DftLabelWorkChain.get_builder_from_protocol(
-            self.inputs.pw_code,
-            structures,
-            protocol=self.config['dft']['protocol'],
-            overrides={**self._label_overrides(), **extra},
-            molecule=not self.ctx.periodic,
-        )
-        builder.metadata.call_link_label = label
-        return self.submit(builder)
+        """Label ``structures`` with pw.x as active learning does (its exposed ``label`` inputs)."""
+        inputs = AttributeDict(self._exposed(ActiveLearningWorkChain, 'active_learning')['label'])
+        inputs.structures = structures
+        for key, value in extra.items():
+            inputs[key] = value
+        inputs.metadata = {'call_link_label': label}
+        return self.submit(DftLabelWorkChain, **inputs)
 
     # -------------------------------------------------------------------------------------------------- outline
     def setup(self):
-        """Build the structure and remember the settings."""
-        atoms = build_structure(self.config)
-        self.ctx.structure = orm.StructureData(ase=atoms)
-        self.ctx.periodic = not atoms.info.get('boxed', False)  # a molecule in a box is labelled at Gamma
-        self.ctx.cv = cv_from_spec(self.config['system']['cv'])
+        """Remember the CV and the settings."""
+        self.ctx.cv = cv_from_spec(self.inputs.cv.get_dict())
         self.ctx.refits = 0
         self.ctx.umbrella_done = False
         self.ctx.refit_history = []
 
     def sample(self):
         """Rattles, restrained relaxations along the CV and a path between two ends: the first structures to label."""
-        sampling = self.config['sampling']
-        cv = self.config['system']['cv']
+        sampling = SAMPLING.validate(self.inputs.sampling.get_dict(), 'sampling')
         structures = {}
         rattle = sampling['rattle']
         if rattle['n']:
             out = rattle_structure(
-                self.ctx.structure, orm.Int(rattle['n']), orm.Float(rattle['stdev']), orm.Int(rattle['seed'])
+                self.inputs.structure, orm.Int(rattle['n']), orm.Float(rattle['stdev']), orm.Int(rattle['seed'])
             )
             structures.update({f'rattle_{k}': v for k, v in out.items()})
         scan = sampling['scan']
         if scan['values']:
-            out = cv_scan_structure(self.ctx.structure, orm.Dict({'cv': cv, **scan}))
+            out = cv_scan_structure(self.inputs.structure, orm.Dict({'cv': self.inputs.cv.get_dict(), **scan}))
             structures.update({f'scan_{k}': v for k, v in out.items()})
-        path = sampling['path']
-        if path['to']:
-            ends = [self._end_structure(path[key]) for key in ('from', 'to')]
-            settings = {k: path[k] for k in ('images', 'rattle_stdev', 'seed')}
-            out = path_structure(ends[0], ends[1], orm.Dict(settings))
+        if 'path_end' in self.inputs:
+            start = self.inputs.get('path_start', self.inputs.structure)
+            settings = {k: sampling['path'][k] for k in PATH_SETTINGS}
+            out = path_structure(start, self.inputs.path_end, orm.Dict(settings))
             structures.update({f'path_{k}': v for k, v in out.items()})
         self.ctx.initial = structures
         self.report(f'sampled {len(structures)} structures to label')
 
-    def _end_structure(self, path: str | None) -> orm.StructureData:
-        """An end of the sampling path: the system, or a file in the system's cell."""
-        if path is None:
-            return self.ctx.structure
-        from ase.io import read
-
-        atoms = read(path)
-        reference = self.ctx.structure.get_ase()
-        if not (atoms.pbc.any() and atoms.cell.volume > 0):
-            atoms.set_cell(reference.cell)
-            atoms.center()
-            atoms.pbc = reference.pbc
-        return orm.StructureData(ase=atoms)
-
-    def _umbrella_options(self) -> dict:
-        """The umbrella options of the file over the umbrella protocol (defaults from the schema)."""
-        given = _given(self.config['umbrella'], 'refit_rounds')
-        protocol = UmbrellaWorkChain.get_protocol_inputs(self.config['umbrella']['protocol'], {'parameters': given})
-        return UMBRELLA.validate(protocol['parameters'], 'umbrella')
-
     def run_active_learning(self):
         """Label the samples and active-learn a committee (exploring in umbrella windows too, if asked)."""
-        config = self.config
-        overrides = _given(config['active_learning'], 'umbrella_windows')
-        if 'committee' in config['training']:
-            overrides['committee'] = config['training']['committee']
-        builder = ActiveLearningWorkChain.get_builder_from_protocol(
-            self.inputs.pw_code,
-            self.inputs.mlff_code,
-            [self.ctx.structure],
-            protocol=config['active_learning']['protocol'],
-            overrides=overrides,
-            label_overrides=self._label_overrides(),
-            train_overrides=self._train_overrides(),
-            label_protocol=config['dft']['protocol'],
-            train_protocol=config['training']['protocol'],
-        )
-        builder.structures = dict(self.ctx.initial)
-        n_windows = int(config['active_learning'].get('umbrella_windows', 0))
-        if n_windows:
-            builder.umbrella = orm.Dict(self._exploration_windows(n_windows))
-        builder.metadata.call_link_label = 'active_learning'
-        return ToContext(active_learning=self.submit(builder))
+        inputs = self._exposed(ActiveLearningWorkChain, 'active_learning')
+        inputs.structures = dict(self.ctx.initial)
+        inputs.seeds = {'seed_0000': self.inputs.structure}
+        if self.inputs.exploration_windows.value:
+            inputs.umbrella = orm.Dict(self._exploration_windows(self.inputs.exploration_windows.value))
+        inputs.metadata = {'call_link_label': 'active_learning'}
+        return ToContext(active_learning=self.submit(ActiveLearningWorkChain, **inputs))
 
     def _exploration_windows(self, count: int) -> dict:
         """``count`` windows spread over the umbrella's range, with the umbrella's force constant (internal units)."""
-        options = self._umbrella_options()
         cv = self.ctx.cv
-        windows, kappa = umbrella_windows(cv, options)
+        windows, kappa = umbrella_windows(cv, UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict()))
         file_centers = cv.to_file(windows.centers)
         lo, hi = float(file_centers.min()), float(file_centers.max())
-        if windows.closed:
-            spread = place_windows(cv, start=lo, stop=lo + cv.file_period, count=count)
-        else:
-            spread = place_windows(cv, start=lo, stop=hi, count=count)
-        return {'cv': self.config['system']['cv'], 'centers': [float(c) for c in spread.centers], 'kappa': kappa}
+        stop = lo + cv.file_period if windows.closed else hi
+        spread = place_windows(cv, start=lo, stop=stop, count=count)
+        return {'cv': self.inputs.cv.get_dict(), 'centers': [float(c) for c in spread.centers], 'kappa': kappa}
 
     def inspect_active_learning(self):
         """Take the potential and dataset of active learning."""
@@ -252,20 +306,18 @@ class CampaignWorkChain(WorkChain):
         return not self.ctx.umbrella_done
 
     def run_umbrella(self):
-        """Umbrella sampling along the CV with the current potential."""
-        umbrella = self.config['umbrella']
-        overrides = _given(umbrella, 'refit_rounds')
-        overrides['seed'] = int(overrides.get('seed', 0)) + self.ctx.refits
-        builder = UmbrellaWorkChain.get_builder_from_protocol(
-            self.inputs.mlff_code,
-            self.ctx.potential,
-            self.ctx.structure,
-            self.config['system']['cv'],
-            protocol=umbrella['protocol'],
-            overrides=overrides,
+        """Umbrella sampling along the CV with the current potential (a new seed in every round)."""
+        inputs = self._exposed(UmbrellaWorkChain, 'umbrella')
+        parameters = inputs.parameters.get_dict()
+        parameters['seed'] = int(parameters.get('seed', 0)) + self.ctx.refits
+        inputs.update(
+            parameters=orm.Dict(parameters),
+            potential=self.ctx.potential,
+            structure=self.inputs.structure,
+            cv=self.inputs.cv,
+            metadata={'call_link_label': f'umbrella_{self.ctx.refits}'},
         )
-        builder.metadata.call_link_label = f'umbrella_{self.ctx.refits}'
-        return ToContext(umbrella=self.submit(builder))
+        return ToContext(umbrella=self.submit(UmbrellaWorkChain, **inputs))
 
     def inspect_umbrella(self):
         """Keep the PMF; find windows whose committee deviation exceeds the upper trust level."""
@@ -274,7 +326,7 @@ class CampaignWorkChain(WorkChain):
             return self.exit_codes.ERROR_UMBRELLA_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
         overlap = node.outputs.overlap
         deviation = overlap.get_array('max_force_deviation')
-        upper = self._trust('trust_upper')
+        upper = self.inputs.active_learning.trust_upper.value
         untrusted = [float(c) for c, d in zip(overlap.get_array('centers'), deviation, strict=True) if d >= upper]
         dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
         self.ctx.untrusted = untrusted + list(dropped)  # windows that kept blowing up need labels most of all
@@ -282,12 +334,9 @@ class CampaignWorkChain(WorkChain):
             f'umbrella: {len(untrusted)} of {len(deviation)} windows exceed the trust level {upper} eV/Å '
             f'(largest deviation {float(deviation.max()):.3f} eV/Å); {len(dropped)} left out after blowing up'
         )
-        if not self.ctx.untrusted or self.ctx.refits >= self.config['umbrella'].get('refit_rounds', 1):
+        if not self.ctx.untrusted or self.ctx.refits >= self.inputs.refit_rounds.value:
             self.ctx.umbrella_done = True
         return None
-
-    def _trust(self, key: str):
-        return self.ctx.active_learning.inputs[key].value
 
     def should_refit(self):
         """Whether untrusted windows go back to DFT before the final PMF."""
@@ -303,10 +352,11 @@ class CampaignWorkChain(WorkChain):
             runs[f'deviations_{key}'] = md.outputs.deviations
             for r, trajectory in md.outputs.trajectories.items():
                 runs[f'trajectory_{key}_{r}'] = trajectory
+        al = self.inputs.active_learning
         settings = {
-            'trust_lower': self._trust('trust_lower'),
-            'trust_upper': 10.0 * self._trust('trust_upper'),  # beyond the trust region is what needs labels here
-            'max_candidates': self.ctx.active_learning.inputs.max_candidates.value,
+            'trust_lower': al.trust_lower.value,
+            'trust_upper': 10.0 * al.trust_upper.value,  # beyond the trust region is exactly what needs labels here
+            'max_candidates': al.max_candidates.value,
             'seed': 100 + self.ctx.refits,
         }
         selection = select_frames(settings=orm.Dict(settings), **runs)
@@ -315,7 +365,7 @@ class CampaignWorkChain(WorkChain):
         return ToContext(refit_labels=self._label(candidates, f'label_umbrella_{self.ctx.refits}'))
 
     def retrain(self):
-        """Merge the new labels and retrain the committee."""
+        """Merge the new labels and retrain the committee as active learning trains it (its exposed inputs)."""
         labels = self.ctx.refit_labels
         if 'dataset' in labels.outputs:
             self.ctx.dataset = merge_datasets(a=self.ctx.dataset, b=labels.outputs.dataset)
@@ -325,17 +375,14 @@ class CampaignWorkChain(WorkChain):
         self.ctx.refit_history[-1]['n_label_failures'] = (
             len(labels.outputs.failed.get_dict()) if 'failed' in labels.outputs else 0
         )
-        overrides = self._train_overrides()
-        parameters = overrides['train']['parameters']
-        parameters['model'] = {
-            **parameters.get('model', {}),
-            'committee': self.ctx.active_learning.inputs.committee.value,
-        }
-        builder = TrainBaseWorkChain.get_builder_from_protocol(
-            self.inputs.mlff_code, self.ctx.dataset, protocol=self.config['training']['protocol'], overrides=overrides
-        )
-        builder.metadata.call_link_label = f'retrain_{self.ctx.refits}'
-        return ToContext(retrain=self.submit(builder))
+        inputs = AttributeDict(self._exposed(ActiveLearningWorkChain, 'active_learning')['train'])
+        inputs.train = AttributeDict(inputs.train)
+        parameters = inputs.train.parameters.get_dict()
+        parameters['model'] = {**parameters.get('model', {}), 'committee': self.inputs.active_learning.committee.value}
+        inputs.train.parameters = orm.Dict(parameters)
+        inputs.train.dataset = self.ctx.dataset
+        inputs.metadata = {'call_link_label': f'retrain_{self.ctx.refits}'}
+        return ToContext(retrain=self.submit(TrainBaseWorkChain, **inputs))
 
     def inspect_retrain(self):
         """Use the refitted potential for the next umbrella round."""
@@ -348,14 +395,14 @@ class CampaignWorkChain(WorkChain):
 
     def run_check(self):
         """Relax the structure with the potential at fixed CV values, then label those geometries with pw.x."""
-        check = self.config['check']
+        check = CHECK.validate(self.inputs.check.get_dict(), 'check')
         if not check['values']:
             return None
-        settings = {'cv': self.config['system']['cv'], 'values': check['values'], 'fmax': check['fmax']}
-        out = relaxed_cv_scan(self.ctx.potential, self.ctx.structure, orm.Dict(settings))
+        settings = {'cv': self.inputs.cv.get_dict(), 'values': check['values'], 'fmax': check['fmax']}
+        out = relaxed_cv_scan(self.ctx.potential, self.inputs.structure, orm.Dict(settings))
         self.ctx.scan_energies = out['energies']
         structures = {frame_key(k): out[frame_key(k)] for k in range(len(check['values']))}
-        return ToContext(scan_labels=self._label(structures, 'label_scan', max_failure_fraction=0.0))
+        return ToContext(scan_labels=self._label(structures, 'label_scan', max_failure_fraction=orm.Float(0.0)))
 
     def inspect_check(self):
         """Compare the potential with pw.x along the relaxed scan."""
@@ -381,14 +428,13 @@ class CampaignWorkChain(WorkChain):
             self.out('learning_curve', creator.outputs.learning_curve)
         umbrella = self.ctx.umbrella
         if 'pmf' in umbrella.outputs:
-            config = self.config
             settings = {
-                'cv': config['system']['cv'],
+                'cv': self.inputs.cv.get_dict(),
                 'temperature': float(umbrella.outputs.pmf.base.attributes.get('temperature')),
-                'states': config['states'],
-                'transitions': config['transitions'],
-                'experiment_kcal_mol': config['reference']['experiment_kcal_mol'],
             }
+            for name in ('states', 'transitions', 'experiment_kcal_mol'):
+                if name in self.inputs:
+                    settings[name] = self.inputs[name].get_dict()
             numbers = pmf_states(umbrella.outputs.pmf, orm.Dict(settings))
             for key in ('pmf', 'barriers', 'rates'):
                 self.out(key, numbers[key])
@@ -408,16 +454,36 @@ class CampaignWorkChain(WorkChain):
             self.report(f'warning: {warning}')
 
 
-def _write_structure(structure) -> str:
-    """A structure object (StructureData, ase.Atoms, pymatgen) written to a temporary extxyz file; its path."""
-    import tempfile
+def _end_structure(path: str, reference) -> orm.StructureData:
+    """An end of the sampling path read from a file, put in the system's cell when it has none of its own."""
+    from ase.io import read
 
-    from ase.io import write
+    atoms = read(path)
+    if not (atoms.pbc.any() and atoms.cell.volume > 0):
+        atoms.set_cell(reference.cell)
+        atoms.center()
+        atoms.pbc = reference.pbc
+    return orm.StructureData(ase=atoms)
 
-    from aiida_mlff.core.structures import to_atoms
 
-    atoms = structure.get_ase() if isinstance(structure, orm.StructureData) else to_atoms(structure)
-    handle = tempfile.NamedTemporaryFile(suffix='.extxyz', delete=False)  # noqa: SIM115 (kept for the work chain)
-    handle.close()
-    write(handle.name, atoms, format='extxyz')
-    return handle.name
+def _active_learning_inputs(pw_code, mlff_code, structure, config: dict) -> dict:
+    """The inputs of active learning from the campaign's dft, training and active-learning sections."""
+    overrides = _given(config['active_learning'], 'umbrella_windows')
+    if 'committee' in config['training']:
+        overrides['committee'] = config['training']['committee']
+    label_overrides = _given(config['dft'])
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        pw_code,
+        mlff_code,
+        [structure],
+        protocol=config['active_learning']['protocol'],
+        overrides=overrides,
+        label_overrides=label_overrides,
+        train_overrides={'train': {'parameters': _given(config['training'], 'committee')}},
+        label_protocol=config['dft']['protocol'],
+        train_protocol=config['training']['protocol'],
+    )
+    inputs = builder._inputs(prune=True)
+    for key in ('seeds', 'structures', 'dataset', 'umbrella'):
+        inputs.pop(key, None)
+    return inputs

@@ -18,7 +18,16 @@ import yaml
 
 from aiida_mlff.core.options import ACTIVE_LEARNING, LABEL, TRAIN, UMBRELLA, Option, OptionsError, Schema, suggest
 
-__all__ = ['CAMPAIGN', 'CampaignConfigError', 'build_structure', 'load_campaign', 'validate_campaign']
+__all__ = [
+    'CAMPAIGN',
+    'SAMPLING',
+    'CampaignConfigError',
+    'box_structure',
+    'build_structure',
+    'check_cv_values',
+    'load_campaign',
+    'validate_campaign',
+]
 
 PROTOCOLS = ('fast', 'balanced', 'stringent')
 MAX_YAML_BYTES = 1_000_000
@@ -200,10 +209,17 @@ def build_structure(config: dict):
         from ase.io import read
 
         atoms = read(system['file'])
-    periodic_file = system.get('file') and atoms.pbc.any() and atoms.cell.volume > 0
-    if system.get('box') is None and periodic_file:
+    return box_structure(atoms, system.get('box'))
+
+
+def box_structure(atoms, box: float | None):
+    """A molecule centred in a cubic periodic box of ``box`` Å (default: its extent + 10 Å).
+
+    A periodic structure stays as it is when no box is given.
+    """
+    if box is None and atoms.pbc.any() and atoms.cell.volume > 0:
         return atoms
-    box = float(system['box']) if system.get('box') is not None else _extent(atoms) + 2 * 5.0
+    box = float(box) if box is not None else _extent(atoms) + 2 * 5.0
     atoms.set_cell([box, box, box])
     atoms.center()
     atoms.pbc = True
@@ -217,21 +233,35 @@ def _extent(atoms) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- validation
-def validate_campaign(raw: dict) -> dict:
-    """Fill defaults and check every field; raise :class:`CampaignConfigError` listing every problem."""
+def validate_campaign(raw: dict, structure=None) -> dict:
+    """Fill defaults and check every field; raise :class:`CampaignConfigError` listing every problem.
+
+    ``structure`` (``ase.Atoms``): the campaign's structure when it is not named by ``system.molecule`` or
+    ``system.file`` (a campaign built from Python); ``system.box`` then boxes it as it would a file.
+    """
     config, errors = CAMPAIGN.resolve(raw)
-    atoms = _check_system(config, errors)
+    atoms = _check_system(config, errors) if structure is None else _given_structure(config, structure, errors)
     cv = _check_cv(config, atoms, errors)
     for section in ('dft', 'training', 'active_learning', 'umbrella'):
         if config[section].get('protocol') is None:
             config[section]['protocol'] = config['protocol']
     if cv is not None:
         windows = _check_windows(config, cv, errors)
-        _check_cv_values(config, cv, windows, errors)
+        check_cv_values(config.get('states'), config.get('transitions'), cv, windows, errors)
     _check_sampling(config, atoms, errors)
     if errors:
         raise CampaignConfigError(errors)
     return config
+
+
+def _given_structure(config: dict, structure, errors: list[str]):
+    system = config['system']
+    if system.get('molecule') or system.get('file'):
+        errors.append('system: the structure is given; system.molecule and system.file must be left out')
+        return None
+    atoms = box_structure(structure.copy(), system.get('box'))
+    _check_box(config, atoms, errors)
+    return atoms
 
 
 def _check_system(config: dict, errors: list[str]):
@@ -313,8 +343,8 @@ def _check_windows(config: dict, cv, errors: list[str]):
         return None
 
 
-def _check_cv_values(config: dict, cv, windows, errors: list[str]) -> None:
-    """States, transitions and scans must lie where the windows sample (open ranges) or anywhere (closed ones)."""
+def check_cv_values(states: dict | None, transitions: dict | None, cv, windows, errors: list[str]) -> None:
+    """States and transitions must lie where the windows sample (open ranges) or anywhere (closed ones)."""
     from aiida_mlff.core.states import in_range
 
     if windows is None or windows.closed:
@@ -322,8 +352,8 @@ def _check_cv_values(config: dict, cv, windows, errors: list[str]) -> None:
     centers = np.asarray(cv.to_file(np.asarray(windows.centers, dtype=float)))
     lo, hi = float(centers.min()), float(centers.max())
     period = cv.file_period
-    for section in ('states', 'transitions'):
-        for name, (a, b) in (config.get(section) or {}).items():
+    for section, ranges in (('states', states), ('transitions', transitions)):
+        for name, (a, b) in (ranges or {}).items():
             inside = in_range(centers, a, b, period) if period else (centers >= min(a, b)) & (centers <= max(a, b))
             if not np.any(inside):
                 errors.append(

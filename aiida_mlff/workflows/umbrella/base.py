@@ -70,8 +70,13 @@ def validate_umbrella(
     return errors
 
 
-def validate_inputs(value, _) -> str | None:
-    """Check the CV, the windows and the MD settings before anything runs."""
+def validate_inputs(value, ctx) -> str | None:
+    """Check the CV, the windows and the MD settings before anything runs.
+
+    Exposed in a composite that gives the CV, structure and potential itself, the composite checks the windows.
+    """
+    if 'structure' not in ctx:
+        return None
     errors = validate_umbrella(
         value['cv'].get_dict(), value['parameters'].get_dict(), n_atoms=len(value['structure'].sites)
     )
@@ -135,7 +140,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         inputs = cls.get_protocol_inputs(protocol, {'parameters': overrides or {}})
         builder = cls.get_builder()
         builder.code = code
-        builder.potential = potential
+        if potential is not None:  # a composite gives the potential later
+            builder.potential = potential
         builder.structure = structure
         builder.cv = orm.Dict(cv)
         builder.parameters = orm.Dict(inputs['parameters'])
