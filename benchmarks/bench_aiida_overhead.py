@@ -69,7 +69,7 @@ def _main(tmp: Path) -> None:
     from aiida.engine import run_get_node
 
     from aiida_mlff.calculations.md import MdCalculation
-    from aiida_mlff.core.files import MD_DEFAULTS
+    from aiida_mlff.core.options import MD
     from aiida_mlff.environment import ensure_profile
 
     ensure_profile('bench-overhead')
@@ -103,7 +103,7 @@ def _main(tmp: Path) -> None:
 
     t_long, node_long = launch(1000)
     assert node_long.is_finished_ok, node_long.exit_status
-    stride = MD_DEFAULTS['stride']
+    stride = MD['stride'].default
     frames_short, frames_long = 10 // stride + 1, 1000 // stride + 1
     per_frame = (stored_bytes(node_long) - stored_bytes(node)) / (frames_long - frames_short)
     print(f'mlff.md, 1 H2O, 10 steps: run_get_node {t_aiida:.2f} s, mlff-run md directly {t_direct:.2f} s')

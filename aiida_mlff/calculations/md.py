@@ -52,7 +52,7 @@ class MdCalculation(MlffRunCalculation):
         spec.input_namespace(
             'structures', valid_type=orm.StructureData, dynamic=True, help='Initial structures, one per replica.'
         )
-        spec.input('parameters', valid_type=orm.Dict, help='MD parameters (see `aiida_mlff.core.files.MD_DEFAULTS`).')
+        spec.input('parameters', valid_type=orm.Dict, help='MD parameters (`aiida_mlff.core.options.MD`).')
         spec.input(
             'parent_folder', valid_type=orm.RemoteData, required=False, help="Continue from this run's MD state."
         )

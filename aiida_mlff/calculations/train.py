@@ -37,7 +37,7 @@ class TrainCalculation(MlffRunCalculation):
             'parameters',
             valid_type=orm.Dict,
             validator=validate_parameters,
-            help='Training options and model hyperparameters (see `aiida_mlff.core.files.TRAIN_DEFAULTS`).',
+            help='Training options and model hyperparameters (`aiida_mlff.core.options.TRAIN`).',
         )
         spec.input('parent_potential', valid_type=PotentialData, required=False, help='Start from these weights.')
         spec.input(

@@ -9,6 +9,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from aiida_mlff.core.free_energy import combined_error, member_pmfs
+from aiida_mlff.core.options import UMBRELLA
 from aiida_mlff.core.wham import KB_EV, tst_rate, wham
 
 __all__ = ['collect_windows', 'wham_pmf']
@@ -66,7 +67,7 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     period, so that the last and first are neighbours), ``min_overlap``, optional ``basins`` (two CV ranges),
     ``unit`` and ``name`` of the CV. ``runs``: ``colvars_K`` and ``deviations_K`` ArrayData of each MD run ``K``.
     """
-    s = settings.get_dict()
+    s = {**{key: UMBRELLA[key].default for key in ('bins', 'bootstrap', 'min_overlap', 'seed')}, **settings.get_dict()}
     grouped: dict[str, dict] = {}
     for label, node in runs.items():
         kind, key = label.split('_', 1)
@@ -79,11 +80,11 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
             data['centers'],
             s['kappa'],
             s['temperature'],
-            bins=s.get('bins', 72),
+            bins=s['bins'],
             period=s.get('period'),
-            bootstrap=s.get('bootstrap', 0),
-            min_overlap=s.get('min_overlap', 0.03),
-            seed=s.get('seed', 0),
+            bootstrap=s['bootstrap'],
+            min_overlap=s['min_overlap'],
+            seed=s['seed'],
         )
     members = None
     if data['energy_differences'] is not None:
@@ -118,7 +119,7 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     low = [
         [float(data['centers'][i]), float(data['centers'][j])]
         for (i, j), o in zip(neighbours, overlap_pairs, strict=True)
-        if o < s.get('min_overlap', 0.03)
+        if o < s['min_overlap']
     ]
     overlap.base.attributes.set('low_overlap_pairs', low)
     overlap.base.attributes.set('warnings', [str(w.message) for w in caught])

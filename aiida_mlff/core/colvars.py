@@ -585,10 +585,19 @@ class Coordination(CollectiveVariable):
     type_name = 'coordination'
     keys = ('type', 'atoms', 'partners', 'r0', 'n', 'm')
     unit = ''
+    exponents: ClassVar[dict[str, int]] = {'n': 6, 'm': 12}  # of s(r) = (1 - x^n) / (1 - x^m), x = r / r0
 
     def __init__(
-        self, atoms: Sequence[int], partners: Sequence[int] | None = None, *, r0: float, n: int = 6, m: int = 12
+        self,
+        atoms: Sequence[int],
+        partners: Sequence[int] | None = None,
+        *,
+        r0: float,
+        n: int | None = None,
+        m: int | None = None,
     ) -> None:
+        n = self.exponents['n'] if n is None else n
+        m = self.exponents['m'] if m is None else m
         self.group = tuple(int(a) for a in atoms)
         self.partners = self.group if partners is None else tuple(int(b) for b in partners)
         self.r0, self.n, self.m = float(r0), int(n), int(m)
@@ -635,7 +644,7 @@ class Coordination(CollectiveVariable):
             errors.append(f'{where}.r0: missing; the switching distance in Å')
         elif not _is_number(r0) or r0 <= 0:
             errors.append(f'{where}.r0: must be a positive, finite distance in Å, got {r0!r}')
-        n, m = spec.get('n', 6), spec.get('m', 12)
+        n, m = (spec.get(key, default) for key, default in cls.exponents.items())
         n_ok = _is_index(n) and n > 0
         if not n_ok:
             errors.append(f'{where}.n: must be a positive integer, got {n!r}')
@@ -647,7 +656,7 @@ class Coordination(CollectiveVariable):
 
     @classmethod
     def from_spec(cls, spec):  # noqa: D102
-        return cls(spec['atoms'], spec.get('partners'), r0=spec['r0'], n=spec.get('n', 6), m=spec.get('m', 12))
+        return cls(spec['atoms'], spec.get('partners'), r0=spec['r0'], n=spec.get('n'), m=spec.get('m'))
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         first, second = self._first.to(positions.device), self._second.to(positions.device)

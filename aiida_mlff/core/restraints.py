@@ -91,6 +91,19 @@ def _cv_gradient(cv: CollectiveVariable, atoms: Atoms) -> tuple[float, np.ndarra
     return float(s[0].detach()), grad[0].numpy()
 
 
+def _bias_parameter(attribute: str, doc: str) -> property:
+    """A float property over ``self._bias.<attribute>[0]``; setting it also resets the calculator's results."""
+
+    def get(self) -> float:
+        return float(getattr(self._bias, attribute)[0])
+
+    def set_(self, value: float) -> None:
+        setattr(self._bias, attribute, torch.tensor([float(value)], dtype=torch.float64))
+        self.reset()
+
+    return property(get, set_, doc=doc)
+
+
 class RestrainedCalculator(Calculator):
     """Any ASE calculator plus the harmonic restraint ``0.5 kappa (s - target)^2`` on a collective variable.
 
@@ -118,25 +131,8 @@ class RestrainedCalculator(Calculator):
         self.cv = cv
         self._bias = HarmonicBias(cv, [float(target)], float(kappa))
 
-    @property
-    def target(self) -> float:
-        """Restraint centre, CV units."""
-        return float(self._bias.centers[0])
-
-    @target.setter
-    def target(self, value: float) -> None:
-        self._bias.centers = torch.tensor([float(value)], dtype=torch.float64)
-        self.reset()
-
-    @property
-    def kappa(self) -> float:
-        """Force constant, eV per CV unit squared."""
-        return float(self._bias.kappa[0])
-
-    @kappa.setter
-    def kappa(self, value: float) -> None:
-        self._bias.kappa = torch.tensor([float(value)], dtype=torch.float64)
-        self.reset()
+    target = _bias_parameter('centers', 'Restraint centre, CV units.')
+    kappa = _bias_parameter('kappa', 'Force constant, eV per CV unit squared.')
 
     def restraint(self, atoms: Atoms) -> tuple[float, float, np.ndarray]:
         """Restraint energy [eV], CV value (CV units) and restraint forces (n, 3) [eV/Å] of ``atoms``."""

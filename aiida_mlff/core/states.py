@@ -318,8 +318,7 @@ def find_states(
         When a named range holds no sampled point (the state lies outside the sampled windows), when named ranges
         overlap, or when neither ``min_depth`` nor ``temperature`` is given without ``named``.
     """
-    profile = _Profile(grid, free_energy, period)
-    err = _sampled_error(profile, error)
+    profile, err = _profile_and_error(grid, free_energy, period, error)
     x, f = profile.x, profile.f
     fmt = format_position or '{:.4g}'.format
     states: list[State] = []
@@ -372,14 +371,17 @@ def find_states(
     return states
 
 
-def _sampled_error(profile: _Profile, error: np.ndarray | None) -> np.ndarray:
-    """Per-point error (eV) at the sampled points, NaN where unknown."""
+def _profile_and_error(
+    grid: np.ndarray, free_energy: np.ndarray, period: float | None, error: np.ndarray | None
+) -> tuple[_Profile, np.ndarray]:
+    """The sampled points of a PMF and their per-point error (eV), NaN where unknown."""
+    profile = _Profile(grid, free_energy, period)
     if error is None:
-        return np.full(profile.n, np.nan)
+        return profile, np.full(profile.n, np.nan)
     error = np.asarray(error, dtype=float).ravel()
     if len(error) != profile.n_grid:
         raise ValueError(f'{len(error)} errors for {profile.n_grid} grid points')
-    return error[profile.order][profile.index]
+    return profile, error[profile.order][profile.index]
 
 
 # ------------------------------------------------------------------------------------------------------- transitions
@@ -398,10 +400,8 @@ def find_transitions(
 
     Parameters
     ----------
-    grid
-        (K,) CV values of the PMF points (CV units).
-    free_energy
-        (K,) eV; NaN in unsampled bins (dropped).
+    grid, free_energy
+        The PMF, as in :func:`find_states`.
     error
         (K,) eV, per-point error of the PMF, or None (barrier errors NaN).
     states
@@ -424,8 +424,7 @@ def find_transitions(
         the one before the period boundary for the pair that wraps around), a named range's name, and, when two
         transitions would share a name, ``'{name} @ {TS position}'``.
     """
-    profile = _Profile(grid, free_energy, period)
-    err = _sampled_error(profile, error)
+    profile, err = _profile_and_error(grid, free_energy, period, error)
     x, f = profile.x, profile.f
     fmt = format_position or '{:.4g}'.format
     ordered = sorted(states, key=lambda s: profile.nearest(s.minimum))

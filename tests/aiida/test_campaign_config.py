@@ -110,18 +110,23 @@ def test_yaml_alias_bombs_and_missing_files(tmp_path):
     assert any('sampling.path.to:' in e for e in errors_of(config))
 
 
+def refused_by_the_cli(profile, path: Path, config: dict) -> str:
+    """Write ``config`` to ``path`` and ``campaign run`` it: exit status 2 and no node stored. Returns the output."""
+    path.write_text(yaml.safe_dump(config))
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cmd_root, ['-p', profile.name, 'campaign', 'run', str(path)])
+    assert result.exit_code == 2, result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+    return result.output
+
+
 def test_the_cli_exits_2_and_stores_nothing(aiida_profile, tmp_path):
     config = changed('training.epoch', 10)
     config['umbrella']['windows'] = {'centers': []}
-    path = tmp_path / 'bad.yaml'
-    path.write_text(yaml.safe_dump(config))
-    before = orm.QueryBuilder().append(orm.Node).count()
-    result = CliRunner().invoke(cmd_root, ['-p', aiida_profile.name, 'campaign', 'run', str(path)])
-    assert result.exit_code == 2, result.output
-    assert 'training.epoch' in result.output
-    assert 'umbrella.windows' in result.output
-    assert 'Traceback' not in result.output
-    assert orm.QueryBuilder().append(orm.Node).count() == before
+    output = refused_by_the_cli(aiida_profile, tmp_path / 'bad.yaml', config)
+    assert 'training.epoch' in output
+    assert 'umbrella.windows' in output
+    assert 'Traceback' not in output
 
 
 def test_the_output_folder_is_checked_before_the_run(aiida_profile, tmp_path):
@@ -140,14 +145,9 @@ def test_an_element_without_pseudopotential_is_refused_before_any_job(mlff_envir
     config['umbrella']['windows'] = {'start': 1.0, 'stop': 2.0, 'count': 6}
     config['sampling']['scan'] = {'values': []}
     config['check'] = {'values': []}
-    path = tmp_path / 'chlorine.yaml'
-    path.write_text(yaml.safe_dump(config))
-    before = orm.QueryBuilder().append(orm.Node).count()
-    result = CliRunner().invoke(cmd_root, ['-p', aiida_profile.name, 'campaign', 'run', str(path)])
-    assert result.exit_code == 2, result.output
-    assert 'dft.pseudo_family' in result.output
-    assert 'Cl' in result.output
-    assert orm.QueryBuilder().append(orm.Node).count() == before
+    output = refused_by_the_cli(aiida_profile, tmp_path / 'chlorine.yaml', config)
+    assert 'dft.pseudo_family' in output
+    assert 'Cl' in output
 
 
 def test_the_campaign_is_a_composite_of_its_children(mlff_environment):

@@ -11,14 +11,7 @@ from ase.build import bulk
 from aiida_mlff.core.models import Potential
 from aiida_mlff.core.potential_io import FORMAT, PotentialFileError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _water(seed: int = 0) -> Atoms:

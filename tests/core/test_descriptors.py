@@ -6,19 +6,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 
 from aiida_mlff.core.descriptors import Descriptor, DescriptorSpec, describe
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _cluster(seed: int = 0) -> Atoms:

@@ -17,13 +17,7 @@ from aiida_mlff.core.md.integrators import KB, KINETIC, kinetic_energy
 KT300 = KB * 300.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small systems run fastest on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def argon_pairs(n_replicas: int, distance: float = 3.8) -> list[Atoms]:

@@ -12,14 +12,7 @@ from scipy.spatial.transform import Rotation
 from aiida_mlff.core.atoms import AtomsBatch, neighbor_list
 from aiida_mlff.core.models import Potential
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

@@ -30,7 +30,8 @@ def test_model_hyperparameters_are_checked_against_the_architecture_builder():
     _, errors = TRAIN.resolve({'model': {'hiden': [8]}}, 'training')
     assert errors == [
         "training.model: unknown hyperparameter 'hiden' of bp-chiral; did you mean 'hidden'? "
-        "(known: ['activation', 'angular_cutoff', 'chiral', 'committee', 'cutoff', 'hidden', 'n_angular', 'n_radial', 'zetas'])"
+        "(known: ['activation', 'angular_cutoff', 'chiral', 'committee', 'cutoff', 'hidden', 'n_angular', "
+        "'n_radial', 'zetas'])"
     ]
     _, errors = TRAIN.resolve({'model': {'architecture': 'bp-chiracl'}}, 'training')
     assert "did you mean 'bp-chiral'" in errors[0]

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 
@@ -25,13 +24,7 @@ from aiida_mlff.core.restraints import (
 DIHEDRAL = Dihedral(2, 0, 1, 3)  # H-O-O-H of ase's H2O2 (O, O, H, H)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small systems run fastest on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture

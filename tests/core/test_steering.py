@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
 
 from aiida_mlff.core.analytic import HarmonicBonds
@@ -18,13 +17,7 @@ from aiida_mlff.core.steering import MovingHarmonicBias, steered_starts
 KT = KB * 300.0  # eV
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small systems run fastest on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture

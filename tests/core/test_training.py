@@ -15,14 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from aiida_mlff.core.models import Potential
 from aiida_mlff.core.training import evaluate_metrics, split_indices, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 DATA = Path(__file__).parents[1] / 'data' / 'h2o_pbe_30ry.extxyz'

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 
 from aiida_mlff.core.models import Potential
 from aiida_mlff.core.vibrations import frequencies, frequencies_from_hessian, hessian
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 REFERENCE = Path(__file__).parents[1] / 'data' / 'h2o_pbe_30ry_frequencies.json'

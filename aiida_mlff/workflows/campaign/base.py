@@ -199,7 +199,9 @@ class CampaignWorkChain(WorkChain):
             if ends['from']:
                 builder.path_start = _end_structure(ends['from'], atoms)
         builder.active_learning = _active_learning_inputs(pw_code, mlff_code, structure, config)
-        builder.exploration_windows = orm.Int(config['active_learning'].get('umbrella_windows', 0))
+        builder.exploration_windows = orm.Int(
+            config['active_learning'].get('umbrella_windows', CAMPAIGN['active_learning']['umbrella_windows'].default)
+        )
         umbrella = UmbrellaWorkChain.get_builder_from_protocol(
             mlff_code,
             None,

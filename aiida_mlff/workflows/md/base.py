@@ -9,6 +9,7 @@ from aiida import orm
 from aiida.engine import ExitCode, ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.md import MdCalculation
+from aiida_mlff.core.options import MD
 from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
 from aiida_mlff.workflows.restart import MlffRestartWorkChain
@@ -92,21 +93,21 @@ class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
             self.report(f'{node.process_label}<{node.pk}>: {node.exit_message}; accepted (tolerate_unstable)')
             self.ctx.is_finished = True
             return ProcessHandlerReport(True, ExitCode(0))
-        parameters = self._parameters()
+        parameters = {**MD.defaults(), **self._parameters()}
         self.ctx.inputs.pop('parent_folder', None)
         if self.ctx.reseeds < self.defaults['max_reseeds']:
             self.ctx.reseeds += 1
-            seed = int(parameters.get('seed', 0)) + 1000 * self.ctx.reseeds
+            seed = int(parameters['seed']) + 1000 * self.ctx.reseeds
             self._set_parameters(seed=seed)
             return self.restart(node, f'restart from the start with a new seed {seed}')
-        timestep = float(parameters.get('timestep', 0.5)) * self.defaults['timestep_factor']
+        timestep = float(parameters['timestep']) * self.defaults['timestep_factor']
         if timestep < self.defaults['min_timestep']:
             self.report_error_handled(node, 'none: the time step would fall below the minimum')
             return ProcessHandlerReport(True, self.exit_codes.ERROR_UNRECOVERABLE_INSTABILITY)
         factor = round(1 / self.defaults['timestep_factor'])
         self._set_parameters(
             timestep=timestep,
-            steps=int(parameters.get('steps', 1000)) * factor,
-            stride=int(parameters.get('stride', 10)) * factor,
+            steps=int(parameters['steps']) * factor,
+            stride=int(parameters['stride']) * factor,
         )
         return self.restart(node, f'restart from the start with the time step halved to {timestep} fs')

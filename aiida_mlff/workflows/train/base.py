@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.engine import ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.train import TrainCalculation
+from aiida_mlff.core.options import TRAIN
 from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
 from aiida_mlff.workflows.restart import MlffRestartWorkChain
 
@@ -80,7 +81,10 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
     def handle_nan_loss(self, node):
         """Start again from scratch with a lower learning rate."""
         parameters = self._parameters()
-        rate = float(parameters.get('learning_rate', 3e-3)) * self.defaults['learning_rate_factor']
+        rate = (
+            float(parameters.get('learning_rate', TRAIN['learning_rate'].default))
+            * self.defaults['learning_rate_factor']
+        )
         if rate < self.defaults['min_learning_rate']:
             self.report_error_handled(node, 'none: the learning rate would fall below the minimum')
             return ProcessHandlerReport(True, self.exit_codes.ERROR_LEARNING_RATE_EXHAUSTED)
