@@ -15,9 +15,12 @@ __all__ = ['compare_scan', 'relaxed_cv_scan']
 def relaxed_cv_scan(potential, structure: orm.StructureData, settings: orm.Dict) -> dict:
     """Relax ``structure`` with the potential at each value of any collective variable, under a stiff restraint.
 
-    The structures come from :func:`aiida_mlff.core.restraints.cv_scan`: no geometric edit, the values are visited
-    outwards from the structure's own CV value, each relaxation starting from its neighbour's result, with a harmonic
-    restraint stiffened until the CV is within the tolerance of ``core.restraints.TOLERANCE`` (0.01 Å, 0.5 degrees).
+    Each relaxation starts from the structure pulled to its value with the bond-keeping surrogate
+    (:func:`aiida_mlff.core.restraints.cv_scan` with :func:`~aiida_mlff.core.restraints.bond_surrogate`: bonds and
+    angles as in ``structure``, the CV's own bonds free), then relaxes with the potential under a harmonic restraint
+    stiffened until the CV is within ``core.restraints.TOLERANCE`` (0.01 Å, 0.5 degrees). Starting every value from
+    an intact molecule, not from its neighbour's relaxed structure, keeps one extrapolation of the potential (a
+    spurious valley where it has no data) from carrying over to every further value.
 
     ``settings``: ``cv`` (a CV spec, see :func:`aiida_mlff.core.colvars.cv_from_spec`), ``values`` (file units:
     degrees for angles and dihedrals, Å for lengths), optional ``fmax`` (eV/Å) and ``steps`` (per stiffening round;
@@ -28,14 +31,20 @@ def relaxed_cv_scan(potential, structure: orm.StructureData, settings: orm.Dict)
     the restraint) and ``converged`` (bool); its attributes hold the ``cv`` spec and the file ``unit``.
     """
     from aiida_mlff.core.colvars import cv_from_spec
-    from aiida_mlff.core.restraints import cv_scan
+    from aiida_mlff.core.restraints import bond_surrogate, cv_scan, relax_at_cv
 
     s = settings.get_dict()
     atoms = structure.get_ase()
     cv = cv_from_spec(s['cv'], n_atoms=len(atoms), where='settings.cv')
     values = np.asarray(s['values'], dtype=float).reshape(-1)
     options = {key: s[key] for key in ('fmax', 'steps') if key in s}
-    scan = cv_scan(atoms, potential.load_potential().calculator(), cv, cv.to_internal(values), **options)
+    targets = cv.to_internal(values)
+    starts = cv_scan(atoms, bond_surrogate(atoms, cv), cv, targets)
+    calculator = potential.load_potential().calculator()
+    scan = [
+        relax_at_cv(start, calculator, cv, target, **options)
+        for (start, _), target in zip(starts, targets, strict=True)
+    ]
     outputs = {f's{k:04d}': orm.StructureData(ase=relaxed) for k, (relaxed, _) in enumerate(scan)}
     array = orm.ArrayData()
     array.set_array('value', values)
