@@ -223,6 +223,10 @@ class _Profile:
             return np.arange(a, b + 1)
         return np.concatenate([np.arange(a, self.n), np.arange(0, b + 1)])
 
+    def highest(self, arc: np.ndarray) -> int:
+        """Sampled index of the highest point of the arc (the first one on a tie)."""
+        return int(arc[np.argmax(self.f[arc])])
+
     def arc_has_gap(self, arc: np.ndarray) -> bool:
         """Whether unsampled bins lie inside the arc."""
         return any(self.gap_after(int(i)) for i in arc[:-1])
@@ -319,54 +323,93 @@ def find_states(
         overlap, or when neither ``min_depth`` nor ``temperature`` is given without ``named``.
     """
     profile, err = _profile_and_error(grid, free_energy, period, error)
-    x, f = profile.x, profile.f
-    fmt = format_position or '{:.4g}'.format
-    states: list[State] = []
     if named:
-        ranges = {str(name): (float(r[0]), float(r[1])) for name, r in named.items()}
+        return _named_states(profile, err, named, period, format_position or '{:.4g}'.format)
+    return _basin_states(profile, err, _min_depth(min_depth, temperature))
 
-        def text(r: tuple[float, float]) -> str:
-            return f'({fmt(r[0])}, {fmt(r[1])})'
 
-        for name, (lo, hi) in ranges.items():
-            if period is None and lo > hi:
-                raise ValueError(f'state {name!r}: range {text((lo, hi))} has lo > hi on a non-periodic CV')
-        for (na, ra), (nb, rb) in itertools.combinations(ranges.items(), 2):
-            if _overlap(ra, rb, period):
-                raise ValueError(f'the named states {na!r} {text(ra)} and {nb!r} {text(rb)} overlap')
-        for name, (lo, hi) in ranges.items():
-            inside = np.flatnonzero(in_range(x, lo, hi, period))
-            if len(inside) == 0:
-                raise ValueError(
-                    f'state {name!r}: no sampled PMF point in its range {text((lo, hi))}; it lies outside the '
-                    f'sampled windows, which cover ({fmt(x[0])}, {fmt(x[-1])})'
-                )
-            m = int(inside[np.argmin(f[inside])])
-            states.append(State(name, lo, hi, float(x[m]), float(f[m]), float(err[m]), True, profile.is_edge(m)))
-        return sorted(states, key=lambda s: profile.nearest(s.minimum))
+def _range_text(r: tuple[float, float], fmt: Callable[[float], str]) -> str:
+    """A range ``(lo, hi)`` (CV units) for an error message, each end written by ``fmt``."""
+    return f'({fmt(r[0])}, {fmt(r[1])})'
 
-    if min_depth is None:
-        if temperature is None:
+
+def _check_named_ranges(
+    ranges: Mapping[str, tuple[float, float]], period: float | None, fmt: Callable[[float], str]
+) -> None:
+    """Raise ValueError when a named range (CV units) has ``lo > hi`` on an open CV, or two of them overlap."""
+    for name, (lo, hi) in ranges.items():
+        if period is None and lo > hi:
+            raise ValueError(f'state {name!r}: range {_range_text((lo, hi), fmt)} has lo > hi on a non-periodic CV')
+    for (na, ra), (nb, rb) in itertools.combinations(ranges.items(), 2):
+        if _overlap(ra, rb, period):
             raise ValueError(
-                f'find_states needs min_depth (eV) or temperature (K, for the default of {DEFAULT_MIN_DEPTH_KT:g} kT)'
+                f'the named states {na!r} {_range_text(ra, fmt)} and {nb!r} {_range_text(rb, fmt)} overlap'
             )
-        min_depth = DEFAULT_MIN_DEPTH_KT * KB_EV * float(temperature)
-    minima = _persistent_minima(profile, float(min_depth))
-    k = len(minima)
+
+
+def _named_states(
+    profile: _Profile,
+    err: np.ndarray,
+    named: Mapping[str, Sequence[float]],
+    period: float | None,
+    fmt: Callable[[float], str],
+) -> list[State]:
+    """The user's states: each named ``(lo, hi)`` range (CV units) with its lowest sampled point, in CV order.
+
+    ``err`` is the per-point error (eV) of the sampled points; ``fmt`` writes a CV value in the error messages.
+    """
+    ranges = {str(name): (float(r[0]), float(r[1])) for name, r in named.items()}
+    _check_named_ranges(ranges, period, fmt)
+    x, f = profile.x, profile.f
+    states: list[State] = []
+    for name, (lo, hi) in ranges.items():
+        inside = np.flatnonzero(in_range(x, lo, hi, period))
+        if len(inside) == 0:
+            raise ValueError(
+                f'state {name!r}: no sampled PMF point in its range {_range_text((lo, hi), fmt)}; it lies outside '
+                f'the sampled windows, which cover ({fmt(x[0])}, {fmt(x[-1])})'
+            )
+        m = int(inside[np.argmin(f[inside])])
+        states.append(State(name, lo, hi, float(x[m]), float(f[m]), float(err[m]), True, profile.is_edge(m)))
+    return sorted(states, key=lambda s: profile.nearest(s.minimum))
+
+
+def _min_depth(min_depth: float | None, temperature: float | None) -> float:
+    """``min_depth`` in eV: as given, else :data:`DEFAULT_MIN_DEPTH_KT` kT at ``temperature`` (K)."""
+    if min_depth is not None:
+        return float(min_depth)
+    if temperature is None:
+        raise ValueError(
+            f'find_states needs min_depth (eV) or temperature (K, for the default of {DEFAULT_MIN_DEPTH_KT:g} kT)'
+        )
+    return float(DEFAULT_MIN_DEPTH_KT * KB_EV * float(temperature))
+
+
+def _basin_range(profile: _Profile, minima: Sequence[int], s: int) -> tuple[float, float]:
+    """CV range (CV units) of basin ``s`` of the sampled ``minima`` (in CV order).
+
+    It reaches the highest points between its minimum and its neighbours' (the ends of the sampled data on an open
+    CV; the whole sampled range for a single basin).
+    """
+    x, k = profile.x, len(minima)
+    if k == 1:
+        return float(x[0]), float(x[-1])
+    m = minima[s]
+    lo = float(x[profile.highest(profile.arc(minima[s - 1], m))]) if s > 0 or profile.ring else float(x[0])
+    hi = float(x[profile.highest(profile.arc(m, minima[(s + 1) % k]))]) if s < k - 1 or profile.ring else float(x[-1])
+    return lo, hi
+
+
+def _basin_states(profile: _Profile, err: np.ndarray, min_depth: float) -> list[State]:
+    """One state per basin at least ``min_depth`` (eV) deep, named ``A``, ``B``, ... in CV order.
+
+    ``err`` is the per-point error (eV) of the sampled points.
+    """
+    x, f = profile.x, profile.f
+    minima = _persistent_minima(profile, min_depth)
+    states: list[State] = []
     for s, m in enumerate(minima):
-        if k == 1:
-            lo, hi = float(x[0]), float(x[-1])
-        else:
-            if s > 0 or profile.ring:
-                left = profile.arc(minima[s - 1], m)
-                lo = float(x[left[np.argmax(f[left])]])
-            else:
-                lo = float(x[0])
-            if s < k - 1 or profile.ring:
-                right = profile.arc(m, minima[(s + 1) % k])
-                hi = float(x[right[np.argmax(f[right])]])
-            else:
-                hi = float(x[-1])
+        lo, hi = _basin_range(profile, minima, s)
         states.append(State(_auto_name(s), lo, hi, float(x[m]), float(f[m]), float(err[m]), False, profile.is_edge(m)))
     return states
 
@@ -425,36 +468,75 @@ def find_transitions(
         transitions would share a name, ``'{name} @ {TS position}'``.
     """
     profile, err = _profile_and_error(grid, free_energy, period, error)
-    x, f = profile.x, profile.f
-    fmt = format_position or '{:.4g}'.format
     ordered = sorted(states, key=lambda s: profile.nearest(s.minimum))
-    index = [profile.nearest(s.minimum) for s in ordered]
-    k = len(ordered)
-    pairs: list[tuple[int, int]] = [(s, s + 1) for s in range(k - 1)]
-    if profile.ring and k >= 2:
-        pairs.append((k - 1, 0) if k >= 3 else (0, 1))
-    transitions: list[Transition] = []
-    for n_pair, (s, t) in enumerate(pairs):
-        a, b = index[s], index[t]
-        wraps = profile.ring and k == 2 and n_pair == 1  # the second arc between two states: b -> a upwards
-        arc = profile.arc(b, a) if wraps else profile.arc(a, b)
-        ts = int(arc[np.argmax(f[arc])])
-        forward, backward = float(f[ts] - f[a]), float(f[ts] - f[b])
-        transitions.append(
-            Transition(
-                name=f'{ordered[s].name}->{ordered[t].name}',
-                initial=ordered[s].name,
-                final=ordered[t].name,
-                transition_state=float(x[ts]),
-                forward=forward,
-                backward=backward,
-                forward_error=float(np.hypot(err[ts], err[a])),
-                backward_error=float(np.hypot(err[ts], err[b])),
-                rate_forward=tst_rate(forward, temperature),
-                rate_backward=tst_rate(backward, temperature),
-                unsampled=profile.arc_has_gap(arc),
-            )
-        )
+    transitions = [
+        _transition(profile, err, ordered[s], ordered[t], wraps, temperature)
+        for s, t, wraps in _neighbour_pairs(len(ordered), profile.ring)
+    ]
+    _name_transitions(transitions, named, period, format_position or '{:.4g}'.format)
+    return transitions
+
+
+def _neighbour_pairs(k: int, ring: bool) -> list[tuple[int, int, bool]]:
+    """Pairs ``(s, t, wraps)`` of neighbouring states among ``k`` in CV order.
+
+    On a closed ring, ``k >= 3`` states also pair the last with the first, and 2 states pair twice: ``wraps`` marks
+    the second pair, whose path is the other arc (from ``t`` up the CV to ``s``).
+    """
+    pairs = [(s, s + 1, False) for s in range(k - 1)]
+    if ring and k >= 2:
+        pairs.append((k - 1, 0, False) if k >= 3 else (0, 1, True))
+    return pairs
+
+
+def _transition(
+    profile: _Profile, err: np.ndarray, initial: State, final: State, wraps: bool, temperature: float
+) -> Transition:
+    """The transition from ``initial`` to ``final`` over the highest point between their minima.
+
+    Parameters
+    ----------
+    profile
+        The sampled PMF (eV).
+    err
+        eV, per-point error of the sampled points (NaN when unknown).
+    initial, final
+        The two neighbouring states.
+    wraps
+        Take the path from ``final`` up the CV to ``initial`` (the second arc between two states on a ring).
+    temperature
+        K, for the TST rates.
+    """
+    a, b = profile.nearest(initial.minimum), profile.nearest(final.minimum)
+    arc = profile.arc(b, a) if wraps else profile.arc(a, b)
+    ts = profile.highest(arc)
+    forward, backward = float(profile.f[ts] - profile.f[a]), float(profile.f[ts] - profile.f[b])
+    return Transition(
+        name=f'{initial.name}->{final.name}',
+        initial=initial.name,
+        final=final.name,
+        transition_state=float(profile.x[ts]),
+        forward=forward,
+        backward=backward,
+        forward_error=float(np.hypot(err[ts], err[a])),
+        backward_error=float(np.hypot(err[ts], err[b])),
+        rate_forward=tst_rate(forward, temperature),
+        rate_backward=tst_rate(backward, temperature),
+        unsampled=profile.arc_has_gap(arc),
+    )
+
+
+def _name_transitions(
+    transitions: Sequence[Transition],
+    named: Mapping[str, Sequence[float]] | None,
+    period: float | None,
+    fmt: Callable[[float], str],
+) -> None:
+    """Name the transitions, in place, after the user's ranges, and tell apart those that share a name.
+
+    A transition whose TS lies in a named ``(lo, hi)`` range (CV units) takes its name (the first range that holds
+    it); ``' @ {TS position}'`` (written by ``fmt``) is then appended to any name two transitions share.
+    """
     for transition in transitions:
         for name, r in (named or {}).items():
             if in_range(transition.transition_state, float(r[0]), float(r[1]), period):
@@ -466,4 +548,3 @@ def find_transitions(
     for transition in transitions:
         if counts[transition.name] > 1:
             transition.name = f'{transition.name} @ {fmt(transition.transition_state)}'
-    return transitions

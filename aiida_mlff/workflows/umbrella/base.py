@@ -13,7 +13,7 @@ from aiida.engine import ToContext, WorkChain, while_
 
 from aiida_mlff.calculations.wham import wham_pmf
 from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors, midpoint, place_windows
-from aiida_mlff.core.options import UMBRELLA
+from aiida_mlff.core.options import MD, UMBRELLA
 from aiida_mlff.core.wham import KB_EV
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
@@ -22,19 +22,7 @@ from aiida_mlff.workflows.protocols import ProtocolMixin
 __all__ = ['UmbrellaWorkChain', 'umbrella_windows', 'validate_umbrella']
 
 #: options of a window's MD job taken over from the umbrella options as they are
-MD_KEYS = (
-    'ensemble',
-    'timestep',
-    'temperature',
-    'friction',
-    'stride',
-    'seed',
-    'dtype',
-    'device',
-    'min_distance',
-    'max_energy_jump',
-    'steer_steps',
-)
+MD_KEYS = tuple(key for key in UMBRELLA if key in MD)
 
 
 def umbrella_windows(cv, parameters: dict):
