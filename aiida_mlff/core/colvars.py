@@ -1,4 +1,4 @@
-"""Collective variables: one registry of CV types, differentiable torch functions, window placement and biases.
+"""Collective variables: one registry of CV types, differentiable torch functions and biases.
 
 A collective variable (CV) names atoms by their index *inside each replica*; evaluated on a batch of B replicas it
 returns one value per replica, shape (B,). Positions are either batch-first ``(B, n, 3)`` (replicas of the same
@@ -19,7 +19,8 @@ unit and its file unit. Specs::
 
 Units: inside the engine Å for lengths, radians for angles, eV for bias energies, ``kappa`` in eV per internal CV
 unit squared. Files, reports and the command line speak Å and degrees: :meth:`CollectiveVariable.to_file` and
-:meth:`CollectiveVariable.to_internal` are the one conversion between the two.
+:meth:`CollectiveVariable.to_internal` are the one conversion between the two. Umbrella windows along a CV
+are placed by :mod:`aiida_mlff.core.windows`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import difflib
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,8 +48,6 @@ __all__ = [
     'DistanceDifference',
     'HarmonicBias',
     'PointPlane',
-    'WindowSpecError',
-    'Windows',
     'angle',
     'batch_offsets',
     'coordination',
@@ -57,10 +55,7 @@ __all__ = [
     'cv_spec_errors',
     'dihedral',
     'distance',
-    'midpoint',
     'minimum_image',
-    'neighbour_pairs',
-    'place_windows',
     'point_plane',
     'switching_function',
 ]
@@ -836,184 +831,6 @@ def cv_from_spec(
     if errors:
         raise CVSpecError(errors)
     return CV_TYPES[spec['type']].from_spec(spec)
-
-
-# ------------------------------------------------------------------------------------------ umbrella windows
-class WindowSpecError(ValueError):
-    """Umbrella windows with problems; ``errors`` lists every one, each starting with the field path."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__('; '.join(self.errors))
-
-
-@dataclass(frozen=True, eq=False)
-class Windows:
-    """Centres of umbrella windows along one CV.
-
-    Attributes
-    ----------
-    centers
-        (W,) internal units (Å, rad), in neighbour order.
-    closed
-        True when the windows form a ring around the full period of a periodic CV: then the last and the first
-        window are neighbours too.
-    """
-
-    centers: np.ndarray
-    closed: bool
-
-    def __len__(self) -> int:
-        return len(self.centers)
-
-
-def place_windows(
-    cv: CollectiveVariable,
-    *,
-    centers: Sequence[float] | None = None,
-    start: float | None = None,
-    stop: float | None = None,
-    count: int | None = None,
-    where: str = 'umbrella.windows',
-) -> Windows:
-    """Place umbrella windows from explicit ``centers`` or from ``start``, ``stop`` and ``count``, in FILE units.
-
-    ``start, stop, count``: ``count`` evenly spaced centres from start to stop, both included, in that order;
-    except when a periodic CV's range spans its full period (``|stop - start|`` = period, e.g. -180..180 deg on a
-    dihedral), where the end point is not repeated. A range shorter than the period (e.g. -70..70 deg) is open.
-
-    ``centers``: sorted ascending; on a periodic CV ordered around the circle instead, starting after the widest
-    gap, and compared modulo the period.
-
-    For a periodic CV the windows are *closed* (a ring: last and first are neighbours) when there are at least
-    three and they are evenly spaced around the full period (which covers -180..180 with the end left out, and
-    also -180..170 in steps of 10); otherwise they are open.
-
-    Parameters
-    ----------
-    cv
-        The collective variable (its :attr:`~CollectiveVariable.file_unit` is the unit of the numbers given).
-    centers
-        Explicit window centres, file units.
-    start, stop
-        Ends of the range, file units.
-    count
-        Number of windows, at least 2.
-    where
-        Path of the windows in the user's input, used in the error messages.
-
-    Returns
-    -------
-    Windows
-        Centres in internal units and whether they are closed.
-
-    Raises
-    ------
-    WindowSpecError
-        With every problem in ``errors``: fewer than 2 windows, an empty range (start == stop), non-finite values,
-        coinciding centres, a range longer than the period, both or neither of the two ways.
-    """
-    unit = cv.file_unit or 'dimensionless'
-    period = cv.file_period
-    ranged = {'start': start, 'stop': stop, 'count': count}
-    errors: list[str] = []
-    if centers is not None:
-        if any(v is not None for v in ranged.values()):
-            errors.append(f'{where}: give `centers`, or `start`, `stop` and `count`, not both')
-            raise WindowSpecError(errors)
-        if not isinstance(centers, Sequence | np.ndarray) or isinstance(centers, str):
-            raise WindowSpecError([f'{where}.centers: must be a list of numbers ({unit}), got {centers!r}'])
-        bad = [c for c in centers if not _is_number(c)]
-        if bad:
-            errors.append(f'{where}.centers: must be finite numbers ({unit}), got {bad!r} among them')
-        if len(centers) < 2:
-            errors.append(f'{where}.centers: at least 2 windows are needed, got {len(centers)}')
-        if errors:
-            raise WindowSpecError(errors)
-        values, closed = _order_centers(np.asarray(centers, dtype=float), period, where, unit)
-        return Windows(np.asarray(cv.to_internal(values), dtype=float), closed)
-
-    missing = [key for key, value in ranged.items() if value is None]
-    if missing:
-        raise WindowSpecError(
-            [f'{where}.{key}: missing; give `centers`, or `start`, `stop` and `count`' for key in missing]
-        )
-    if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 2:
-        errors.append(f'{where}.count: at least 2 windows are needed, got {count!r}')
-    for key, value in (('start', start), ('stop', stop)):
-        if not _is_number(value):
-            errors.append(f'{where}.{key}: must be a finite number ({unit}), got {value!r}')
-    if _is_number(start) and _is_number(stop):
-        span = abs(float(stop) - float(start))
-        if span == 0:
-            errors.append(f'{where}.stop: equals start ({start} {unit}); the range is empty')
-        if period is not None and span > period * (1 + 1e-9):
-            errors.append(
-                f'{where}.stop: the range {start}..{stop} {unit} is longer than the period ({period:g} {unit})'
-            )
-    if errors:
-        raise WindowSpecError(errors)
-    full = period is not None and abs(span - period) <= 1e-9 * period
-    values = np.linspace(float(start), float(stop), int(count), endpoint=not full)
-    closed = period is not None and _evenly_around(values, period)
-    return Windows(np.asarray(cv.to_internal(values), dtype=float), closed)
-
-
-def _circular_gaps(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
-    """Order of ``values`` around the circle and the gap after each of them (the last one wraps)."""
-    wrapped = np.mod(values, period)
-    order = np.argsort(wrapped, kind='stable')
-    ring = wrapped[order]
-    return order, np.diff(np.append(ring, ring[0] + period))
-
-
-def _evenly_around(values: np.ndarray, period: float) -> bool:
-    """At least three values, evenly spaced around the full period (within 0.1 % of a gap)."""
-    if len(values) < 3:
-        return False
-    _, gaps = _circular_gaps(values, period)
-    return bool(np.allclose(gaps, period / len(values), rtol=0.0, atol=1e-3 * period / len(values)))
-
-
-def _order_centers(values: np.ndarray, period: float | None, where: str, unit: str) -> tuple[np.ndarray, bool]:
-    """Explicit centres in neighbour order and whether they close a ring; raise on coinciding centres."""
-    if period is None:
-        ordered = np.sort(values)
-        same = np.isclose(np.diff(ordered), 0.0, rtol=0.0, atol=1e-9 * max(1.0, float(np.abs(ordered).max())))
-        if same.any():
-            raise WindowSpecError(
-                [f'{where}.centers: must be distinct, {sorted(set(ordered[1:][same].tolist()))} {unit} repeat']
-            )
-        return ordered, False
-    order, gaps = _circular_gaps(values, period)
-    same = gaps <= 1e-9 * period
-    if same.any():
-        twins = sorted({float(values[order[(k + d) % len(order)]]) for k in np.flatnonzero(same) for d in (0, 1)})
-        raise WindowSpecError(
-            [f'{where}.centers: must be distinct modulo the period ({period:g} {unit}); {twins} {unit} repeat']
-        )
-    closed = _evenly_around(values, period)
-    # a ring starts at the smallest centre; an open arc right after its widest gap
-    first = int(np.flatnonzero(order == np.argmin(values))[0]) if closed else (int(np.argmax(gaps)) + 1) % len(gaps)
-    return values[np.roll(order, -first)], closed
-
-
-def neighbour_pairs(windows: Windows) -> list[tuple[int, int]]:
-    """Index pairs of neighbouring windows, ``(k, k + 1)``, and ``(W - 1, 0)`` only for closed windows."""
-    n = len(windows.centers)
-    pairs = [(k, k + 1) for k in range(n - 1)]
-    if windows.closed:
-        pairs.append((n - 1, 0))
-    return pairs
-
-
-def midpoint(cv: CollectiveVariable, a: float, b: float) -> float:
-    """Point halfway between centres ``a`` and ``b`` (internal units), across the seam for a periodic CV.
-
-    ``a + (b - a) / 2`` with ``b - a`` taken as its minimum image; the result is not wrapped into the principal
-    range (a bias does not mind, it measures displacements by their minimum image too).
-    """
-    return float(a + 0.5 * cv.difference(float(b), float(a)))
 
 
 # ------------------------------------------------------------------------------------------------------ bias

@@ -227,18 +227,42 @@ def relax_at_cv(
     opt_class = _optimizer(optimizer)
     total, rounds, error = 0, 0, math.inf
     for rounds in range(1, max_rounds + 1):
-        opt = opt_class(work, logfile=None)
-        opt.run(fmax=fmax, steps=steps)
-        total += int(opt.nsteps)
-        work.get_potential_energy()
-        error = float(cv.difference(float(restrained.results['cv']), float(target)))
+        n_steps, error = _relax_round(work, restrained, opt_class, target, fmax, steps)
+        total += n_steps
         if abs(error) <= tol or rounds == max_rounds:
             break
-        restrained.kappa = restrained.kappa * min(max(2.0 * abs(error) / tol, 2.0), 100.0)
+        restrained.kappa = _stiffer(restrained.kappa, error, tol)
+    info = _relax_info(work, restrained, target, error, tol, fmax)
+    info.update(steps=total, rounds=rounds)
+    relaxed = work.copy()
+    relaxed.calc = None
+    return relaxed, info
+
+
+def _relax_round(
+    work: Atoms, restrained: RestrainedCalculator, opt_class, target: float, fmax: float, steps: int
+) -> tuple[int, float]:
+    """One restrained relaxation of ``work`` (in place): its optimiser steps and the CV's error (CV units)."""
+    opt = opt_class(work, logfile=None)
+    opt.run(fmax=fmax, steps=steps)
+    work.get_potential_energy()
+    error = float(restrained.cv.difference(float(restrained.results['cv']), float(target)))
+    return int(opt.nsteps), error
+
+
+def _stiffer(kappa: float, error: float, tolerance: float) -> float:
+    """``kappa`` (eV per CV unit squared) times ``2 |error| / tolerance``, that factor clipped to 2..100."""
+    return kappa * min(max(2.0 * abs(error) / tolerance, 2.0), 100.0)
+
+
+def _relax_info(
+    work: Atoms, restrained: RestrainedCalculator, target: float, error: float, tol: float, fmax: float
+) -> dict:
+    """The ``info`` of :func:`relax_at_cv` but ``steps`` and ``rounds``, from the last evaluation of ``work``."""
     forces = work.get_forces()
     max_force = float(np.sqrt((forces**2).sum(-1)).max()) if len(work) else 0.0
     results = restrained.results
-    info = {
+    return {
         'target': float(target),
         'value': float(results['cv']),
         'error': error,
@@ -248,12 +272,7 @@ def relax_at_cv(
         'tolerance': tol,
         'max_force': max_force,
         'converged': bool(abs(error) <= tol and max_force <= fmax),
-        'steps': total,
-        'rounds': rounds,
     }
-    relaxed = work.copy()
-    relaxed.calc = None
-    return relaxed, info
 
 
 def scan_order(cv: CollectiveVariable, start: float, targets: Sequence[float]) -> tuple[list[int], list[int]]:

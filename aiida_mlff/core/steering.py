@@ -15,13 +15,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from ase import Atoms
 
 from .colvars import CollectiveVariable, HarmonicBias
-from .md import maxwell_boltzmann, simulate
+from .md import MDResult, maxwell_boltzmann, simulate
 from .md.state import STATUS_OK
 from .restraints import cv_value, scan_order
 
@@ -153,91 +154,164 @@ def steered_starts(
         structure the pull started from, -1 for ``atoms``); ``diagnostic``: the engine's message per window ('' when
         fine).
     """
-    from ase.units import fs as ase_fs
-
-    if steps_per_window < 1:
-        raise ValueError(f'steps_per_window must be >= 1, got {steps_per_window}')
-    hold = max(1, steps_per_window // 2) if hold_steps is None else int(hold_steps)
-    if hold < 1:
-        raise ValueError(f'hold_steps must be >= 1, got {hold_steps}')
+    hold = _hold_steps(steps_per_window, hold_steps)
     centers = np.asarray(centers, dtype=float).reshape(-1)
     start_value = cv_value(cv, atoms)
     offsets = np.asarray(cv.difference(centers, start_value), dtype=float)  # minimum image from the start
     down, up = scan_order(cv, start_value, centers)
     walkers = [_Walker(queue, atoms, start_value) for queue in (down, up) if queue]
 
-    n = len(centers)
-    structures: list = [None] * n
-    value = np.full(n, np.nan)
-    std = np.full(n, np.nan)
-    blown = np.zeros(n, dtype=bool)
-    started_from = np.full(n, -1, dtype=int)
-    diagnostic = [''] * n
+    record = _Record.empty(len(centers))
     masses = torch.as_tensor(atoms.get_masses(), dtype=dtype, device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     bounds = np.unique(np.linspace(0, steps_per_window, min(chunks, steps_per_window) + 1).round().astype(int))
-    stride_hold = max(1, hold // 20)
-    common = {'ensemble': 'langevin', 'timestep': timestep, 'temperature': temperature, 'friction': friction}
-    common.update(min_distance=min_distance, device=device, dtype=dtype)
+    md = {'ensemble': 'langevin', 'timestep': timestep, 'temperature': temperature, 'friction': friction}
+    md.update(min_distance=min_distance, device=device, dtype=dtype)
+    pull = _Pull(model, cv, kappa, steps_per_window, bounds, hold, seed, md)
 
     for stage in range(max((len(w.queue) for w in walkers), default=0)):
         active = [w for w in walkers if stage < len(w.queue)]
         windows = [w.queue[stage] for w in active]
         targets = [start_value + offsets[k] for k in windows]  # unwrapped: monotone along each side
-        velocities = []
-        for w in active:
-            if w.velocities is None:
-                batch = torch.zeros(len(w.atoms), dtype=torch.long, device=device)
-                t = torch.full((1,), float(temperature), dtype=dtype, device=device)
-                w.velocities = maxwell_boltzmann(masses, t, batch, 1, generator).cpu().numpy()
-            velocities.append(w.velocities)
-        bias = MovingHarmonicBias(cv, [w.center for w in active], targets, kappa)
+        velocities = [_velocities(w, masses, temperature, generator) for w in active]
+        result = pull.run(active, velocities, targets, stage)
+        _record_stage(record, atoms, cv, active, windows, targets, result)
+    return record.structures, record.info(start_value, centers)
+
+
+def _hold_steps(steps_per_window: int, hold_steps: int | None) -> int:
+    """Steps of the hold at each target (default ``steps_per_window // 2``, at least 1); raise on bad numbers."""
+    if steps_per_window < 1:
+        raise ValueError(f'steps_per_window must be >= 1, got {steps_per_window}')
+    hold = max(1, steps_per_window // 2) if hold_steps is None else int(hold_steps)
+    if hold < 1:
+        raise ValueError(f'hold_steps must be >= 1, got {hold_steps}')
+    return hold
+
+
+def _velocities(walker: _Walker, masses: torch.Tensor, temperature: float, generator: torch.Generator) -> np.ndarray:
+    """The walker's velocities (Å/fs), drawn from Maxwell-Boltzmann at ``temperature`` (K) when it has none."""
+    if walker.velocities is None:
+        batch = torch.zeros(len(walker.atoms), dtype=torch.long, device=masses.device)
+        t = torch.full((1,), float(temperature), dtype=masses.dtype, device=masses.device)
+        walker.velocities = maxwell_boltzmann(masses, t, batch, 1, generator).cpu().numpy()
+    return walker.velocities
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """How every window is pulled: a staircase of the moving centre over ``steps`` MD steps, then a hold.
+
+    ``bounds`` are the step counts at the ends of the stairs (from 0 to ``steps``), ``hold`` the steps at the
+    target and ``md`` the keywords of :func:`~aiida_mlff.core.md.simulate` common to every chunk; ``kappa`` in eV
+    per CV unit squared.
+    """
+
+    model: Any
+    cv: CollectiveVariable
+    kappa: float
+    steps: int
+    bounds: np.ndarray
+    hold: int
+    seed: int
+    md: dict
+
+    def run(self, walkers: list[_Walker], velocities: list[np.ndarray], targets: list[float], stage: int) -> MDResult:
+        """Pull each walker from its centre to its target (internal CV units) and hold; the result of the hold."""
+        bias = MovingHarmonicBias(self.cv, [w.center for w in walkers], targets, self.kappa)
         state = None
-        for a, b in itertools.pairwise(bounds):
-            bias.move_to(b / steps_per_window)
+        for a, b in itertools.pairwise(self.bounds):
+            bias.move_to(b / self.steps)
             result = simulate(
-                model,
-                [w.atoms for w in active] if state is None else None,
+                self.model,
+                [w.atoms for w in walkers] if state is None else None,
                 steps=int(b - a),
                 stride=int(b - a),
                 biases=[bias],
-                seed=seed + 1000 * (stage + 1),
+                seed=self.seed + 1000 * (stage + 1),
                 velocities=velocities if state is None else None,
                 state=state,
-                **common,
+                **self.md,
             )
             state = result.final_state
         bias.move_to(1.0)
-        result = simulate(model, None, steps=hold, stride=stride_hold, biases=[bias], state=state, **common)
-        state = result.final_state
-        finals = state.batch.to_atoms()
-        counts = state.batch.counts.cpu().numpy()
-        v_all = state.velocities.detach().cpu().double().numpy()
-        v_split = np.split(v_all, np.cumsum(counts)[:-1])
-        for r, (w, k) in enumerate(zip(active, windows, strict=True)):
-            started_from[k] = w.source
-            if result.status[r] == STATUS_OK:
-                new = atoms.copy()
-                new.calc = None
-                new.positions = finals[r].positions
-                new.set_velocities(v_split[r] / ase_fs)  # Å/fs -> ASE velocity units
-                value[k], std[k] = _mean_and_std(cv, result.colvars[:, r, 0], targets[r])
-                w.atoms, w.center, w.source, w.velocities = new, targets[r], k, v_split[r]
-            else:
-                blown[k] = True
-                diagnostic[k] = result.diagnostic[r]
-                new = w.atoms.copy()  # the nearest good neighbour on this side (or the start structure)
-                value[k] = cv_value(cv, new)
-                w.velocities = None  # the walk goes on from ``new`` with fresh velocities and the old centre
-            structures[k] = new
-    info = {
-        'start_value': start_value,
-        'center': centers.copy(),
-        'value': value,
-        'std': std,
-        'blown_up': blown,
-        'started_from': started_from,
-        'diagnostic': diagnostic,
-    }
-    return structures, info
+        stride = max(1, self.hold // 20)
+        return simulate(self.model, None, steps=self.hold, stride=stride, biases=[bias], state=state, **self.md)
+
+
+@dataclass
+class _Record:
+    """What :func:`steered_starts` gives back per window, in the order of the centres (see its ``info``)."""
+
+    structures: list
+    value: np.ndarray
+    std: np.ndarray
+    blown_up: np.ndarray
+    started_from: np.ndarray
+    diagnostic: list[str]
+
+    @classmethod
+    def empty(cls, n: int) -> _Record:
+        """Records of ``n`` windows before any pull: NaN values, nothing blown up, all started from the start."""
+        nan = np.full(n, np.nan)
+        return cls([None] * n, nan, nan.copy(), np.zeros(n, dtype=bool), np.full(n, -1, dtype=int), [''] * n)
+
+    def info(self, start_value: float, centers: np.ndarray) -> dict:
+        """The ``info`` of :func:`steered_starts`."""
+        return {
+            'start_value': start_value,
+            'center': centers.copy(),
+            'value': self.value,
+            'std': self.std,
+            'blown_up': self.blown_up,
+            'started_from': self.started_from,
+            'diagnostic': self.diagnostic,
+        }
+
+
+def _record_stage(
+    record: _Record,
+    atoms: Atoms,
+    cv: CollectiveVariable,
+    active: list[_Walker],
+    windows: list[int],
+    targets: list[float],
+    result: MDResult,
+) -> None:
+    """Record the windows of one stage and move each walker on: to its new structure, or past a blown-up window."""
+    state = result.final_state
+    finals = state.batch.to_atoms()
+    counts = state.batch.counts.cpu().numpy()
+    v_all = state.velocities.detach().cpu().double().numpy()
+    v_split = np.split(v_all, np.cumsum(counts)[:-1])
+    for r, (w, k) in enumerate(zip(active, windows, strict=True)):
+        record.started_from[k] = w.source
+        if result.status[r] == STATUS_OK:
+            new = _arrived(atoms, finals[r].positions, v_split[r])
+            record.value[k], record.std[k] = _mean_and_std(cv, result.colvars[:, r, 0], targets[r])
+            w.atoms, w.center, w.source, w.velocities = new, targets[r], k, v_split[r]
+        else:
+            new = _fall_back(record, k, w, cv, result.diagnostic[r])
+        record.structures[k] = new
+
+
+def _arrived(atoms: Atoms, positions: np.ndarray, velocities: np.ndarray) -> Atoms:
+    """A copy of ``atoms`` without calculator at ``positions`` (Å) with ``velocities`` (Å/fs)."""
+    from ase.units import fs as ase_fs
+
+    new = atoms.copy()
+    new.calc = None
+    new.positions = positions
+    new.set_velocities(velocities / ase_fs)  # Å/fs -> ASE velocity units
+    return new
+
+
+def _fall_back(record: _Record, k: int, walker: _Walker, cv: CollectiveVariable, diagnostic: str) -> Atoms:
+    """Flag window ``k`` as blown up; its structure is the walker's last good one, from which the walk goes on."""
+    record.blown_up[k] = True
+    record.diagnostic[k] = diagnostic
+    new = walker.atoms.copy()  # the nearest good neighbour on this side (or the start structure)
+    record.value[k] = cv_value(cv, new)
+    walker.velocities = None  # the walk goes on from ``new`` with fresh velocities and the old centre
+    return new

@@ -20,15 +20,12 @@ from aiida_mlff.core.colvars import (
     DistanceDifference,
     HarmonicBias,
     PointPlane,
-    WindowSpecError,
     cv_from_spec,
     cv_spec_errors,
-    midpoint,
     minimum_image,
-    neighbour_pairs,
-    place_windows,
     switching_function,
 )
+from aiida_mlff.core.windows import WindowSpecError, midpoint, neighbour_pairs, place_windows
 
 
 def random_frames(n_frames=5, n_atoms=5, cell=6.0, seed=0):

@@ -24,9 +24,10 @@ from aiida_mlff.calculations.functions import (
     select_frames,
 )
 from aiida_mlff.calculations.states import pmf_states
-from aiida_mlff.core.colvars import cv_from_spec, place_windows
+from aiida_mlff.core.colvars import cv_from_spec
 from aiida_mlff.core.options import UMBRELLA
 from aiida_mlff.core.structures import to_atoms
+from aiida_mlff.core.windows import place_windows
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain

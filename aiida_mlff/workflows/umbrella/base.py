@@ -1,8 +1,9 @@
 """``mlff.umbrella``: umbrella sampling along one collective variable, then WHAM -> PMF, barrier and rate.
 
-Window placement, periods, units and minimum images come from the CV (``aiida_mlff.core.colvars``); the options
-and their defaults from ``aiida_mlff.core.options.UMBRELLA``. Windows are given in the CV's file unit (degrees for
-angles and dihedrals, Å for distances); inside, the engine works in its own units.
+Window placement comes from ``aiida_mlff.core.windows``; periods, units and minimum images from the CV
+(``aiida_mlff.core.colvars``); the options and their defaults from ``aiida_mlff.core.options.UMBRELLA``. Windows are
+given in the CV's file unit (degrees for angles and dihedrals, Å for distances); inside, the engine works in its own
+units.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, while_
 
 from aiida_mlff.calculations.wham import wham_pmf
-from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors, midpoint, place_windows
+from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors
 from aiida_mlff.core.options import MD, UMBRELLA
 from aiida_mlff.core.wham import KB_EV
+from aiida_mlff.core.windows import midpoint, place_windows
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
 from aiida_mlff.workflows.protocols import ProtocolMixin
