@@ -120,7 +120,15 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
     y = {name: array for name, array, _ in pmf.get_y()}['free_energy']
     assert len(x) == len(y) == CAMPAIGN['umbrella']['bins']
     assert np.isfinite(y).sum() >= len(y) // 2, f'the PMF is mostly undefined: {y}'
-    assert {'trans', 'cis'} <= set(node.outputs.barriers.get_dict()['transitions'])
+    # the states and every transition between them come from the PMF (this reduced campaign's 10-label committee is
+    # far from converged, so which barrier tops it resolves is not asserted; the demo benchmark checks the numbers)
+    barriers = node.outputs.barriers.get_dict()
+    assert set(barriers['states']) == set(CAMPAIGN['states'])
+    assert barriers['transitions']
+    for transition in barriers['transitions'].values():
+        assert {transition['from'], transition['to']} <= set(CAMPAIGN['states'])
+        assert transition['forward_kcal_mol'] >= 0
+        assert transition['backward_kcal_mol'] >= 0
 
     # Every DFT calculation ran as a Slurm job on the cluster reached over SSH; one per labelled structure.
     calcs = pw_calculations(node)
@@ -164,9 +172,10 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
         screenshot = tmp_path / 'screenshot.png'
         assert open_in_chromium(directory / 'index.html', screenshot) == []
         assert pixel_variance(screenshot) > 1e-3
-    barriers = node.outputs.barriers.get_dict()['transitions']
+    transitions = ', '.join(
+        f'{name} {t["forward_kcal_mol"]:.2f} kcal/mol' for name, t in barriers['transitions'].items()
+    )
     print(
         f'\nreduced campaign through daemon + Slurm over SSH: {seconds:.0f} s; {len(calcs)} PwCalculations, '
-        f'{len(mlff_jobs)} mlff-run jobs; trans {barriers["trans"]["forward_kcal_mol"]:.2f} kcal/mol, '
-        f'cis {barriers["cis"]["forward_kcal_mol"]:.2f} kcal/mol'
+        f'{len(mlff_jobs)} mlff-run jobs; {transitions}'
     )
