@@ -176,18 +176,16 @@ def _steered(potential, atoms, bias, params: dict, device: str, dtype) -> tuple[
     Only the first bias is steered. Returns the starts and what the pulls reached (achieved CV value per window, the
     windows that fell back to a neighbour's structure), which goes into the summary.
     """
-    from .steering import steered_starts, steering_kappa
+    from .steering import steered_starts
 
     temperature = params['temperature']
     temperature = float(temperature[0] if isinstance(temperature, list | tuple) else temperature)
-    centers = bias.centers.tolist()
-    kappa = steering_kappa(bias.cv, centers, float(bias.kappa.max()), temperature)
     starts, info = steered_starts(
         potential,
         atoms,
         bias.cv,
-        centers,
-        kappa=kappa,
+        bias.centers.tolist(),
+        kappa=float(bias.kappa.max()),
         temperature=temperature,
         timestep=float(params['timestep']),
         steps_per_window=int(params['steer_steps']),
@@ -197,7 +195,6 @@ def _steered(potential, atoms, bias, params: dict, device: str, dtype) -> tuple[
         device=device,
         dtype=dtype,
     )
-    info['kappa'] = kappa
     return starts, info
 
 

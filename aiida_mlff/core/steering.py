@@ -26,45 +26,7 @@ from .md import MDResult, maxwell_boltzmann, simulate
 from .md.state import STATUS_OK
 from .restraints import cv_value, scan_order
 
-__all__ = ['STEER_STIFFNESS', 'MovingHarmonicBias', 'steered_starts', 'steering_kappa']
-
-
-#: the pulling restraint holds a window's start within spacing / sqrt(STEER_STIFFNESS) of its centre (thermal width)
-STEER_STIFFNESS = 25.0
-
-
-def steering_kappa(cv: CollectiveVariable, centers, kappa: float, temperature: float) -> float:
-    """Force constant of the pull: the window's own, or ``STEER_STIFFNESS kT / spacing^2`` if that is stiffer.
-
-    A window's bias is made to overlap its neighbours (about 3 kT / spacing^2), too weak to drag a structure over a
-    barrier; the pull must deliver every window's start near its centre whatever the umbrella's force constant.
-
-    Parameters
-    ----------
-    cv
-        The collective variable.
-    centers
-        Window centres, internal units.
-    kappa
-        The windows' force constant, eV per internal unit squared.
-    temperature
-        K.
-
-    Returns
-    -------
-    float
-        eV per internal unit squared.
-    """
-    from .wham import KB_EV
-
-    values = np.sort(np.asarray(centers, dtype=float).reshape(-1))
-    if len(values) < 2:
-        return float(kappa)
-    gaps = np.abs(np.asarray(cv.difference(values[1:], values[:-1]), dtype=float))
-    spacing = float(np.median(gaps[gaps > 0])) if np.any(gaps > 0) else 0.0
-    if spacing <= 0:
-        return float(kappa)
-    return max(float(kappa), STEER_STIFFNESS * KB_EV * float(temperature) / spacing**2)
+__all__ = ['MovingHarmonicBias', 'steered_starts']
 
 
 class MovingHarmonicBias(HarmonicBias):

@@ -95,19 +95,3 @@ def test_distance_windows_and_blow_up_fallback(h2o2, bonds):
     for k in (0, 1, 3):
         assert abs(cv_value(cv, structures[k]) - centers[k]) < 4 * width
     assert all(min_distance(atoms) > 0.7 for atoms in structures)
-
-
-def test_the_pull_is_stiffer_than_weak_windows():
-    """The pull delivers starts near their centres whatever the windows' force constant (here 25 kT / spacing^2)."""
-    from aiida_mlff.core.colvars import Dihedral, Distance
-    from aiida_mlff.core.steering import STEER_STIFFNESS, steering_kappa
-    from aiida_mlff.core.wham import KB_EV
-
-    kt = KB_EV * 300.0
-    ring = [math.radians(c) for c in range(-180, 180, 15)]  # the last and first are 15 degrees apart too
-    expected = STEER_STIFFNESS * kt / math.radians(15.0) ** 2
-    assert steering_kappa(Dihedral(0, 1, 2, 3), ring, 0.5, 300.0) == pytest.approx(expected)
-    assert steering_kappa(Dihedral(0, 1, 2, 3), ring, 50.0, 300.0) == 50.0  # a stiffer window keeps its own
-    lengths = [1.0, 1.1, 1.2, 1.4]  # uneven: the median gap (0.1 Å)
-    assert steering_kappa(Distance(0, 1), lengths, 1.0, 300.0) == pytest.approx(STEER_STIFFNESS * kt / 0.1**2)
-    assert steering_kappa(Distance(0, 1), [1.0], 2.0, 300.0) == 2.0
