@@ -144,8 +144,6 @@ class Schema:
         Key -> :class:`Option` or nested :class:`Schema`.
     checks
         Checks across fields: ``check(values) -> list of (key, problem)`` on the filled-in values.
-    open
-        Whether keys beyond ``fields`` are allowed (passed through unchecked).
     fill
         Whether :meth:`resolve` fills in defaults; False for options that are overrides of a protocol (they are
         checked, and the defaults fill in later, under the protocol's values).
@@ -153,7 +151,6 @@ class Schema:
 
     fields: dict[str, Option | Schema]
     checks: list[Callable[[dict], list[tuple[str, str]]]] = field(default_factory=list)
-    open: bool = False
     help: str = ''
     fill: bool = True
 
@@ -195,9 +192,6 @@ class Schema:
         merged = self.defaults() if fill else {}
         for key, value in values.items():
             if key not in self.fields:
-                if self.open:
-                    merged[key] = value
-                    continue
                 errors.append(
                     f'{prefix}{key}: unknown option{suggest(key, self.fields)} (known: {", ".join(self.fields)})'
                 )
@@ -223,10 +217,6 @@ class Schema:
         if errors:
             raise OptionsError(errors)
         return merged
-
-    def subset(self, keys) -> Schema:
-        """A schema of some of these fields (same definitions, not copies of them)."""
-        return Schema({k: self.fields[k] for k in keys})
 
 
 # ---------------------------------------------------------------------------------------------------- checks

@@ -175,7 +175,7 @@ class CampaignWorkChain(WorkChain):
         elif isinstance(structure, str | Path):
             system['file'] = str(Path(structure).resolve())
         else:
-            atoms = structure.get_ase() if isinstance(structure, orm.StructureData) else to_atoms(structure)
+            atoms = to_atoms(structure)  # StructureData, ase.Atoms or pymatgen
         config = validate_campaign({**config, 'system': system}, structure=atoms)
         return cls.get_builder_from_config(pw_code, mlff_code, config, atoms)
 
@@ -192,7 +192,7 @@ class CampaignWorkChain(WorkChain):
         for name in ('states', 'transitions'):
             if config[name]:
                 builder[name] = orm.Dict(config[name])
-        sampling = config['sampling']
+        sampling = {**config['sampling'], 'path': dict(config['sampling']['path'])}  # the caller's config stays whole
         ends = {key: sampling['path'].pop(key) for key in ('from', 'to')}
         builder.sampling = orm.Dict(sampling)
         if ends['to']:

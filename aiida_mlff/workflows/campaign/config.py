@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from aiida_mlff.core.options import ACTIVE_LEARNING, LABEL, TRAIN, UMBRELLA, Option, OptionsError, Schema, suggest
+from aiida_mlff.core.options import ACTIVE_LEARNING, LABEL, TRAIN, UMBRELLA, Option, Schema, suggest
 
 __all__ = [
     'CAMPAIGN',
@@ -384,8 +384,3 @@ def _check_sampling(config: dict, atoms, errors: list[str]) -> None:
                 f'sampling.path.{key}: its atoms ({end.get_chemical_formula()}, in order) differ from '
                 f'the system ({atoms.get_chemical_formula()}): the same atoms in the same order are needed'
             )
-
-
-def options_error(exception: OptionsError) -> CampaignConfigError:
-    """A :class:`CampaignConfigError` from options errors."""
-    return CampaignConfigError(exception.errors)
