@@ -7,10 +7,14 @@ All figures are drawn with matplotlib's Agg backend (no display needed). The rep
 validation_loss, learning_rate, time_s), ``history`` (Dict: ``iterations`` and ``stop_reason``), ``pmf`` (XyData:
 x the CV in its file unit (degrees, Å), y ``free_energy`` and ``error`` in eV, optional ``member_<m>`` in eV),
 ``barriers`` (Dict of :func:`aiida_mlff.calculations.states.pmf_states`: ``unit``, ``states`` and ``transitions`` by
-name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -> ``forward``/``backward`` in s^-1)
-and ``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum).
-Outputs that are missing are skipped and named in the report. A ``barriers`` Dict of the older form (one
-``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g. ``trans`` and ``cis``) is read as forward barriers.
+name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -> ``forward``/``backward`` in s^-1),
+``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum)
+and ``convergence`` (Dict: the verdict, see :func:`convergence_lines`). The PMF's ``estimator`` attribute (``'wham'``
+or ``'mbar'``; absent means WHAM) is named in the report. Outputs that are missing are skipped and named in the
+report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g.
+``trans`` and ``cis``) is read as forward barriers.
+
+Parity plots use only frames no training saw (:func:`validation_frames`, :func:`held_out_dataset`).
 """
 
 from __future__ import annotations
@@ -33,17 +37,27 @@ __all__ = [
     'barrier_lines',
     'barrier_tables',
     'campaign_outputs',
+    'convergence_lines',
+    'criterion_text',
+    'failed_criteria_text',
+    'held_out_dataset',
     'parity_data',
     'plot_history',
     'plot_learning_curve',
     'plot_parity',
+    'plot_parity_sets',
     'plot_pmf',
+    'pmf_estimator',
+    'potential_metrics',
+    'validation_frames',
     'write_campaign_report',
 ]
 
 #: kcal/mol per eV.
 EV_TO_KCAL_MOL = 23.060547830619
 _DPI = 110
+#: how the report names each PMF estimator (the PMF's ``estimator`` attribute)
+_ESTIMATORS = {'wham': 'WHAM', 'mbar': 'MBAR'}
 
 
 # ------------------------------------------------------------------------------------------------------------ inputs
@@ -123,6 +137,115 @@ def parity_data(potential, frames, batch_size: int = 32) -> dict[str, np.ndarray
     }
 
 
+# ----------------------------------------------------------------------------------------------- frames for parity
+#: link label of the campaign's pw.x labelling of the relaxed-scan geometries (the held-out check frames)
+SCAN_LABEL_LINK = 'label_scan'
+
+
+def _training_options(potential) -> dict[str, Any] | None:
+    """The ``training.options`` of a potential: its ``training`` attribute when set, else the file's metadata."""
+    training = potential.base.attributes.get('training', None)
+    if not isinstance(training, Mapping):
+        training = potential.load_potential().metadata.get('training')
+    options = (training or {}).get('options') if isinstance(training, Mapping) else None
+    return dict(options) if isinstance(options, Mapping) else None
+
+
+def _training_splits(potential) -> list[tuple[Any, dict[str, Any], bool]]:
+    """``(dataset, training options, started from a parent potential)`` of every training behind ``potential``.
+
+    A potential made by a training job (an input ``dataset``) gives one; a committee combined from members (a
+    calcfunction with potential inputs) gives one per member; anything else (an imported file) gives none.
+    """
+    from aiida.common.links import LinkType
+
+    from aiida_mlff.data.potential import PotentialData
+
+    creator = getattr(potential, 'creator', None)
+    if creator is None:
+        return []
+    links = creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()
+    inputs = {link.link_label: link.node for link in links}
+    if 'dataset' in inputs:
+        options = _training_options(potential)
+        parent = 'parent_potential' in inputs
+        return [(inputs['dataset'], options, parent)] if options is not None else []
+    splits: list[tuple[Any, dict[str, Any], bool]] = []
+    for label in sorted(inputs):
+        if isinstance(inputs[label], PotentialData):
+            splits.extend(_training_splits(inputs[label]))
+    return splits
+
+
+def validation_frames(potential) -> tuple[list | None, dict[str, Any]]:
+    """The frames of the training dataset that no training behind ``potential`` used, and where they come from.
+
+    The split is recomputed with :func:`aiida_mlff.core.training.split_indices` from the ``validation_fraction`` and
+    ``seed`` of each training (a committee of separately trained members keeps only the frames every member held
+    out).
+
+    Returns
+    -------
+    tuple
+        ``(frames, info)``: ``frames`` a list of ``ase.Atoms`` (None when the split cannot be recovered) and ``info``
+        with ``dataset`` (its identity), ``indices``, ``n_trainings`` and a ``note``; or only a ``reason``.
+    """
+    from aiida_mlff.core.training import split_indices
+
+    splits = _training_splits(potential)
+    if not splits:
+        return None, {'reason': 'the training job and its options behind the potential were not found'}
+    datasets = {dataset.uuid for dataset, _, _ in splits}
+    if len(datasets) != 1:
+        return None, {'reason': 'the committee members were trained on different datasets'}
+    dataset = splits[0][0]
+    n_frames = int(dataset.n_structures)
+    held: set[int] | None = None
+    for _, options, _ in splits:
+        _, val = split_indices(n_frames, float(options.get('validation_fraction', 0.0)), int(options.get('seed', 0)))
+        held = set(val.tolist()) if held is None else held & set(val.tolist())
+    indices = sorted(held or ())
+    if not indices:
+        return None, {'reason': 'no frame of the training dataset was held out from every training'}
+    frames = dataset.to_atoms()
+    info = {
+        'dataset': _identity(dataset),
+        'indices': indices,
+        'n_trainings': len(splits),
+        'note': f'validation split of the training dataset: {len(indices)} of {n_frames} frames, never trained on',
+    }
+    if any(parent for _, _, parent in splits):
+        info['note'] += ' (by this training: it started from a parent potential, which may have seen them)'
+    return [frames[k] for k in indices], info
+
+
+def held_out_dataset(node_or_outputs: Any) -> tuple[Any, dict[str, Any]]:
+    """The pw.x labels of the campaign's relaxed-scan check (``label_scan``): frames no training ever saw.
+
+    Returns
+    -------
+    tuple
+        ``(dataset, info)``: the ``dataset`` output of the campaign's latest finished ``label_scan`` work chain (None
+        when there is none, e.g. for a mapping of outputs) and ``info`` with a ``note`` or a ``reason``.
+    """
+    from aiida import orm
+
+    if not isinstance(node_or_outputs, orm.ProcessNode):
+        return None, {'reason': 'not a campaign node: its relaxed-scan labels cannot be looked up'}
+    from aiida.common.links import LinkType
+
+    links = node_or_outputs.base.links.get_outgoing(
+        link_type=LinkType.CALL_WORK, link_label_filter=SCAN_LABEL_LINK
+    ).all()
+    done = [link.node for link in links if link.node.is_finished_ok and 'dataset' in link.node.outputs]
+    if not done:
+        return None, {'reason': 'the campaign has no finished relaxed-scan labelling (label_scan)'}
+    labels = max(done, key=lambda node: node.ctime)
+    dataset = labels.outputs.dataset
+    note = f'held-out pw.x labels of the relaxed-scan check geometries: {dataset.n_structures} frames, never trained on'
+    return dataset, {'dataset': _identity(dataset), 'labelled_by': _identity(labels), 'note': note}
+
+
 # ------------------------------------------------------------------------------------------------------------ plots
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
@@ -130,6 +253,59 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=_DPI, bbox_inches='tight', facecolor='white')
     plt.close(fig)
     return path
+
+
+def _errors(reference: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """(RMSE, MAE) of ``predicted`` against ``reference``, in their unit."""
+    error = np.asarray(predicted, dtype=float) - np.asarray(reference, dtype=float)
+    return float(np.sqrt(np.mean(error**2))), float(np.mean(np.abs(error)))
+
+
+def plot_parity_sets(
+    sets: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, quantity: str, unit: str, title: str = ''
+) -> Path:
+    """Parity plot of several sets of frames, each in its own colour with its RMSE and MAE in the legend.
+
+    Parameters
+    ----------
+    sets
+        ``(reference, predicted)`` values in ``unit`` by the name shown in the legend (e.g. ``'validation, 12
+        frames'``); an empty name draws one set without a legend.
+    path
+        PNG file to write.
+    quantity
+        Axis name, e.g. ``'Energy per atom'``.
+    unit
+        Unit of the values, e.g. ``'eV/atom'``.
+    title
+        Figure title (default: the RMSE and MAE of a single unnamed set, else ``quantity``).
+    """
+    values = {name: (np.asarray(r, dtype=float), np.asarray(p, dtype=float)) for name, (r, p) in sets.items()}
+    every = np.concatenate([np.concatenate(pair) for pair in values.values()])
+    lo, hi = float(every.min()), float(every.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color='0.5', lw=1, ls='--', zorder=1)
+    colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red')
+    for k, (name, (reference, predicted)) in enumerate(values.items()):
+        rmse, mae = _errors(reference, predicted)
+        label = f'{name}\nRMSE {rmse:.3g}, MAE {mae:.3g} {unit}' if name else None
+        marker = 'o' if k == 0 else '^'
+        ax.scatter(reference, predicted, s=10, alpha=0.6, color=colors[k % 4], marker=marker, lw=0, label=label)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect('equal')
+    ax.set_xlabel(f'{quantity}, DFT ({unit})')
+    ax.set_ylabel(f'{quantity}, MLFF ({unit})')
+    if any(values):
+        ax.legend(fontsize=7, loc='upper left')
+    if not title:
+        single = len(values) == 1 and not next(iter(values))
+        title = (
+            'RMSE {:.3g}, MAE {:.3g} {}'.format(*_errors(*next(iter(values.values()))), unit) if single else quantity
+        )
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
 
 
 def plot_parity(reference: np.ndarray, predicted: np.ndarray, path: str | Path, quantity: str, unit: str) -> Path:
@@ -146,24 +322,7 @@ def plot_parity(reference: np.ndarray, predicted: np.ndarray, path: str | Path, 
     unit
         Unit of the values, e.g. ``'eV/atom'``.
     """
-    reference = np.asarray(reference, dtype=float)
-    predicted = np.asarray(predicted, dtype=float)
-    error = predicted - reference
-    rmse = float(np.sqrt(np.mean(error**2)))
-    mae = float(np.mean(np.abs(error)))
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    lo = float(min(reference.min(), predicted.min()))
-    hi = float(max(reference.max(), predicted.max()))
-    pad = 0.05 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color='0.5', lw=1, ls='--', zorder=1)
-    ax.scatter(reference, predicted, s=8, alpha=0.6, color='tab:blue', edgecolors='none', zorder=2)
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(lo - pad, hi + pad)
-    ax.set_aspect('equal')
-    ax.set_xlabel(f'{quantity}, DFT ({unit})')
-    ax.set_ylabel(f'{quantity}, MLFF ({unit})')
-    ax.set_title(f'RMSE {rmse:.3g}, MAE {mae:.3g} {unit}', fontsize=10)
-    return _save(fig, path)
+    return plot_parity_sets({'': (reference, predicted)}, path, quantity, unit)
 
 
 def plot_learning_curve(curve: Mapping[str, np.ndarray], path: str | Path) -> Path:
@@ -357,6 +516,41 @@ def _pmf_arrays(pmf) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _mark_states(ax, states: Mapping[str, dict], transitions: Mapping[str, dict]) -> None:
+    """Mark and name every state minimum and transition state on the PMF axes (kcal/mol)."""
+    marks = [(name, st['minimum'], st['kcal_mol'], 'o') for name, st in states.items()]
+    marks += [
+        (name, t['transition_state'], states[t['from']]['kcal_mol'] + t['forward_kcal_mol'], '^')
+        for name, t in transitions.items()
+        if t.get('transition_state') is not None and t.get('from') in states
+    ]
+    for name, position, value, marker in marks:
+        ax.plot([position], [value], marker, color='black', ms=5, zorder=5)
+        ax.annotate(name, xy=(position, value), xytext=(0, 6), textcoords='offset points', ha='center', fontsize=8)
+
+
+def _draw_references(ax, x: np.ndarray, scan: Any, barriers: Mapping[str, Any] | None) -> None:
+    """Draw the relaxed-scan points (DFT, MLFF) and the experimental barriers as horizontal lines."""
+    if scan is not None:
+        if hasattr(scan, 'get_arraynames'):
+            scan = {name: scan.get_array(name) for name in scan.get_arraynames()}
+        angle = np.asarray(scan['value' if 'value' in scan else 'angle'], dtype=float)  # CV file unit
+        if 'dft' in scan:
+            ax.plot(angle, scan['dft'], 'o', color='black', ms=5, label='DFT, relaxed scan', zorder=4)
+        if 'mlff' in scan:
+            ax.plot(angle, scan['mlff'], 'x', color='tab:red', ms=6, label='MLFF, relaxed scan', zorder=4)
+    experiment = (barriers or {}).get('experiment_kcal_mol') or {}
+    for k, (name, value) in enumerate(sorted(experiment.items())):
+        ax.axhline(float(value), color=('tab:green', 'tab:purple', 'tab:brown')[k % 3], ls='--', lw=1, zorder=2)
+        ax.annotate(
+            f'experiment, {name}: {float(value):.1f} kcal/mol',
+            xy=(x.min(), float(value)),
+            xytext=(2, 2),
+            textcoords='offset points',
+            fontsize=8,
+        )
+
+
 def plot_pmf(
     pmf,
     path: str | Path,
@@ -402,7 +596,8 @@ def plot_pmf(
     if 'error' in arrays:
         error = arrays['error'][order] * EV_TO_KCAL_MOL
         ax.fill_between(x, free - error, free + error, color='tab:blue', alpha=0.25, lw=0, label='PMF ± error')
-    label = 'PMF (umbrella sampling + WHAM)'
+    estimator = _ESTIMATORS.get(pmf_estimator(pmf), pmf_estimator(pmf).upper())
+    label = f'PMF (umbrella sampling + {estimator})'
     states, transitions = barrier_tables(barriers)
     if transitions:
         both = any(t.get('backward_kcal_mol') is not None for t in transitions.values())
@@ -412,54 +607,159 @@ def plot_pmf(
         if t.get('backward_kcal_mol') is not None:
             label += f' / {_pm(t["backward_kcal_mol"], t.get("backward_error_kcal_mol"))}'
     ax.plot(x, free, color='tab:blue', lw=2, label=label, zorder=3)
-    marks = [(name, st['minimum'], st['kcal_mol'], 'o') for name, st in states.items()]
-    marks += [
-        (name, t['transition_state'], states[t['from']]['kcal_mol'] + t['forward_kcal_mol'], '^')
-        for name, t in transitions.items()
-        if t.get('transition_state') is not None and t.get('from') in states
-    ]
-    for name, position, value, marker in marks:
-        ax.plot([position], [value], marker, color='black', ms=5, zorder=5)
-        ax.annotate(name, xy=(position, value), xytext=(0, 6), textcoords='offset points', ha='center', fontsize=8)
-    if scan is not None:
-        if hasattr(scan, 'get_arraynames'):
-            scan = {name: scan.get_array(name) for name in scan.get_arraynames()}
-        angle = np.asarray(scan['value' if 'value' in scan else 'angle'], dtype=float)  # CV file unit
-        if 'dft' in scan:
-            ax.plot(angle, scan['dft'], 'o', color='black', ms=5, label='DFT, relaxed scan', zorder=4)
-        if 'mlff' in scan:
-            ax.plot(angle, scan['mlff'], 'x', color='tab:red', ms=6, label='MLFF, relaxed scan', zorder=4)
-    experiment = (barriers or {}).get('experiment_kcal_mol') or {}
-    for k, (name, value) in enumerate(sorted(experiment.items())):
-        ax.axhline(float(value), color=('tab:green', 'tab:purple', 'tab:brown')[k % 3], ls='--', lw=1, zorder=2)
-        ax.annotate(
-            f'experiment, {name}: {float(value):.1f} kcal/mol',
-            xy=(x.min(), float(value)),
-            xytext=(2, 2),
-            textcoords='offset points',
-            fontsize=8,
-        )
+    _mark_states(ax, states, transitions)
+    _draw_references(ax, x, scan, barriers)
     ax.set_xlabel(f'{x_name} ({unit})' if unit else x_name)
     ax.set_ylabel('free energy (kcal/mol)')
     ax.set_xlim(x.min(), x.max())
     ax.legend(fontsize=8, loc='best')
-    ax.set_title('Potential of mean force', fontsize=11)
+    ax.set_title(f'Potential of mean force ({estimator})', fontsize=11)
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------------------------------------------ convergence
+def _number_text(value: Any, unit: str = '') -> str:
+    """``'0.62 kcal/mol'``, ``'0.04'``, or ``'-'`` for None."""
+    if value is None:
+        return '-'
+    text = f'{float(value):.3g}' if isinstance(value, int | float) else str(value)
+    return f'{text} {unit}'.rstrip()
+
+
+def criterion_text(name: str, criterion: Mapping[str, Any]) -> str:
+    """``'barrier_error 0.62 kcal/mol, target <= 0.3 kcal/mol: FAIL (trans 0.2, cis 0.62)'`` of one criterion."""
+    unit = criterion.get('unit') or ''
+    value = criterion.get('value')
+    text = f'{name} {_number_text(value, unit)}, target <= {_number_text(criterion.get("target"), unit)}: '
+    text += 'pass' if criterion.get('passed') else 'FAIL'
+    if value is None:
+        text += ' (not measurable yet: needs two rounds)' if name == 'pmf_change' else ' (not measured)'
+    per = criterion.get('per_barrier') or {}
+    if per:
+        text += ' (' + ', '.join(f'{key} {_number_text(val)}' for key, val in sorted(per.items())) + ')'
+    return text
+
+
+def failed_criteria_text(convergence: Mapping[str, Any]) -> str:
+    """``'barrier_error 0.62 > 0.3 kcal/mol; pmf_change ...'``: every failed criterion with value and target."""
+    criteria = convergence.get('criteria') or {}
+    parts = []
+    for name in convergence.get('failed') or []:
+        c = criteria.get(name, {})
+        unit = c.get('unit') or ''
+        parts.append(f'{name} {_number_text(c.get("value"))} > {_number_text(c.get("target"), unit)}')
+    return '; '.join(parts)
+
+
+def _budget_text(convergence: Mapping[str, Any]) -> str:
+    """``'labels used 52 of a budget of 60'`` (or ``'... (no budget)'``)."""
+    budget = convergence.get('label_budget')
+    used = convergence.get('labels_used', '?')
+    return f'labels used {used} of a budget of {budget}' if budget is not None else f'labels used {used} (no budget)'
+
+
+def convergence_lines(convergence: Mapping[str, Any]) -> list[str]:
+    """The verdict of a campaign's ``convergence`` output as lines of text, the verdict first.
+
+    Parameters
+    ----------
+    convergence
+        The ``convergence`` Dict's contents: ``converged``, ``reason``, ``failed``, ``criteria`` (by name:
+        ``value``, ``target``, ``passed``, ``unit``, optional ``per_barrier``), ``labels_used``, ``label_budget``,
+        ``rounds_run``, ``max_rounds``, ``best_round``, ``final_round``, ``worse_rounds``.
+    """
+    converged = bool(convergence.get('converged'))
+    lines = [f'Converged: {"yes" if converged else "NO"} ({convergence.get("reason") or "no reason given"})']
+    criteria = convergence.get('criteria') or {}
+    lines.extend(f'  {criterion_text(name, c)}' for name, c in sorted(criteria.items()))
+    lines.append(
+        f'  {_budget_text(convergence)}; rounds run {convergence.get("rounds_run", "?")} of at most '
+        f'{convergence.get("max_rounds", "?")}'
+    )
+    worse = convergence.get('worse_rounds') or []
+    lines.append(
+        f'  best round {convergence.get("best_round", "?")}, final round {convergence.get("final_round", "?")}'
+        + (f'; rounds worse than the best: {", ".join(str(r) for r in worse)}' if worse else '')
+    )
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------------------ report
-def _metrics_of(outputs: Mapping[str, Any], parity: dict[str, np.ndarray] | None) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    if parity is not None:
-        e = parity['energy_pred'] - parity['energy_ref']
-        f = parity['forces_pred'] - parity['forces_ref']
-        metrics = {
-            'energy_rmse_meV_per_atom': 1000 * float(np.sqrt(np.mean(e**2))),
-            'energy_mae_meV_per_atom': 1000 * float(np.mean(np.abs(e))),
-            'force_rmse_meV_per_A': 1000 * float(np.sqrt(np.mean(f**2))),
-            'force_mae_meV_per_A': 1000 * float(np.mean(np.abs(f))),
-        }
-    return metrics
+def potential_metrics(metrics: Mapping[str, Any] | None) -> tuple[str | None, dict[str, float]]:
+    """The scalar errors of a potential's ``metrics`` attribute and the split they were measured on.
+
+    The attribute is ``{'train': {...}, 'validation': {...}}`` (either may be None); the validation errors are
+    preferred. The older flat form (the errors themselves) is read as validation errors.
+
+    Returns
+    -------
+    tuple
+        ``(split, errors)``: ``'validation'``, ``'train'`` or None (no errors), and the numbers by name (e.g.
+        ``energy_rmse_meV_per_atom``, ``force_mae_meV_per_A``, ``n_structures``).
+    """
+    metrics = metrics or {}
+
+    def scalars(values: Mapping[str, Any]) -> dict[str, float]:
+        return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    for split in ('validation', 'train'):
+        if isinstance(metrics.get(split), Mapping) and scalars(metrics[split]):
+            return split, scalars(metrics[split])
+    flat = scalars(metrics)
+    return ('validation' if flat else None), flat
+
+
+def pmf_estimator(pmf: Any) -> str:
+    """The estimator that produced a PMF node (its ``estimator`` attribute: ``'wham'`` or ``'mbar'``; default WHAM)."""
+    attributes = getattr(getattr(pmf, 'base', None), 'attributes', None)
+    return str(attributes.get('estimator', 'wham') if attributes is not None else 'wham').lower()
+
+
+def _parity_errors(parity: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Energy (meV/atom) and force (meV/Å) RMSE and MAE of :func:`parity_data`'s arrays."""
+    e_rmse, e_mae = _errors(parity['energy_ref'], parity['energy_pred'])
+    f_rmse, f_mae = _errors(parity['forces_ref'], parity['forces_pred'])
+    return {
+        'energy_rmse_meV_per_atom': 1000 * e_rmse,
+        'energy_mae_meV_per_atom': 1000 * e_mae,
+        'force_rmse_meV_per_A': 1000 * f_rmse,
+        'force_mae_meV_per_A': 1000 * f_mae,
+    }
+
+
+def _parity_section(node_or_outputs: Any, potential, directory: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Parity plots on the validation frames and the held-out relaxed-scan frames (never on the training set).
+
+    Returns the paths written (``parity_energy``, ``parity_forces``; none when neither set of frames is found) and,
+    by set (``validation``, ``held_out``), what each plot uses: a ``note``, the frame count and the errors, or the
+    ``reason`` it is missing.
+    """
+    frames, validation = validation_frames(potential)
+    held_out, held_info = held_out_dataset(node_or_outputs)
+    found = {'validation': (frames, validation), 'held_out': (held_out, held_info)}
+    loaded = potential.load_potential()
+    sets, info = {}, {}
+    for key, (source, entry) in found.items():
+        info[key] = dict(entry)
+        if source is None:
+            continue
+        parity = parity_data(loaded, source)
+        info[key].update(n_structures=len(parity['natoms']), plots=['parity_energy', 'parity_forces'])
+        info[key].update(_parity_errors(parity))
+        name = f'{"validation" if key == "validation" else "held-out pw.x (relaxed scan)"}, {len(parity["natoms"])}'
+        sets[name + ' frames'] = parity
+    paths: dict[str, Path] = {}
+    if sets:
+        for quantity, unit, array, label in (
+            ('energy', 'eV/atom', 'energy', 'Energy per atom'),
+            ('forces', 'eV/Å', 'forces', 'Force component'),
+        ):
+            pairs = {name: (p[f'{array}_ref'], p[f'{array}_pred']) for name, p in sets.items()}
+            title = f'{label}: frames never trained on'
+            paths[f'parity_{quantity}'] = plot_parity_sets(
+                pairs, directory / f'parity_{quantity}.png', label, unit, title
+            )
+    return paths, info
 
 
 def _dft_sources(dataset) -> dict[str, Any]:
@@ -476,8 +776,88 @@ def _dft_sources(dataset) -> dict[str, Any]:
     return result
 
 
+def _potential_summary(potential) -> dict[str, Any]:
+    """Identity, architecture, errors (validation preferred) and calibration of a ``PotentialData``."""
+    attributes = potential.base.attributes
+    split, errors = potential_metrics(attributes.get('metrics', {}))
+    summary = {
+        **_identity(potential),
+        'architecture': attributes.get('architecture', None),
+        'committee_size': attributes.get('committee_size', None),
+        'cutoff_A': attributes.get('cutoff', None),
+        'metrics_split': split,
+        'metrics': errors,
+    }
+    calibration = attributes.get('calibration', None)
+    if isinstance(calibration, Mapping):
+        summary['calibration'] = dict(calibration)
+    return summary
+
+
+def _history_summary(history_node) -> dict[str, Any]:
+    """Iterations and stop reason of the active-learning ``history`` Dict."""
+    history = history_node.get_dict()
+    return {
+        **_identity(history_node),
+        'n_iterations': len(history.get('iterations', [])),
+        'stop_reason': history.get('stop_reason'),
+        'final_iteration': (history.get('iterations') or [None])[-1],
+    }
+
+
+def _model_section(node_or_outputs: Any, outputs: Mapping[str, Any], directory: Path, summary: dict) -> dict:
+    """Parity plots, dataset and potential entries of the summary; return the paths written."""
+    dataset, potential = outputs.get('dataset'), outputs.get('potential')
+    paths: dict[str, Path] = {}
+    if potential is not None:
+        paths, summary['parity'] = _parity_section(node_or_outputs, potential, directory)
+        summary['potential'] = _potential_summary(potential)
+    if not paths:
+        reasons = [v['reason'] for v in summary.get('parity', {}).values() if 'reason' in v] or ['no potential']
+        summary['missing'].append(f'parity plots ({"; ".join(reasons)})')
+    if dataset is not None:
+        summary['dataset'] = {
+            **_identity(dataset),
+            'n_structures': int(dataset.n_structures),
+            'elements': list(dataset.elements),
+            'dft_calculations': _dft_sources(dataset),
+        }
+    return paths
+
+
+def _process_section(outputs: Mapping[str, Any], directory: Path, summary: dict) -> dict[str, Path]:
+    """Learning curve, history, PMF, barriers, rates and scan entries of the summary; return the paths written."""
+    paths: dict[str, Path] = {}
+    if 'learning_curve' in outputs:
+        paths['learning_curve'] = plot_learning_curve(outputs['learning_curve'], directory / 'learning_curve.png')
+    else:
+        summary['missing'].append('learning curve')
+    if 'history' in outputs:
+        paths['history'] = plot_history(outputs['history'].get_dict(), directory / 'history.png')
+        summary['history'] = _history_summary(outputs['history'])
+    else:
+        summary['missing'].append('active-learning history')
+    barriers = outputs['barriers'].get_dict() if 'barriers' in outputs else None
+    if 'pmf' in outputs:
+        paths['pmf'] = plot_pmf(outputs['pmf'], directory / 'pmf.png', barriers=barriers, scan=outputs.get('scan'))
+        summary['pmf'] = {**_identity(outputs['pmf']), 'estimator': pmf_estimator(outputs['pmf'])}
+    else:
+        summary['missing'].append('PMF')
+    if barriers is not None:
+        summary['barriers'] = {**_identity(outputs['barriers']), **barriers}
+    if 'rates' in outputs:
+        summary['rates_per_s'] = {**_identity(outputs['rates']), **outputs['rates'].get_dict()}
+    if 'scan' in outputs:
+        summary['scan'] = _identity(outputs['scan'])
+    return paths
+
+
 def write_campaign_report(node_or_outputs: Any, directory: str | Path) -> dict[str, Path]:
     """Write the figures, ``summary.json`` and ``index.html`` of a campaign into ``directory``.
+
+    The convergence verdict comes first (``convergence`` in the summary, a banner on the page). Parity plots use
+    only frames no training saw: the validation split of the potential's training dataset and, for a campaign
+    node, the pw.x labels of its relaxed-scan check (``label_scan``); ``parity`` in the summary says which.
 
     Parameters
     ----------
@@ -496,73 +876,17 @@ def write_campaign_report(node_or_outputs: Any, directory: str | Path) -> dict[s
     outputs = campaign_outputs(node_or_outputs)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    missing: list[str] = []
     summary: dict[str, Any] = {'outputs': {label: _identity(node) for label, node in sorted(outputs.items())}}
+    summary['missing'] = []
+    if 'convergence' in outputs:
+        summary['convergence'] = {**_identity(outputs['convergence']), **outputs['convergence'].get_dict()}
+    else:
+        summary['missing'].append('convergence verdict')
     if not isinstance(node_or_outputs, Mapping):
         summary['campaign'] = _identity(node_or_outputs)
-
-    dataset, potential = outputs.get('dataset'), outputs.get('potential')
-    parity = None
-    if dataset is not None and potential is not None:
-        parity = parity_data(potential, dataset)
-        paths['parity_energy'] = plot_parity(
-            parity['energy_ref'], parity['energy_pred'], directory / 'parity_energy.png', 'Energy per atom', 'eV/atom'
-        )
-        paths['parity_forces'] = plot_parity(
-            parity['forces_ref'], parity['forces_pred'], directory / 'parity_forces.png', 'Force component', 'eV/Å'
-        )
-        summary['parity_on_final_dataset'] = _metrics_of(outputs, parity)
-    else:
-        missing.append('parity plots (need dataset and potential)')
-    if dataset is not None:
-        summary['dataset'] = {
-            **_identity(dataset),
-            'n_structures': int(dataset.n_structures),
-            'elements': list(dataset.elements),
-            'dft_calculations': _dft_sources(dataset),
-        }
-    if potential is not None:
-        attributes = potential.base.attributes
-        summary['potential'] = {
-            **_identity(potential),
-            'architecture': attributes.get('architecture', None),
-            'committee_size': attributes.get('committee_size', None),
-            'cutoff_A': attributes.get('cutoff', None),
-            'validation_metrics': {
-                k: v for k, v in (attributes.get('metrics', {}) or {}).items() if k != 'per_element'
-            },
-        }
-    if 'learning_curve' in outputs:
-        paths['learning_curve'] = plot_learning_curve(outputs['learning_curve'], directory / 'learning_curve.png')
-    else:
-        missing.append('learning curve')
-    if 'history' in outputs:
-        history = outputs['history'].get_dict()
-        paths['history'] = plot_history(history, directory / 'history.png')
-        summary['history'] = {
-            **_identity(outputs['history']),
-            'n_iterations': len(history.get('iterations', [])),
-            'stop_reason': history.get('stop_reason'),
-            'final_iteration': (history.get('iterations') or [None])[-1],
-        }
-    else:
-        missing.append('active-learning history')
-    barriers = outputs['barriers'].get_dict() if 'barriers' in outputs else None
-    if 'pmf' in outputs:
-        paths['pmf'] = plot_pmf(outputs['pmf'], directory / 'pmf.png', barriers=barriers, scan=outputs.get('scan'))
-        summary['pmf'] = _identity(outputs['pmf'])
-    else:
-        missing.append('PMF')
-    if barriers is not None:
-        summary['barriers'] = {**_identity(outputs['barriers']), **barriers}
-    if 'rates' in outputs:
-        summary['rates_per_s'] = {**_identity(outputs['rates']), **outputs['rates'].get_dict()}
-    if 'scan' in outputs:
-        summary['scan'] = _identity(outputs['scan'])
-    summary['missing'] = missing
+    paths = _model_section(node_or_outputs, outputs, directory, summary)
+    paths.update(_process_section(outputs, directory, summary))
     summary['figures'] = {name: path.name for name, path in paths.items()}
-
     paths['summary'] = directory / 'summary.json'
     paths['summary'].write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_default))
     paths['html'] = directory / 'index.html'
@@ -588,7 +912,19 @@ code { font-size: 0.9em; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 .missing { color: #a33; }
+.banner { padding: 0.6em 1em; margin: 1em 0; border-left: 6px solid; }
+.banner.ok { background: #e8f5e9; border-color: #2e7d32; }
+.banner.fail { background: #fdecea; border-color: #c62828; }
+.fail-cell { color: #c62828; font-weight: bold; }
 """
+
+#: columns of the per-round table of the convergence verdict: (key in a round's row, heading)
+_ROUND_COLUMNS = (
+    ('labels_used', 'labels used'),
+    ('barrier_error', 'barrier error'),
+    ('untrusted_fraction', 'untrusted fraction'),
+    ('pmf_change', 'PMF change'),
+)
 
 
 def _node_cell(info: Mapping[str, Any] | None) -> str:
@@ -603,81 +939,178 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
-def _html(summary: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
-    rows: list[tuple[str, str, str]] = []  # (quantity, value, node)
-    outputs = summary.get('outputs', {})
-    dataset = summary.get('dataset')
+def _criteria_table(convergence: Mapping[str, Any]) -> list[str]:
+    """The criteria of the verdict as an HTML table: value, target, pass/FAIL."""
+    parts = ['<table><tr><th>criterion</th><th>value</th><th>target (&le;)</th><th>result</th></tr>']
+    for name, c in sorted((convergence.get('criteria') or {}).items()):
+        unit = c.get('unit') or ''
+        value = _number_text(c.get('value'), unit)
+        per = c.get('per_barrier') or {}
+        if per:
+            value += ' (' + ', '.join(f'{k} {_number_text(v)}' for k, v in sorted(per.items())) + ')'
+        result = 'pass' if c.get('passed') else '<span class="fail-cell">FAIL</span>'
+        parts.append(
+            f'<tr><td>{html.escape(name)}</td><td>{html.escape(value)}</td>'
+            f'<td>{html.escape(_number_text(c.get("target"), unit))}</td><td>{result}</td></tr>'
+        )
+    parts.append('</table>')
+    return parts
+
+
+def _rounds_table(convergence: Mapping[str, Any]) -> list[str]:
+    """The per-round table of the verdict (the best and the worse rounds marked)."""
+    rounds = convergence.get('rounds') or []
+    if not rounds:
+        return []
+    best, worse = convergence.get('best_round'), set(convergence.get('worse_rounds') or [])
+    criteria = convergence.get('criteria') or {}
+    units = {key: (criteria.get(key) or {}).get('unit') for key, _ in _ROUND_COLUMNS}
+    heads = ''.join(
+        f'<th>{head}{f" ({html.escape(units[key])})" if units[key] else ""}</th>' for key, head in _ROUND_COLUMNS
+    )
+    parts = [f'<table><tr><th>round</th>{heads}<th>windows untrusted</th><th>converged</th><th>note</th></tr>']
+    for row in sorted(rounds, key=lambda r: r.get('round', 0)):
+        number = row.get('round')
+        cells = ''.join(f'<td>{html.escape(_number_text(row.get(key)))}</td>' for key, _ in _ROUND_COLUMNS)
+        windows = f'{_number_text(row.get("windows_untrusted"))} of {_number_text(row.get("n_windows"))}'
+        note = 'best' if number == best else 'worse than the best' if number in worse else ''
+        parts.append(
+            f'<tr><td>{_fmt(number)}</td>{cells}<td>{windows}</td>'
+            f'<td>{"yes" if row.get("converged") else "no"}</td><td>{note}</td></tr>'
+        )
+    parts.append('</table>')
+    return parts
+
+
+def _convergence_html(convergence: Mapping[str, Any] | None) -> list[str]:
+    """The verdict banner (converged / NOT converged, the failed criteria), its criteria and per-round tables."""
+    if not convergence:
+        return [
+            '<div class="banner fail"><strong>No convergence verdict</strong>: this campaign has no '
+            '<code>convergence</code> output.</div>'
+        ]
+    converged = bool(convergence.get('converged'))
+    reason = html.escape(str(convergence.get('reason') or ''))
+    head = 'Converged' if converged else 'NOT converged'
+    banner = f'<div class="banner {"ok" if converged else "fail"}"><strong>{head}</strong>: {reason}'
+    if not converged and convergence.get('failed'):
+        banner += f'<br>Failed: {html.escape(failed_criteria_text(convergence))}'
+    worse = convergence.get('worse_rounds') or []
+    banner += (
+        f'<br>{html.escape(_budget_text(convergence))}; best round {_fmt(convergence.get("best_round", "?"))}, '
+        f'final round {_fmt(convergence.get("final_round", "?"))}'
+        + (f'; rounds worse than the best: {html.escape(", ".join(map(str, worse)))}' if worse else '')
+        + f'<br><small>verdict: {_node_cell(convergence)}</small></div>'
+    )
+    return [banner, '<h2>Convergence</h2>', *_criteria_table(convergence), *_rounds_table(convergence)]
+
+
+def _model_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Key-number rows of the dataset, the potential (errors, calibration) and the parity frames."""
+    rows: list[tuple[str, str, str]] = []
+    dataset, potential = summary.get('dataset'), summary.get('potential')
     if dataset:
         sources = dataset['dft_calculations']['from_dataset_sources']
         rows.append(('structures in the final dataset', _fmt(dataset['n_structures']), _node_cell(dataset)))
         rows.append(('DFT calculations behind it', _fmt(len(sources)), _node_cell(dataset)))
-    potential = summary.get('potential')
     if potential:
         rows.append(('committee size', _fmt(potential['committee_size']), _node_cell(potential)))
-        for key, value in sorted(potential.get('validation_metrics', {}).items()):
+        split = potential.get('metrics_split') or 'validation'
+        for key, value in sorted(potential.get('metrics', {}).items()):
+            rows.append((f'{split} {key} (training job)', _fmt(float(value)), _node_cell(potential)))
+        for key, value in sorted((potential.get('calibration') or {}).items()):
             if isinstance(value, int | float):
-                rows.append((f'validation {key}', _fmt(float(value)), _node_cell(potential)))
-    for key, value in sorted(summary.get('parity_on_final_dataset', {}).items()):
-        rows.append((f'final dataset {key}', _fmt(value), _node_cell(potential)))
+                rows.append((f'calibration {key}', _fmt(float(value)), _node_cell(potential)))
+    for key, entry in (summary.get('parity') or {}).items():
+        name = 'validation frames' if key == 'validation' else 'held-out pw.x frames'
+        if 'reason' in entry:
+            rows.append((name, f'not plotted: {html.escape(entry["reason"])}', '-'))
+            continue
+        rows.append((name, html.escape(entry['note']), _node_cell(entry.get('dataset'))))
+        for metric in ('energy_rmse_meV_per_atom', 'force_mae_meV_per_A'):
+            rows.append((f'{name}: {metric}', _fmt(entry[metric]), _node_cell(potential)))
+    return rows
+
+
+def _state_rows(barriers: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Key-number rows of the states of a ``barriers`` summary."""
+    states, _ = barrier_tables(barriers)
+    unit = html.escape(barriers.get('unit', ''))
+    experiment = barriers.get('experiment_kcal_mol', {}) or {}
+    rows = []
+    for name, st in states.items():
+        text = (
+            f'{_pm(st["kcal_mol"], st.get("error_kcal_mol"))} kcal/mol, minimum at {st["minimum"]:.4g} {unit}, '
+            f'range [{st["range"][0]:.4g}, {st["range"][1]:.4g}] {unit}'
+        )
+        if name in experiment:
+            text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
+        rows.append((f'state {html.escape(name)}', text, _node_cell(barriers)))
+    return rows
+
+
+def _transition_rows(barriers: Mapping[str, Any], rates: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Key-number rows of the transitions (barriers and TST rates) of a ``barriers`` summary."""
+    _, transitions = barrier_tables(barriers)
+    unit = html.escape(barriers.get('unit', ''))
+    experiment = barriers.get('experiment_kcal_mol', {}) or {}
+    rows = []
+    for name, t in transitions.items():
+        text = html.escape(_barrier_text(t))
+        where = f' ({html.escape(t["from"])} &rarr; {html.escape(t["to"])})' if 'from' in t else ''
+        if t.get('transition_state') is not None:
+            text += f', transition state at {t["transition_state"]:.4g} {unit}'
+        if name in experiment:
+            text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
+        rows.append((f'barrier {html.escape(name)}{where}', text, _node_cell(barriers)))
+        forward, backward = _rates_of(rates, name) if rates else (t.get('rate_forward'), t.get('rate_backward'))
+        if forward is not None:
+            text = f'{float(forward):.3g} s<sup>-1</sup>'
+            if backward is not None:
+                text = f'forward {text}, backward {float(backward):.3g} s<sup>-1</sup>'
+            rows.append((f'rate {html.escape(name)} (TST)', text, _node_cell(rates or barriers)))
+    return rows
+
+
+def _free_energy_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Key-number rows of the PMF (its estimator), states, transitions, warnings and the active-learning history."""
+    rows: list[tuple[str, str, str]] = []
+    pmf = summary.get('pmf')
+    if pmf:
+        estimator = _ESTIMATORS.get(pmf['estimator'], html.escape(pmf['estimator'].upper()))
+        rows.append(('PMF estimator', estimator, _node_cell(pmf)))
     barriers = summary.get('barriers')
-    rates = summary.get('rates_per_s')
     if barriers:
-        states, transitions = barrier_tables(barriers)
-        unit = html.escape(barriers.get('unit', ''))
-        experiment = barriers.get('experiment_kcal_mol', {}) or {}
-        for name, st in states.items():
-            text = (
-                f'{_pm(st["kcal_mol"], st.get("error_kcal_mol"))} kcal/mol, minimum at {st["minimum"]:.4g} {unit}, '
-                f'range [{st["range"][0]:.4g}, {st["range"][1]:.4g}] {unit}'
-            )
-            if name in experiment:
-                text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
-            rows.append((f'state {html.escape(name)}', text, _node_cell(barriers)))
-        for name, t in transitions.items():
-            text = html.escape(_barrier_text(t))
-            where = f' ({html.escape(t["from"])} &rarr; {html.escape(t["to"])})' if 'from' in t else ''
-            if t.get('transition_state') is not None:
-                text += f', transition state at {t["transition_state"]:.4g} {unit}'
-            if name in experiment:
-                text += f'; experiment {float(experiment[name]):.3g} kcal/mol'
-            rows.append((f'barrier {html.escape(name)}{where}', text, _node_cell(barriers)))
-            forward, backward = _rates_of(rates, name) if rates else (t.get('rate_forward'), t.get('rate_backward'))
-            if forward is not None:
-                text = f'{float(forward):.3g} s<sup>-1</sup>'
-                if backward is not None:
-                    text = f'forward {text}, backward {float(backward):.3g} s<sup>-1</sup>'
-                rows.append((f'rate {html.escape(name)} (TST)', text, _node_cell(rates or barriers)))
-        for warning in barriers.get('warnings') or []:
-            rows.append(('warning', html.escape(warning), _node_cell(barriers)))
+        rows.extend(_state_rows(barriers))
+        rows.extend(_transition_rows(barriers, summary.get('rates_per_s')))
+        rows.extend(('warning', html.escape(w), _node_cell(barriers)) for w in barriers.get('warnings') or [])
     history = summary.get('history')
     if history:
         rows.append(('active-learning iterations', _fmt(history['n_iterations']), _node_cell(history)))
         rows.append(('stop reason', _fmt(history['stop_reason']), _node_cell(history)))
+    return rows
 
-    parts = [
-        '<!DOCTYPE html>',
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<link rel="icon" href="data:,">',
-        '<title>aiida-mlff campaign report</title>',
-        f'<style>{_CSS}</style></head><body>',
-        '<h1>aiida-mlff campaign report</h1>',
-    ]
-    campaign = summary.get('campaign')
-    if campaign:
-        parts.append(f'<p>Campaign: {_node_cell(campaign)}</p>')
-    parts.append('<h2>Key numbers</h2>')
-    parts.append('<table><tr><th>quantity</th><th>value</th><th>node (PK, UUID)</th></tr>')
-    parts.extend(f'<tr><td>{q}</td><td>{v}</td><td>{n}</td></tr>' for q, v, n in rows)
-    parts.append('</table>')
-    parts.append('<h2>Figures</h2>')
-    captions = {
-        'parity_energy': 'Energy per atom, MLFF against DFT, on the final dataset',
-        'parity_forces': 'Force components, MLFF against DFT, on the final dataset',
+
+def _captions(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Figure captions by name; the parity captions name the frames they use, the PMF caption its estimator."""
+    parity = summary.get('parity') or {}
+    used = [entry['note'] for entry in parity.values() if 'note' in entry and 'plots' in entry]
+    frames = '; '.join(used) or 'no frames'
+    estimator = _ESTIMATORS.get((summary.get('pmf') or {}).get('estimator', 'wham'), 'WHAM')
+    return {
+        'parity_energy': f'Energy per atom, MLFF against DFT, on frames never trained on ({frames})',
+        'parity_forces': f'Force components, MLFF against DFT, on frames never trained on ({frames})',
         'learning_curve': 'Learning curve of the final training',
         'history': 'Active-learning history',
-        'pmf': 'Potential of mean force with its error band, relaxed-scan points and experimental barriers',
+        'pmf': f'Potential of mean force ({estimator}) with its error band, relaxed-scan points and experimental '
+        'barriers',
     }
-    for name, caption in captions.items():
+
+
+def _figures_html(summary: Mapping[str, Any], paths: Mapping[str, Path]) -> list[str]:
+    """The figures with their captions, and what is missing from the report."""
+    parts = ['<h2>Figures</h2>']
+    for name, caption in _captions(summary).items():
         if name in paths:
             file = html.escape(paths[name].name)
             parts.append(
@@ -688,29 +1121,59 @@ def _html(summary: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
     if missing:
         parts.append('<p class="missing">Not in this report (output missing): ' + html.escape(', '.join(missing)))
         parts.append('</p>')
+    return parts
+
+
+def _dft_html(dataset: Mapping[str, Any] | None) -> list[str]:
+    """The DFT calculations behind the final dataset: counts, the provenance check and the list of UUIDs."""
+    if not dataset:
+        return []
+    calcs = dataset['dft_calculations']
+    parts = [
+        f'<h2>DFT calculations behind the final dataset ({len(calcs["from_dataset_sources"])})</h2>'
+        '<p>UUIDs of the PwCalculation nodes whose labels entered the dataset; '
+        '<code>verdi process show UUID</code> shows each one.</p>'
+    ]
+    if 'from_provenance_query' in calcs:
+        n_query = len(calcs['from_provenance_query'])
+        traced = 'every label above among them' if calcs['sources_in_provenance'] else 'NOT every label above'
+        extra = calcs['in_provenance_not_in_dataset']
+        text = f'A provenance query finds {n_query} PwCalculation ancestors of the dataset, {traced}'
+        if extra:
+            text += f', and {len(extra)} whose labels are not in it (dropped, e.g. as exact duplicates on merging)'
+        parts.append(f'<p>{html.escape(text)}.</p>')
+    parts.append('<details><summary>list</summary><ul>')
+    parts.extend(f'<li><code>{html.escape(uuid)}</code></li>' for uuid in calcs['from_dataset_sources'])
+    parts.append('</ul></details>')
+    return parts
+
+
+def _html(summary: Mapping[str, Any], paths: Mapping[str, Path]) -> str:
+    """The report page: verdict banner, key numbers with their nodes, figures, outputs and DFT calculations."""
+    parts = [
+        '<!DOCTYPE html>',
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<link rel="icon" href="data:,">',
+        '<title>aiida-mlff campaign report</title>',
+        f'<style>{_CSS}</style></head><body>',
+        '<h1>aiida-mlff campaign report</h1>',
+    ]
+    if summary.get('campaign'):
+        parts.append(f'<p>Campaign: {_node_cell(summary["campaign"])}</p>')
+    parts.extend(_convergence_html(summary.get('convergence')))
+    parts.append('<h2>Key numbers</h2>')
+    parts.append('<table><tr><th>quantity</th><th>value</th><th>node (PK, UUID)</th></tr>')
+    rows = _model_rows(summary) + _free_energy_rows(summary)
+    parts.extend(f'<tr><td>{q}</td><td>{v}</td><td>{n}</td></tr>' for q, v, n in rows)
+    parts.append('</table>')
+    parts.extend(_figures_html(summary, paths))
     parts.append('<h2>Outputs</h2><table><tr><th>output</th><th>node (PK, UUID)</th></tr>')
     parts.extend(
-        f'<tr><td>{html.escape(label)}</td><td>{_node_cell(info)}</td></tr>' for label, info in outputs.items()
+        f'<tr><td>{html.escape(label)}</td><td>{_node_cell(info)}</td></tr>'
+        for label, info in summary.get('outputs', {}).items()
     )
     parts.append('</table>')
-    if dataset:
-        calcs = dataset['dft_calculations']
-        parts.append(
-            f'<h2>DFT calculations behind the final dataset ({len(calcs["from_dataset_sources"])})</h2>'
-            '<p>UUIDs of the PwCalculation nodes whose labels entered the dataset; '
-            '<code>verdi process show UUID</code> shows each one.</p>'
-        )
-        if 'from_provenance_query' in calcs:
-            n_query = len(calcs['from_provenance_query'])
-            traced = 'every label above among them' if calcs['sources_in_provenance'] else 'NOT every label above'
-            extra = calcs['in_provenance_not_in_dataset']
-            text = f'A provenance query finds {n_query} PwCalculation ancestors of the dataset, {traced}'
-            if extra:
-                text += f', and {len(extra)} whose labels are not in it (dropped, e.g. as exact duplicates on merging)'
-            parts.append(f'<p>{html.escape(text)}.</p>')
-        parts.append('<details><summary>list</summary><ul>')
-        parts.extend(f'<li><code>{html.escape(uuid)}</code></li>' for uuid in calcs['from_dataset_sources'])
-        parts.append('</ul></details>')
+    parts.extend(_dft_html(summary.get('dataset')))
     parts.append(f'<p><a href="{html.escape(paths["summary"].name)}">summary.json</a></p>')
     parts.append('</body></html>')
     return '\n'.join(parts) + '\n'

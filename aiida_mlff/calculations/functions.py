@@ -154,28 +154,71 @@ def combine_potentials(**potentials):
 def select_frames(settings: orm.Dict, **runs) -> dict:
     """Classify explored frames by committee force deviation and pick diverse candidates to label.
 
-    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``, ``fill_from_failed``.
-    ``runs`` holds, per MD run ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas))
-    and its trajectories as ``trajectory_K_rNNNN``. Starting frames (step 0) and repeated geometries are left out.
-    Returns the candidates (``candidate_NNNN``, StructureData) and ``statistics`` (a Dict of fractions).
+    ``settings``: ``trust_lower``, ``trust_upper`` (eV/Å), ``max_candidates``, ``seed``, ``fill_from_failed``;
+    optional ``scale`` (calibration: deviations are multiplied by it first), ``runaway`` (eV/Å: a replica that blew
+    up, by its ``status_K``, gives only its frames before its deviation first exceeded this)
+    and ``cv_bins`` with ``period`` (CV internal unit or None): spread the labels along the first recorded CV
+    (:func:`aiida_mlff.core.selection.select_along_cv`, which needs ``colvars_K``).
+    ``runs`` holds, per MD run ``K``, ``deviations_K`` (ArrayData with ``max_force_deviation`` (frames, replicas)),
+    optionally ``colvars_K`` and ``status_K`` (Dict), and its trajectories as ``trajectory_K_rNNNN``. Starting
+    frames (step 0) and repeated geometries are left out. Returns the candidates (``candidate_NNNN``,
+    StructureData) and ``statistics`` (a Dict of fractions, and per CV bin the candidates and chosen frames when
+    spread along the CV).
     """
-    from aiida_mlff.core.selection import select_candidates
+    from aiida_mlff.core.selection import classify, select_along_cv, select_candidates
 
     s = settings.get_dict()
-    frames, deviations, seen = [], [], set()
+    frames, deviations, cv_values = _explored_frames(s, runs)
+    along_cv = s.get('cv_bins') and len(cv_values) == len(frames)
+    if along_cv:
+        k, bins = int(s['max_candidates']), int(s['cv_bins'])
+        picked, spread = select_along_cv(frames, deviations, cv_values, s['trust_lower'], k, bins, s.get('period'))
+        classification = classify(np.asarray(deviations), s['trust_lower'], s['trust_upper'])
+    else:
+        picked, classification = select_candidates(
+            frames,
+            deviations,
+            s['trust_lower'],
+            s['trust_upper'],
+            int(s['max_candidates']),
+            int(s.get('seed', 0)),
+            fill_from_failed=bool(s.get('fill_from_failed', False)),
+        )
+    stats = classification.as_dict()
+    stats['n_selected'] = len(picked)
+    stats['max_deviation'] = float(np.nanmax(deviations)) if deviations else 0.0
+    if along_cv:
+        stats['along_cv'] = spread
+    outputs = {'statistics': orm.Dict(stats)}
+    for k, index in enumerate(picked):
+        outputs[f'candidate_{k:04d}'] = orm.StructureData(ase=frames[index])
+    return outputs
+
+
+def _explored_frames(s: dict, runs: dict) -> tuple[list, list[float], list[float]]:
+    """Frames, their (scaled) deviations and first-CV values from MD outputs, run-away frames left out."""
+    from aiida_mlff.core.selection import sane_prefix
+
+    scale = float(s.get('scale', 1.0))
+    frames, deviations, cv_values, seen = [], [], [], set()
     for label, node in sorted(runs.items()):
         if not label.startswith('deviations_'):
             continue
         key = label[len('deviations_') :]
-        dev = node.get_array('max_force_deviation')  # (F, R)
+        dev = scale * node.get_array('max_force_deviation')  # (F, R)
+        colvars = runs.get(f'colvars_{key}')
+        status = runs[f'status_{key}'].get_dict().get('status', []) if f'status_{key}' in runs else []
+        values = colvars.get_array('values')[..., 0] if colvars is not None else None  # (F, R), rows as dev
+        row_of_step = None
+        if 'step' in node.get_arraynames():
+            row_of_step = {int(step): row for row, step in enumerate(node.get_array('step'))}
         for r in range(dev.shape[1]):
             trajectory = runs.get(f'trajectory_{key}_r{r:04d}')
             if trajectory is None:
                 continue
+            blown_up = r < len(status) and status[r] == 'blown_up'
+            sane = sane_prefix(dev[:, r], s.get('runaway') if blown_up else None)
             steps = list(trajectory.get_stepids())
-            row_of_step = None
-            if 'step' in node.get_arraynames():
-                row_of_step = {int(step): row for row, step in enumerate(node.get_array('step'))}
             # the arrays directly (one StructureData per frame would take most of the time of this function)
             positions = trajectory.get_array('positions')
             cells = trajectory.get_array('cells') if 'cells' in trajectory.get_arraynames() else None
@@ -186,6 +229,8 @@ def select_frames(settings: orm.Dict, **runs) -> dict:
                 if steps[k] == 0:
                     continue  # the starting structure itself: already known, never worth a new label
                 f = row_of_step[int(steps[k])] if row_of_step is not None else k
+                if f >= sane:
+                    break  # the replica ran away here: its later frames are collapsed geometries
                 digest = hash(np.round(positions[k], 6).tobytes())
                 if digest in seen:
                     continue
@@ -193,19 +238,6 @@ def select_frames(settings: orm.Dict, **runs) -> dict:
                 cell = cells[k] if cells is not None else None
                 frames.append(Atoms(symbols, positions=positions[k], cell=cell, pbc=pbc if cell is not None else False))
                 deviations.append(float(dev[f, r]))
-    picked, classification = select_candidates(
-        frames,
-        deviations,
-        s['trust_lower'],
-        s['trust_upper'],
-        int(s['max_candidates']),
-        int(s.get('seed', 0)),
-        fill_from_failed=bool(s.get('fill_from_failed', False)),
-    )
-    stats = classification.as_dict()
-    stats['n_selected'] = len(picked)
-    stats['max_deviation'] = float(np.nanmax(deviations)) if deviations else 0.0
-    outputs = {'statistics': orm.Dict(stats)}
-    for k, index in enumerate(picked):
-        outputs[f'candidate_{k:04d}'] = orm.StructureData(ase=frames[index])
-    return outputs
+                if values is not None:
+                    cv_values.append(float(values[f, r]))
+    return frames, deviations, cv_values

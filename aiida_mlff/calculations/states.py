@@ -55,7 +55,7 @@ def _pmf_in_file_units(
     out = orm.XyData()
     out.set_x(np.asarray(cv.to_file(grid), dtype=float), cv.name, cv.file_unit)
     out.set_y([values for _, values, _ in columns], [name for name, _, _ in columns], [u for _, _, u in columns])
-    for key in ('temperature', 'kT_eV'):
+    for key in ('temperature', 'kT_eV', 'estimator'):
         value = pmf.base.attributes.get(key, None)
         if value is not None:
             out.base.attributes.set(key, value)

@@ -1,4 +1,4 @@
-"""``mlff.wham``: the WHAM step of umbrella sampling as a calcfunction, so the PMF links back to its MD runs."""
+"""``mlff.wham``: the PMF of umbrella sampling (WHAM or MBAR) as a calcfunction, so it links back to its MD runs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from aiida_mlff.core.free_energy import combined_error, member_pmfs
+from aiida_mlff.core.mbar import mbar
 from aiida_mlff.core.options import UMBRELLA
 from aiida_mlff.core.wham import KB_EV, tst_rate, wham
 
-__all__ = ['collect_windows', 'wham_pmf']
+__all__ = ['ESTIMATORS', 'collect_windows', 'wham_pmf']
 
 EV_TO_KCAL_MOL = 23.060547830619
+
+#: the PMF estimators by the name of the ``estimator`` option; both take the same arguments and return a ``PMF``
+ESTIMATORS = {'wham': wham, 'mbar': mbar}
 
 
 def collect_windows(settings: dict, runs: dict) -> dict:
@@ -63,11 +67,16 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     """Potential of mean force, per-member PMFs, barrier and TST rate from umbrella MD runs.
 
     ``settings``: ``kappa`` (eV per CV unit squared), ``temperature`` (K), ``timestep`` (fs), ``equilibration_steps``,
-    ``bins``, ``bootstrap``, ``period`` (None or e.g. 2 pi), ``closed`` (whether the windows go around the whole
-    period, so that the last and first are neighbours), ``min_overlap``, optional ``basins`` (two CV ranges),
-    ``unit`` and ``name`` of the CV. ``runs``: ``colvars_K`` and ``deviations_K`` ArrayData of each MD run ``K``.
+    ``estimator`` (``'wham'``, the default, or ``'mbar'``), ``bins``, ``bootstrap``, ``period`` (None or e.g. 2 pi),
+    ``closed`` (whether the windows go around the whole period, so that the last and first are neighbours),
+    ``min_overlap``, optional ``basins`` (two CV ranges), ``unit`` and ``name`` of the CV. ``runs``: ``colvars_K`` and
+    ``deviations_K`` ArrayData of each MD run ``K``. The PMF node records the estimator in its ``estimator`` attribute.
     """
-    s = {**{key: UMBRELLA[key].default for key in ('bins', 'bootstrap', 'min_overlap', 'seed')}, **settings.get_dict()}
+    defaults = ('estimator', 'bins', 'bootstrap', 'min_overlap', 'seed')
+    s = {**{key: UMBRELLA[key].default for key in defaults}, **settings.get_dict()}
+    if s['estimator'] not in ESTIMATORS:
+        raise ValueError(f'settings.estimator: {s["estimator"]!r} is not one of {sorted(ESTIMATORS)}')
+    estimator = ESTIMATORS[s['estimator']]
     grouped: dict[str, dict] = {}
     for label, node in runs.items():
         kind, key = label.split('_', 1)
@@ -75,7 +84,7 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     data = collect_windows(s, grouped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        pmf = wham(
+        pmf = estimator(
             data['samples'],
             data['centers'],
             s['kappa'],
@@ -104,6 +113,7 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     xy.set_y(arrays, names, ['eV'] * len(arrays))
     xy.base.attributes.set('temperature', s['temperature'])
     xy.base.attributes.set('kT_eV', KB_EV * s['temperature'])
+    xy.base.attributes.set('estimator', s['estimator'])
 
     n = len(data['centers'])
     neighbours = [(i, i + 1) for i in range(n - 1)]

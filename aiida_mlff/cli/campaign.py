@@ -57,8 +57,24 @@ def _check_pseudos(config: dict, path: str) -> None:
         raise click.BadParameter(f'dft.pseudo_family: {problem[1]}', param_hint=f'campaign file {path}')
 
 
+def _convergence(node) -> dict | None:
+    """The contents of the campaign's ``convergence`` output, or None when it has none (yet)."""
+    return node.outputs.convergence.get_dict() if 'convergence' in node.outputs else None
+
+
 def _summary(node) -> None:
+    """Print the convergence verdict first, then the state, active learning, barriers, scan, dataset, potential."""
     outputs = node.outputs
+    convergence = _convergence(node)
+    if convergence is not None:
+        from aiida_mlff.report import convergence_lines
+
+        for line in convergence_lines(convergence):
+            click.echo(line)
+    elif node.is_terminated:
+        click.echo('Converged: unknown (this campaign has no convergence output)')
+    else:
+        click.echo('Converged: not decided yet (the campaign is still running)')
     click.echo(
         f'{node.process_label}<{node.pk}> {node.process_state.value if node.process_state else "?"}'
         f' (exit status {node.exit_status})'
@@ -81,8 +97,8 @@ def _summary(node) -> None:
         rates = outputs.rates.get_dict() if 'rates' in outputs else None
         for line in barrier_lines(outputs.barriers.get_dict(), rates):
             click.echo(line)
-    if 'scan' in outputs:
-        diff = outputs.scan.base.attributes.get('max_abs_difference_kcal_mol')
+    diff = outputs.scan.base.attributes.get('max_abs_difference_kcal_mol', None) if 'scan' in outputs else None
+    if diff is not None:
         click.echo(f'Relaxed scan: potential vs pw.x within {diff:.2f} kcal/mol (max abs difference)')
     if 'dataset' in outputs:
         click.echo(f'Dataset TrainingSetData<{outputs.dataset.pk}>: {outputs.dataset.n_structures} pw.x labels')
@@ -101,18 +117,28 @@ def cmd_campaign():
 @click.option('--mlff-code', default='mlff-run@localhost', show_default=True, help='The mlff-run code.')
 @click.option('--submit', is_flag=True, help='Hand the campaign to the daemon instead of running it here.')
 @click.option('-o', '--output', type=click.Path(file_okay=False), default=None, help='Write the report here.')
+@click.option('-v', '--verbose', is_flag=True, help="Also print AiiDA's report line of every step.")
 @click.pass_context
-def cmd_run(ctx, path, pw_code, mlff_code, submit, output):
-    """Run the campaign in PATH on this profile (in-process, with a progress display), or submit it."""
+def cmd_run(ctx, path, pw_code, mlff_code, submit, output, verbose):
+    """Run the campaign in PATH on this profile (in-process, with a progress display), or submit it.
+
+    The display shows the stage, round, active-learning iteration, labels used of the budget, umbrella windows
+    (untrusted), the elapsed time and, once a round has finished, an estimate of the time left. After the run the
+    convergence verdict comes first, then the results. The command fails (exit status 1) when the campaign did not
+    finish well, e.g. when it did not converge; the message names the failed criteria.
+    """
     builder, config = _builder(ctx, path, pw_code, mlff_code, output)
     if submit:
         _do_submit(builder)
         return
     from aiida.engine import run_get_node
 
-    click.echo(f'Running campaign `{config["name"]}`: progress is reported below as each step starts and ends.')
+    from aiida_mlff.cli.progress import live_progress
+
+    click.echo(f'Running campaign `{config["name"]}`' + (' (report lines shown)' if verbose else ''))
     started = time.monotonic()
-    _, node = run_get_node(builder)
+    with live_progress(verbose=verbose):
+        _, node = run_get_node(builder)
     click.echo(f'Finished in {(time.monotonic() - started) / 60:.1f} min.')
     _summary(node)
     if output:
@@ -121,7 +147,18 @@ def cmd_run(ctx, path, pw_code, mlff_code, submit, output):
         paths = write_campaign_report(node, output)
         click.echo(f'Report written to {output} ({len(paths)} files)')
     if not node.is_finished_ok:
-        raise click.ClickException(f'the campaign ended with exit status {node.exit_status}: {node.exit_message}')
+        raise click.ClickException(_failure_message(node))
+
+
+def _failure_message(node) -> str:
+    """Why the campaign did not finish well: the failed criteria when it did not converge, else its exit message."""
+    convergence = _convergence(node)
+    if convergence is not None and not convergence.get('converged', True):
+        from aiida_mlff.report import failed_criteria_text
+
+        failed = failed_criteria_text(convergence) or 'no criterion named'
+        return f'the campaign did not converge (exit status {node.exit_status}): {failed}'
+    return f'the campaign ended with exit status {node.exit_status}: {node.exit_message}'
 
 
 def _do_submit(builder):
@@ -149,11 +186,19 @@ def cmd_submit(ctx, path, pw_code, mlff_code):
     _do_submit(builder)
 
 
+#: exit status of ``campaign status`` for a finished campaign that did not converge
+NOT_CONVERGED_STATUS = 3
+
+
 @cmd_campaign.command('status')
 @click.argument('identifier')
 @click.pass_context
 def cmd_status(ctx, identifier):
-    """Say where campaign IDENTIFIER (PK or UUID) stands: state, steps run, and results so far."""
+    """Say where campaign IDENTIFIER (PK or UUID) stands: verdict, state, steps run, and results so far.
+
+    The convergence verdict comes first. Exit status: 0, or 3 when the campaign finished without converging (its
+    ``convergence`` output says so), so that scripts can tell; 2 for a bad IDENTIFIER.
+    """
     _load(ctx)
     from aiida import orm
 
@@ -167,6 +212,14 @@ def cmd_status(ctx, identifier):
             param_hint='IDENTIFIER',
         )
     _summary(node)
+    _steps(node)
+    convergence = _convergence(node)
+    if node.is_finished and convergence is not None and not convergence.get('converged', True):
+        ctx.exit(NOT_CONVERGED_STATUS)
+
+
+def _steps(node) -> None:
+    """Count the processes the campaign called, by label: finished ok, failed, running."""
     steps = sorted(node.called_descendants, key=lambda n: n.ctime)
     counts: dict[str, list[int]] = {}
     for child in steps:

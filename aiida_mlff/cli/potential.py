@@ -16,55 +16,63 @@ def cmd_potential():
     """Trained potentials (mlff.potential): list, show, export."""
 
 
+#: columns of ``potential list`` after the identity: (heading, where the number comes from, key)
+_LIST_COLUMNS = (
+    ('E RMSE meV/atom', 'metrics', 'energy_rmse_meV_per_atom'),
+    ('F MAE meV/Å', 'metrics', 'force_mae_meV_per_A'),
+    ('calib. Spearman', 'calibration', 'spearman'),
+    ('calib. coverage 95%', 'calibration', 'coverage_95'),
+)
+
+
 @cmd_potential.command('list')
 @click.option('-l', '--limit', type=click.IntRange(min=1), default=None, help='Show at most this many (newest first).')
 @click.pass_context
 def cmd_potential_list(ctx, limit):
-    """List the potentials in the profile, newest first, with their validation errors."""
+    """List the potentials in the profile, newest first, with their errors.
+
+    The errors are those measured by the training job on its validation split (``set`` says `validation`), or on
+    its training split when it held none out (`train`). The calibration columns (Spearman rank correlation of the
+    committee deviation with the error, and the fraction of errors inside the 95% band) appear when any potential
+    carries a calibration.
+    """
+    from aiida_mlff.report import potential_metrics
+
+    load_profile_from_context(ctx)
+    rows = []
+    for pk, ctime, label, arch, elements, size, metrics, calibration in _query_potentials(limit):
+        split, errors = potential_metrics(metrics)
+        values = {'metrics': errors, 'calibration': calibration if isinstance(calibration, dict) else {}}
+        identity = (pk, ctime.strftime('%Y-%m-%d %H:%M'), label or '-', arch or '-', ','.join(elements or []), size)
+        numbers = tuple(_number(values[source].get(key)) for _, source, key in _LIST_COLUMNS)
+        rows.append((*identity, split or '-', *numbers))
+    if not rows:
+        click.echo('No potentials in this profile.')
+        return
+    headers = ['PK', 'created', 'label', 'architecture', 'elements', 'members', 'set', *(h for h, *_ in _LIST_COLUMNS)]
+    if all(row[-1] == row[-2] == '-' for row in rows):  # no calibration anywhere: leave its columns out
+        headers, rows = headers[:-2], [row[:-2] for row in rows]
+    echo_table(headers, rows)
+
+
+def _query_potentials(limit: int | None) -> list[tuple]:
+    """Rows of (pk, ctime, label, architecture, elements, committee size, metrics, calibration), newest first."""
     from aiida import orm
 
     from aiida_mlff.data.potential import PotentialData
 
-    load_profile_from_context(ctx)
+    projections = ['architecture', 'elements', 'committee_size', 'metrics', 'calibration']
     qb = orm.QueryBuilder().append(
-        PotentialData,
-        project=[
-            'id',
-            'ctime',
-            'label',
-            'attributes.architecture',
-            'attributes.elements',
-            'attributes.committee_size',
-            'attributes.metrics',
-        ],
+        PotentialData, project=['id', 'ctime', 'label', *(f'attributes.{name}' for name in projections)]
     )
     qb.order_by({PotentialData: {'id': 'desc'}})
     if limit:
         qb.limit(limit)
-    rows = []
-    for pk, ctime, label, arch, elements, size, metrics in qb.all():
-        metrics = metrics or {}
-        rows.append(
-            (
-                pk,
-                ctime.strftime('%Y-%m-%d %H:%M'),
-                label or '-',
-                arch or '-',
-                ','.join(elements or []),
-                size,
-                _number(metrics.get('energy_rmse_meV_per_atom')),
-                _number(metrics.get('force_mae_meV_per_A')),
-            )
-        )
-    if not rows:
-        click.echo('No potentials in this profile.')
-        return
-    echo_table(
-        ['PK', 'created', 'label', 'architecture', 'elements', 'members', 'E RMSE meV/atom', 'F MAE meV/Å'], rows
-    )
+    return qb.all()
 
 
 def _number(value) -> str:
+    """A number with two decimals, or ``'-'`` when there is none."""
     return '-' if value is None else f'{float(value):.2f}'
 
 
@@ -96,12 +104,18 @@ def cmd_potential_show(ctx, node):
     ]
     for key, value in rows:
         click.echo(f'{key + ":":<18}{value}')
-    metrics = attributes.get('metrics', {}) or {}
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    if scalars:
-        click.echo('validation metrics:')
-        for key, value in sorted(scalars.items()):
+    from aiida_mlff.report import potential_metrics
+
+    split, errors = potential_metrics(attributes.get('metrics', {}))
+    if errors:
+        click.echo(f'{split} metrics:')
+        for key, value in sorted(errors.items()):
             click.echo(f'  {key:<28}{value:.4g}')
+    calibration = attributes.get('calibration', None)
+    if isinstance(calibration, dict) and calibration:
+        click.echo('calibration:')
+        for key, value in sorted(calibration.items()):
+            click.echo(f'  {key:<28}{value:.4g}' if isinstance(value, int | float) else f'  {key:<28}{value}')
     hyper = attributes.get('hyperparameters', {}) or {}
     if hyper:
         click.echo('hyperparameters:')

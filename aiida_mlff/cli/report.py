@@ -23,8 +23,11 @@ __all__ = ['cmd_campaign_report']
 def cmd_campaign_report(ctx, node, directory):
     """Write the report of the campaign NODE (PK or UUID of a `mlff.campaign` work chain) into a folder.
 
-    Parity plots, learning curve, active-learning history and the PMF as PNG files, an index.html that links them
-    and lists the key numbers with the PK and UUID of the node behind each, and a summary.json.
+    The convergence verdict first (a banner: converged or not, the failed criteria with values and targets, the
+    per-round table), then parity plots on frames no training saw (the validation split and the held-out pw.x labels
+    of the relaxed-scan check), learning curve, active-learning history and the PMF (naming its estimator) as PNG
+    files, an index.html that links them and lists the key numbers with the PK and UUID of the node behind each, and
+    a summary.json.
     """
     from aiida import orm
 

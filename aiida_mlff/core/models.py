@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors
 from .descriptors import Descriptor, DescriptorSpec
 
-__all__ = ['ARCHITECTURES', 'Potential', 'register_architecture']
+__all__ = ['ARCHITECTURES', 'Potential', 'atom_force_deviation', 'register_architecture']
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {'tanh': torch.tanh, 'silu': nn.functional.silu}
 
@@ -39,6 +39,17 @@ def register_architecture(name: str) -> Callable:
         return func
 
     return wrap
+
+
+def atom_force_deviation(member_forces: Tensor, mean: Tensor | None = None) -> Tensor:
+    """(N,) committee force deviation of every atom [eV/Å]: ``sqrt(1/M sum_m |F_m,i - <F_i>|^2)``.
+
+    ``member_forces`` is (M, N, 3) [eV/Å]; ``mean``, their mean over members (N, 3), when already at hand. The largest
+    value over a structure's atoms is its ``max_force_deviation`` (:meth:`Potential.evaluate`).
+    """
+    if mean is None:
+        mean = member_forces.mean(0)
+    return ((member_forces - mean) ** 2).sum(-1).mean(0).sqrt()
 
 
 class Potential(nn.Module):
@@ -221,6 +232,26 @@ class Potential(nn.Module):
             out = out.index_copy(1, index, energy)
         return out
 
+    def last_hidden(self, x: Tensor, species: Tensor) -> Tensor:
+        """(M, N, H) activations that feed the last linear layer of every member's atomic networks.
+
+        A hook for last-layer uncertainty (``uncertainty.py``); :meth:`atomic_energies` does not use it. With ``x``
+        the normalised features (N, F), member m's atomic energy of atom i (element e) is
+        ``energy_scale * (h[m, i] @ weights[-1][m, e, :, 0] + biases[-1][m, e, 0]) + reference_energies[m, e]``
+        [eV]. Without hidden layers ``h`` is ``x`` itself (copied per member). Differentiable in ``x``.
+        """
+        n_members = self.committee_size
+        out = x.new_zeros(n_members, x.shape[0], self.weights[-1].shape[2])
+        for e in range(self.descriptor.n_elements):
+            index = torch.nonzero(species == e).squeeze(1)
+            if index.numel() == 0:
+                continue
+            h = x.index_select(0, index).unsqueeze(0).expand(n_members, -1, -1)  # (M, n_e, F)
+            for layer in range(len(self.weights) - 1):
+                h = self._act(torch.baddbmm(self.biases[layer][:, e].unsqueeze(1), h, self.weights[layer][:, e]))
+            out = out.index_copy(1, index, h)
+        return out
+
     def member_energies(
         self,
         vectors: Tensor | None,
@@ -375,7 +406,7 @@ class Potential(nn.Module):
         result['forces'] = member_forces.mean(0)
         if n_members > 1:
             result['member_forces'] = member_forces
-            deviation = ((member_forces - result['forces']) ** 2).sum(-1).mean(0).sqrt()  # (N,)
+            deviation = atom_force_deviation(member_forces, result['forces'])  # (N,)
             result['max_force_deviation'] = torch.zeros_like(result['energy']).scatter_reduce(
                 0, batch.batch, deviation, reduce='amax', include_self=True
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     'ACTIVE_LEARNING',
+    'CONVERGENCE',
     'EXPLORE',
     'LABEL',
     'MD',
@@ -283,6 +284,12 @@ TRAIN = Schema(
         'min_learning_rate': Option(1e-5, low=0, low_open=True),
         'polish_steps': Option(100, kind='integer', low=0, help='full-batch L-BFGS iterations after AdamW'),
         'precision': Option('float64', kind='choice', choices=('float64', 'model'), help='arithmetic of training'),
+        'uncertainty': Option(
+            'committee',
+            kind='choice',
+            choices=('committee', 'last_layer', 'both'),
+            help='committee spread, a last-layer Bayesian variance of one model, or both (stored with the potential)',
+        ),
         'max_time': Option(None, 's', low=0, low_open=True, nullable=True, help='walltime: checkpoint and stop'),
         'time_budget': Option(None, 's', low=0, low_open=True, nullable=True, help='for the whole training'),
         'checkpoint_every': Option(10, 'epochs', kind='integer', low=1),
@@ -371,7 +378,9 @@ UMBRELLA = Schema(
         'friction': Option(0.02, '1/fs', low=0, low_open=True),
         'seed': SEED,
         'mode': Option('batched', kind='choice', choices=('batched', 'parallel')),
-        'estimator': Option('wham', kind='choice', choices=('wham',)),
+        'estimator': Option(
+            'wham', kind='choice', choices=('wham', 'mbar'), help='WHAM (binned, numpy) or MBAR (pymbar, per sample)'
+        ),
         'bins': Option(72, kind='integer', low=4),
         'bootstrap': Option(50, kind='integer', low=0),
         'min_overlap': Option(0.03, low=0, high=1),
@@ -418,6 +427,46 @@ ACTIVE_LEARNING = Schema(
         'seed': SEED,
     },
     checks=[_trust_checks],
+)
+
+CONVERGENCE = Schema(
+    {
+        'barrier_error_kcal_mol': Option(
+            0.3,
+            'kcal/mol',
+            low=0,
+            low_open=True,
+            help='at most this 95 % half-width (1.96 sigma: bootstrap (+) committee spread) for every named barrier',
+        ),
+        'untrusted_fraction': Option(
+            0.10,
+            low=0,
+            high=1,
+            help='at most this fraction of umbrella production frames with a calibrated deviation >= trust_upper',
+        ),
+        'pmf_change_kcal_mol': Option(
+            0.3,
+            'kcal/mol',
+            low=0,
+            low_open=True,
+            help='RMS change of the PMF between the last two rounds (below the highest barrier top + 1 kcal/mol)',
+        ),
+        'label_budget': Option(
+            None,
+            'labels',
+            kind='integer',
+            low=1,
+            nullable=True,
+            help='pw.x labels in all (initial, active learning, refits; not the check); none: no limit',
+        ),
+        'max_rounds': Option(
+            4, kind='integer', low=1, help='umbrella rounds at most (a refit before each after the first)'
+        ),
+        'trust_quantile': Option(
+            0.9, low=0, low_open=True, high=1, help="a window is judged on this quantile of its frames' deviations"
+        ),
+        'cv_bins': Option(12, kind='integer', low=1, help='refit labels are spread over this many bins along the CV'),
+    }
 )
 
 LABEL = Schema(

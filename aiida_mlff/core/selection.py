@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-__all__ = ['Classification', 'classify', 'farthest_point_sampling', 'fingerprints', 'select_candidates']
+__all__ = [
+    'Classification',
+    'classify',
+    'farthest_point_order',
+    'farthest_point_sampling',
+    'fingerprints',
+    'sane_prefix',
+    'select_along_cv',
+    'select_candidates',
+]
 
 ACCURATE, CANDIDATE, FAILED = 0, 1, 2
 
@@ -141,3 +150,95 @@ def select_candidates(
         return [], classification
     picked = farthest_point_sampling(fingerprints([frames[i] for i in index]), k, seed)
     return sorted(int(index[i]) for i in picked), classification
+
+
+def sane_prefix(deviations: np.ndarray, limit: float | None) -> int:
+    """Number of leading frames of one replica before its deviation ran away (first frame > ``limit`` or NaN).
+
+    A replica that blew up contributes only these frames: the collapsed geometries after the run-away teach the
+    model nothing and fail in DFT. ``limit`` None keeps every frame up to the first NaN.
+    """
+    d = np.asarray(deviations, dtype=float).ravel()
+    bad = ~np.isfinite(d)
+    if limit is not None:
+        bad |= d > limit
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else len(d)
+
+
+def farthest_point_order(points: np.ndarray, first: int = 0) -> list[int]:
+    """All indices of ``points`` in farthest-point order from ``first`` (standardised Euclidean distance)."""
+    points = np.asarray(points, dtype=float)
+    n = len(points)
+    if n == 0:
+        return []
+    scale = points.std(0) if n > 1 else np.ones(points.shape[1:])
+    scale = np.where(scale == 0, 1.0, scale)
+    x = (points - points.mean(0)) / scale
+    order = [int(first)]
+    distance = np.linalg.norm(x - x[first], axis=1)
+    distance[first] = -1.0
+    for _ in range(n - 1):
+        nxt = int(np.argmax(distance))
+        order.append(nxt)
+        distance = np.minimum(distance, np.linalg.norm(x - x[nxt], axis=1))
+        distance[order] = -1.0
+    return order
+
+
+def _cv_bin(cv_values: np.ndarray, bins: int, period: float | None, span: tuple[float, float]) -> np.ndarray:
+    """Bin index of each CV value: equal bins over the period (periodic CV) or over ``span``."""
+    lo, hi = span
+    if period is not None:
+        lo, hi = lo, lo + period
+        cv_values = lo + np.mod(cv_values - lo, period)
+    width = (hi - lo) / bins if hi > lo else 1.0
+    return np.clip(((cv_values - lo) / width).astype(int), 0, bins - 1)
+
+
+def select_along_cv(
+    frames: Sequence[Atoms],
+    deviations: Sequence[float],
+    cv_values: Sequence[float],
+    lower: float,
+    k: int,
+    bins: int = 12,
+    period: float | None = None,
+) -> tuple[list[int], dict]:
+    """At most ``k`` frames to label, spread along the CV, most uncertain CV bins first.
+
+    Frames with a deviation >= ``lower`` (eV/Å, calibrated) are candidates. They are binned along the CV (``bins``
+    equal bins over the sampled range, or over the period); bins are visited in order of their largest deviation
+    and each visit takes one frame, so that labels go to every uncertain part of the CV before any part gets a
+    second; within a bin, frames come in farthest-point order in descriptor space, starting at its most uncertain.
+    Returns the chosen indices and per-bin counts (candidates, chosen) as plain data.
+    """
+    deviations = np.asarray(deviations, dtype=float)
+    cv_values = np.asarray(cv_values, dtype=float)
+    if not len(frames) == len(deviations) == len(cv_values):
+        raise ValueError(f'{len(frames)} frames, {len(deviations)} deviations and {len(cv_values)} CV values')
+    index = np.flatnonzero(np.isfinite(deviations) & (deviations >= lower) & np.isfinite(cv_values))
+    if k <= 0 or not len(index):
+        return [], {'n_candidates': len(index), 'bins': []}
+    finite_cv = cv_values[np.isfinite(cv_values)]
+    which = _cv_bin(cv_values[index], bins, period, (float(finite_cv.min()), float(finite_cv.max())))
+    features = fingerprints([frames[i] for i in index])
+    queues = []
+    for b in np.unique(which):
+        members = np.flatnonzero(which == b)
+        first = int(np.argmax(deviations[index[members]]))
+        order = farthest_point_order(features[members], first)
+        queues.append((float(deviations[index[members]].max()), int(b), [int(index[members[o]]) for o in order]))
+    queues.sort(key=lambda q: -q[0])
+    chosen: list[int] = []
+    taken = {b: 0 for _, b, _ in queues}
+    while len(chosen) < k and any(queue for _, _, queue in queues):
+        for _, b, queue in queues:
+            if queue and len(chosen) < k:
+                chosen.append(queue.pop(0))
+                taken[b] += 1
+    table = [
+        {'bin': b, 'candidates': int(np.count_nonzero(which == b)), 'chosen': taken[b], 'max_deviation': top}
+        for top, b, _ in sorted(queues, key=lambda q: q[1])
+    ]
+    return sorted(chosen), {'n_candidates': len(index), 'bins': table}

@@ -309,7 +309,9 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
         ``min_learning_rate``, ``max_time`` [s, a walltime: the run stops unfinished with a checkpoint],
         ``time_budget`` [s, the whole training; a finished run], ``seed``, ``checkpoint`` (path, resumed from if
         present), ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precision`` (``'float64'``: optimise in
-        float64 and return the model in its own dtype; ``'model'``: the model's dtype), ``precompute``, ``verbose``.
+        float64 and return the model in its own dtype; ``'model'``: the model's dtype), ``uncertainty``
+        (``'committee'``, ``'last_layer'`` or ``'both'``, see :func:`aiida_mlff.core.uncertainty.fit_uncertainty`),
+        ``precompute``, ``verbose``.
 
     Returns
     -------
@@ -317,7 +319,9 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
         ``train`` and ``validation`` metrics (see :func:`evaluate_metrics`), ``learning_curve`` (per epoch:
         ``epoch``, ``train_loss``, ``validation_loss``, ``learning_rate``, ``time_s``), ``best_epoch``,
         ``epochs_run``, ``finished`` (False when stopped by ``max_time``/``stop_after``), ``stopped_early``,
-        ``options``. The metrics are also stored in ``pot.metadata``.
+        ``options``, ``calibration`` (the uncertainty calibrations on the validation split). The metrics are also
+        stored in ``pot.metadata``, with the uncertainty entries (``calibration``, and for a last-layer uncertainty
+        ``last_layer`` and ``calibration_last_layer``).
     """
     from .options import TRAIN
 
@@ -341,6 +345,10 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
 
 def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dtype: torch.dtype) -> dict:
     """The body of :func:`train` (``pot`` already in the optimisation precision)."""
+    if opts['uncertainty'] != 'committee' and not hasattr(pot, 'last_hidden'):
+        raise ValueError(
+            f'uncertainty {opts["uncertainty"]!r} needs a network with a last layer, not {type(pot).__name__}'
+        )
     torch.manual_seed(opts['seed'])
     items = _prepare(frames, pot.cutoff, pot.dtype, pot.device)
     train_idx, val_idx = split_indices(len(items), opts['validation_fraction'], opts['seed'])
@@ -476,4 +484,16 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         'best_epoch': state['best_epoch'],
         'epochs_run': state['epoch'],
     }
+    report['calibration'] = _fit_uncertainty(pot, frames, train_idx, val_idx, opts['uncertainty'])
     return report
+
+
+def _fit_uncertainty(pot, frames: Sequence[Atoms], train_idx, val_idx, method: str) -> dict:
+    """Put fresh uncertainty entries in ``pot.metadata`` (a parent's are dropped); return the calibrations."""
+    from .uncertainty import METADATA_KEYS, fit_uncertainty
+
+    for key in METADATA_KEYS:
+        pot.metadata.pop(key, None)
+    entries = fit_uncertainty(pot, [frames[k] for k in train_idx], [frames[k] for k in val_idx], method)
+    pot.metadata.update(entries)
+    return {key: value for key, value in entries.items() if key.startswith('calibration')}

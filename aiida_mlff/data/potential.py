@@ -16,7 +16,10 @@ class PotentialData(SinglefileData):
 
     Attributes (set from the file when the node is created): ``architecture``, ``elements``, ``cutoff`` (Å),
     ``committee_size``, ``hyperparameters``, ``metrics`` (validation errors, meV/atom and meV/Å), ``dtype``,
-    ``package_version``, ``torch_version`` and ``content_hash`` (SHA-256 of the file).
+    ``package_version``, ``torch_version`` and ``content_hash`` (SHA-256 of the file); where the file has them, the
+    uncertainty calibrations on the validation split ``calibration`` (committee), ``calibration_last_layer`` and
+    ``calibration_both`` (scale, spearman, coverage_95, coverage_95_raw, n_frames, n_atoms; see
+    :mod:`aiida_mlff.core.uncertainty`).
     """
 
     DEFAULT_FILENAME = 'potential.pt'
@@ -28,6 +31,7 @@ class PotentialData(SinglefileData):
 
     def _set_attributes_from(self, path: Path) -> None:
         from aiida_mlff.core.potential_io import load_potential
+        from aiida_mlff.core.uncertainty import METADATA_KEYS
 
         pot = load_potential(path)
         hyper = pot.hyperparameters()
@@ -39,6 +43,9 @@ class PotentialData(SinglefileData):
         attributes.set('committee_size', int(pot.committee_size))
         attributes.set('hyperparameters', _jsonable(hyper))
         attributes.set('metrics', _jsonable(metadata.get('metrics', {})))
+        for key in METADATA_KEYS:  # the calibrations; the last-layer posterior itself stays in the file
+            if key.startswith('calibration') and metadata.get(key) is not None:
+                attributes.set(key, _jsonable(metadata[key]))
         for key in ('dtype', 'package_version', 'torch_version'):
             attributes.set(key, str(metadata.get(key, '')))
         attributes.set('content_hash', hashlib.sha256(path.read_bytes()).hexdigest())

@@ -11,6 +11,7 @@ from aiida_mlff.cli import cmd_root
 from aiida_mlff.data.potential import PotentialData
 
 from .test_provenance import tiny_potential_file
+from .test_report import eight_frames, trained_potential
 
 
 @pytest.fixture
@@ -81,3 +82,34 @@ def test_verdi_data_mlff_potential(potential):
     assert potential.uuid in result.output
     result = CliRunner().invoke(cmd_mlff, ['potential', 'list'], catch_exceptions=False)
     assert str(potential.pk) in result.output
+
+
+def test_list_shows_the_validation_errors_and_calibration(invoke, labelled_frames, tmp_path):
+    """A trained potential's ``metrics`` are {'train': {...}, 'validation': {...}}: the list shows validation's."""
+    from aiida_mlff.data.dataset import TrainingSetData
+
+    dataset = TrainingSetData(eight_frames(labelled_frames), label_method='synthetic').store()
+    calibration = {'scale': 1.5, 'spearman': 0.812, 'coverage_95': 0.934}
+    trained = trained_potential(dataset, tmp_path, calibration=calibration)
+    validation = trained.base.attributes.get('metrics')['validation']
+    lines = invoke('potential', 'list').output.splitlines()
+    assert lines[0].endswith('set         E RMSE meV/atom  F MAE meV/Å  calib. Spearman  calib. coverage 95%')
+    row = next(line for line in lines if line.startswith(f'{trained.pk} ')).split()
+    assert row[-5:] == [
+        'validation',
+        f'{validation["energy_rmse_meV_per_atom"]:.2f}',
+        f'{validation["force_mae_meV_per_A"]:.2f}',
+        '0.81',
+        '0.93',
+    ]
+    shown = invoke('potential', 'show', str(trained.pk)).output
+    assert 'validation metrics:' in shown
+    assert f'  force_mae_meV_per_A         {validation["force_mae_meV_per_A"]:.4g}' in shown
+    assert '  spearman                    0.812' in shown
+
+
+def test_list_without_calibration_leaves_its_columns_out(invoke, potential):
+    lines = invoke('potential', 'list', '--limit', '1').output.splitlines()
+    assert lines[0].endswith('E RMSE meV/atom  F MAE meV/Å')  # no calibration columns
+    row = next(line for line in lines if line.startswith(f'{potential.pk} ')).split()
+    assert row[-3:] == ['-', '-', '-']  # untrained: no errors, no split

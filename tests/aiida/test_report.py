@@ -22,10 +22,11 @@ from matplotlib.image import imread
 from aiida_mlff import report
 from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.calculations.wham import EV_TO_KCAL_MOL
+from aiida_mlff.core.training import split_indices
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
 
-from .test_provenance import build_campaign_graph, tiny_potential_file
+from .test_provenance import build_campaign_graph
 from .test_states_calcfunction import knots
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -58,10 +59,101 @@ def h2o2_pmf() -> orm.XyData:
     return pmf
 
 
-def synthetic_outputs(labelled_frames, tmp_path: Path) -> dict[str, orm.Data]:
-    """Every output of the campaign contract, made from synthetic numbers (no training, no MD, no DFT)."""
-    dataset = TrainingSetData(labelled_frames, sources=[f'uuid-{k}' for k in range(4)], label_method='synthetic')
-    potential = PotentialData(tiny_potential_file(tmp_path, seed=2))
+#: the split of :func:`trained_potential`: 2 of the 8 frames of :func:`synthetic_outputs` held out
+TRAIN_SPLIT = {'validation_fraction': 0.25, 'seed': 4}
+
+
+def eight_frames(labelled_frames) -> list:
+    """Eight synthetic labelled H2O frames: the four of the fixture and four more, rattled further (not DFT)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    more = []
+    rng = np.random.default_rng(7)
+    for atoms in labelled_frames:
+        extra = atoms.copy()
+        extra.positions += rng.normal(scale=0.03, size=extra.positions.shape)
+        extra.calc = SinglePointCalculator(extra, energy=float(rng.normal()), forces=rng.normal(size=(3, 3)))
+        more.append(extra)
+    return [*labelled_frames, *more]
+
+
+def trained_potential(dataset: TrainingSetData, tmp_path: Path, calibration: dict | None = None) -> PotentialData:
+    """A tiny potential trained for a few epochs on ``dataset`` (stored) by a stored ``mlff.train`` job node.
+
+    The job node has ``dataset`` as input and the potential as its ``potential`` output, as a real training leaves
+    them; the file carries the training options (split) and the train/validation metrics.
+    """
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    from aiida_mlff.core.models import Potential
+    from aiida_mlff.core.training import train
+    from aiida_mlff.environment import ensure_computer
+
+    pot = Potential.build(['H', 'O'], cutoff=3.0, angular_cutoff=2.5, n_radial=3, n_angular=1, hidden=(4,), seed=2)
+    train(pot, dataset.to_atoms(), epochs=3, batch_size=4, polish_steps=0, **TRAIN_SPLIT)
+    job = orm.CalcJobNode(computer=ensure_computer()[0], process_type='aiida.calculations:mlff.train')
+    job.set_process_label('TrainCalculation')
+    job.set_option('resources', {'num_machines': 1, 'num_mpiprocs_per_machine': 1})
+    job.base.links.add_incoming(dataset, link_type=LinkType.INPUT_CALC, link_label='dataset')
+    job.store()
+    potential = PotentialData(pot.save(tmp_path / 'trained.pt'))
+    if calibration is not None:
+        potential.base.attributes.set('calibration', calibration)
+    potential.base.links.add_incoming(job, link_type=LinkType.CREATE, link_label='potential')
+    potential.store()
+    job.set_process_state(ProcessState.FINISHED)
+    job.set_exit_status(0)
+    job.seal()
+    return potential
+
+
+def convergence_dict(converged: bool) -> orm.Dict:
+    """A ``convergence`` output of the campaign contract (stored): converged, or stopped by its label budget."""
+    barrier = 0.22 if converged else 0.62
+    rounds = [
+        {'round': 0, 'labels_used': 40, 'barrier_error': 0.9, 'untrusted_fraction': 0.2, 'pmf_change': None,
+         'windows_untrusted': 5, 'n_windows': 24, 'converged': False},
+        {'round': 1, 'labels_used': 46, 'barrier_error': 0.5, 'untrusted_fraction': 0.08, 'pmf_change': 0.4,
+         'windows_untrusted': 2, 'n_windows': 24, 'converged': False},
+        {'round': 2, 'labels_used': 52, 'barrier_error': barrier, 'untrusted_fraction': 0.04, 'pmf_change': 0.25,
+         'windows_untrusted': 1, 'n_windows': 24, 'converged': converged},
+    ]  # fmt: skip
+    return orm.Dict(
+        {
+            'converged': converged,
+            'reason': 'converged in round 2'
+            if converged
+            else 'label budget (52) spent: barrier_error 0.62 > 0.3 kcal/mol',
+            'failed': [] if converged else ['barrier_error'],
+            'criteria': {
+                'barrier_error': {
+                    'value': barrier,
+                    'target': 0.3,
+                    'passed': converged,
+                    'unit': 'kcal/mol',
+                    'per_barrier': {'trans': 0.2, 'cis': barrier},
+                },
+                'untrusted_fraction': {'value': 0.04, 'target': 0.1, 'passed': True, 'unit': ''},
+                'pmf_change': {'value': 0.25, 'target': 0.3, 'passed': True, 'unit': 'kcal/mol'},
+            },
+            'labels_used': 52,
+            'label_budget': 52,
+            'rounds_run': 2,
+            'max_rounds': 4,
+            'best_round': 2 if converged else 1,
+            'final_round': 2,
+            'worse_rounds': [] if converged else [2],
+            'rounds': rounds,
+        }
+    ).store()
+
+
+def synthetic_outputs(labelled_frames, tmp_path: Path, converged: bool = True) -> dict[str, orm.Data]:
+    """Every output of the campaign contract from synthetic numbers (a few epochs of training; no MD, no DFT)."""
+    frames = eight_frames(labelled_frames)
+    dataset = TrainingSetData(frames, sources=[f'uuid-{k}' for k in range(8)], label_method='synthetic').store()
+    potential = trained_potential(dataset, tmp_path)
     curve = orm.ArrayData()
     epoch = np.arange(1, 21)
     curve.set_array('epoch', epoch)
@@ -99,9 +191,11 @@ def synthetic_outputs(labelled_frames, tmp_path: Path) -> dict[str, orm.Data]:
         'barriers': numbers['barriers'],
         'rates': numbers['rates'],
         'scan': scan,
+        'convergence': convergence_dict(converged),
     }
     for node in nodes.values():
-        node.store()
+        if not node.is_stored:
+            node.store()
     return nodes
 
 
@@ -130,7 +224,7 @@ def test_write_campaign_report(outputs, tmp_path):
         assert pixel_variance(paths[name]) > 1e-3, f'{name} is blank'
     summary = json.loads(paths['summary'].read_text())
     assert summary['dataset']['pk'] == outputs['dataset'].pk
-    assert summary['dataset']['dft_calculations']['from_dataset_sources'] == [f'uuid-{k}' for k in range(4)]
+    assert summary['dataset']['dft_calculations']['from_dataset_sources'] == [f'uuid-{k}' for k in range(8)]
     assert summary['dataset']['dft_calculations']['from_provenance_query'] == []  # imported: no PwCalculation
     assert summary['dataset']['dft_calculations']['sources_in_provenance'] is False  # made-up sources
     assert summary['potential']['uuid'] == outputs['potential'].uuid
@@ -141,14 +235,25 @@ def test_write_campaign_report(outputs, tmp_path):
     assert summary['rates_per_s']['cis']['forward'] == transitions['cis']['rate_forward']
     assert summary['history']['stop_reason'] == 'converged'
     assert summary['missing'] == []
-    parity = summary['parity_on_final_dataset']
-    assert parity['force_mae_meV_per_A'] > 0
+    validation = summary['parity']['validation']
+    assert validation['indices'] == split_indices(8, **TRAIN_SPLIT)[1].tolist()  # the frames training held out
+    assert validation['n_structures'] == 2
+    assert validation['plots'] == ['parity_energy', 'parity_forces']
+    assert validation['force_mae_meV_per_A'] > 0
+    assert 'never trained on' in validation['note']
+    assert 'not a campaign node' in summary['parity']['held_out']['reason']  # a mapping: no relaxed-scan labels
+    assert summary['potential']['metrics_split'] == 'validation'
+    assert summary['potential']['metrics']['n_structures'] == 2
+    assert summary['pmf']['estimator'] == 'wham'
+    assert summary['convergence']['converged'] is True
     text = paths['html'].read_text()
     for name in figures:
         assert f'src="{paths[name].name}"' in text
     for key in ('dataset', 'potential', 'pmf', 'barriers'):
         assert outputs[key].uuid in text
-    assert 'uuid-3' in text
+    assert 'uuid-7' in text
+    assert '<tr><td>PMF estimator</td><td>WHAM</td>' in text
+    assert 'on frames never trained on (validation split of the training dataset: 2 of 8 frames' in text
     assert '<td>state B</td><td>0.00 ± 0.09 kcal/mol, minimum at 115 deg, range [0, -180] deg</td>' in text
     assert (
         '<td>barrier trans (A &rarr; B)</td><td>forward 1.15 ± 0.13, backward 1.15 ± 0.13 kcal/mol, transition '
@@ -202,6 +307,108 @@ def test_report_with_missing_outputs_says_so(outputs, tmp_path):
     summary = json.loads(paths['summary'].read_text())
     assert 'learning curve' in summary['missing']
     assert 'Not in this report' in paths['html'].read_text()
+
+
+def test_banner_of_an_unconverged_campaign(outputs, tmp_path):
+    unconverged = {**outputs, 'convergence': convergence_dict(converged=False)}
+    paths = report.write_campaign_report(unconverged, tmp_path / 'unconverged')
+    text = paths['html'].read_text()
+    banner = text.index('<div class="banner fail"><strong>NOT converged</strong>: label budget (52) spent')
+    assert banner < text.index('<h2>Key numbers</h2>')  # the verdict comes first
+    assert 'Failed: barrier_error 0.62 &gt; 0.3 kcal/mol' in text
+    assert 'labels used 52 of a budget of 52; best round 1, final round 2; rounds worse than the best: 2' in text
+    assert (
+        '<tr><td>barrier_error</td><td>0.62 kcal/mol (cis 0.62, trans 0.2)</td><td>0.3 kcal/mol</td>'
+        '<td><span class="fail-cell">FAIL</span></td></tr>'
+    ) in text
+    assert (
+        '<tr><td>0</td><td>40</td><td>0.9</td><td>0.2</td><td>-</td><td>5 of 24</td><td>no</td><td></td></tr>' in text
+    )
+    assert '<td>worse than the best</td></tr>' in text
+    summary = json.loads(paths['summary'].read_text())
+    assert summary['convergence']['failed'] == ['barrier_error']
+    assert summary['convergence']['uuid'] == unconverged['convergence'].uuid
+
+    converged = report.write_campaign_report(outputs, tmp_path / 'converged')['html'].read_text()
+    assert '<div class="banner ok"><strong>Converged</strong>: converged in round 2' in converged
+    assert 'FAIL' not in converged
+
+
+def test_convergence_lines():
+    lines = report.convergence_lines(convergence_dict(converged=False).get_dict())
+    assert lines == [
+        'Converged: NO (label budget (52) spent: barrier_error 0.62 > 0.3 kcal/mol)',
+        '  barrier_error 0.62 kcal/mol, target <= 0.3 kcal/mol: FAIL (cis 0.62, trans 0.2)',
+        '  pmf_change 0.25 kcal/mol, target <= 0.3 kcal/mol: pass',
+        '  untrusted_fraction 0.04, target <= 0.1: pass',
+        '  labels used 52 of a budget of 52; rounds run 2 of at most 4',
+        '  best round 1, final round 2; rounds worse than the best: 2',
+    ]
+    first = {'value': None, 'target': 0.3, 'passed': True, 'unit': 'kcal/mol'}
+    assert report.criterion_text('pmf_change', first) == (
+        'pmf_change -, target <= 0.3 kcal/mol: pass (not measurable yet: needs two rounds)'
+    )
+
+
+def test_held_out_frames_of_a_campaign_node_and_the_estimator(outputs, labelled_frames, tmp_path):
+    """The relaxed-scan labels (``label_scan``) are plotted as held-out frames; an MBAR PMF is named as such."""
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    campaign = orm.WorkChainNode(process_type='aiida.workflows:mlff.campaign')
+    campaign.set_process_label('CampaignWorkChain')
+    campaign.store()
+    labels = orm.WorkChainNode(process_type='aiida.workflows:mlff.dft.label')
+    labels.set_process_label('DftLabelWorkChain')
+    labels.base.links.add_incoming(campaign, link_type=LinkType.CALL_WORK, link_label='label_scan')
+    labels.store()
+    scan = TrainingSetData(labelled_frames[:3], sources=['scan-0', 'scan-1', 'scan-2'], label_method='synthetic')
+    scan.store().base.links.add_incoming(labels, link_type=LinkType.RETURN, link_label='dataset')
+    pmf = h2o2_pmf()
+    pmf.base.attributes.set('estimator', 'mbar')
+    pmf.store()
+    chosen = {**outputs, 'pmf': pmf}
+    for label in ('dataset', 'potential', 'pmf', 'barriers', 'convergence'):
+        chosen[label].base.links.add_incoming(campaign, link_type=LinkType.RETURN, link_label=label)
+    for node in (labels, campaign):
+        node.set_process_state(ProcessState.FINISHED)
+        node.set_exit_status(0)
+        node.seal()
+    paths = report.write_campaign_report(campaign, tmp_path / 'held_out')
+    summary = json.loads(paths['summary'].read_text())
+    held_out = summary['parity']['held_out']
+    assert held_out['dataset']['uuid'] == scan.uuid
+    assert held_out['labelled_by']['pk'] == labels.pk
+    assert held_out['n_structures'] == 3
+    assert held_out['note'].startswith('held-out pw.x labels of the relaxed-scan check geometries: 3 frames')
+    assert summary['parity']['validation']['n_structures'] == 2
+    assert summary['pmf']['estimator'] == 'mbar'
+    text = paths['html'].read_text()
+    assert '<tr><td>PMF estimator</td><td>MBAR</td>' in text
+    assert 'Potential of mean force (MBAR)' in text
+    assert 'held-out pw.x frames: force_mae_meV_per_A' in text
+    assert pixel_variance(paths['parity_forces']) > 1e-3
+
+
+def test_potential_calibration_and_metrics_in_the_summary(aiida_profile, labelled_frames, tmp_path):
+    dataset = TrainingSetData(eight_frames(labelled_frames), label_method='synthetic').store()
+    calibration = {'scale': 1.7, 'spearman': 0.81, 'coverage_95': 0.93}
+    potential = trained_potential(dataset, tmp_path, calibration=calibration)
+    paths = report.write_campaign_report({'potential': potential}, tmp_path / 'calibrated')
+    summary = json.loads(paths['summary'].read_text())
+    assert summary['potential']['calibration'] == calibration
+    assert summary['potential']['metrics']['force_mae_meV_per_A'] > 0
+    text = paths['html'].read_text()
+    assert '<td>calibration spearman</td><td>0.81</td>' in text
+    assert '<td>validation force_mae_meV_per_A (training job)</td>' in text
+
+
+def test_potential_metrics_prefers_validation():
+    nested = {'train': {'force_mae_meV_per_A': 1.0}, 'validation': {'force_mae_meV_per_A': 2.0, 'per_element': {}}}
+    assert report.potential_metrics(nested) == ('validation', {'force_mae_meV_per_A': 2.0})
+    assert report.potential_metrics({**nested, 'validation': None}) == ('train', {'force_mae_meV_per_A': 1.0})
+    assert report.potential_metrics({'force_mae_meV_per_A': 3.0}) == ('validation', {'force_mae_meV_per_A': 3.0})
+    assert report.potential_metrics({}) == (None, {})
 
 
 def test_campaign_outputs_rejects_other_objects():

@@ -74,8 +74,8 @@ CAMPAIGN = {
         'timestep': 0.5,
         'bins': 24,
         'bootstrap': 4,
-        'refit_rounds': 0,
     },
+    'convergence': {'max_rounds': 1},  # one umbrella round: the stop rule cannot hold (no PMF change measured)
     'check': {'values': []},
 }
 
@@ -114,7 +114,12 @@ def test_reduced_campaign_through_daemon_and_slurm(daemon, tmp_path):
     seconds = time.monotonic() - started
     report = verdi('process', 'report', str(node.pk), check=False).stdout
 
-    assert node.is_finished_ok, f'{node.exit_status}: {node.exit_message}\n{report}'
+    # one round cannot show a converged PMF: the campaign finishes, says so, and exits with its own status
+    assert node.is_finished, report
+    assert node.exit_status == 410, f'{node.exit_status}: {node.exit_message}\n{report}'
+    verdict = node.outputs.convergence.get_dict()
+    assert not verdict['converged']
+    assert 'pmf_change' in verdict['failed']
     pmf = node.outputs.pmf
     x = pmf.get_x()[1]
     y = {name: array for name, array, _ in pmf.get_y()}['free_energy']

@@ -182,6 +182,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         builder.stop_rule = orm.Dict(inputs['stop_rule'])
         builder.max_failed_label_fraction = orm.Float(inputs['max_failed_label_fraction'])
         builder.max_failed_exploration_fraction = orm.Float(inputs['max_failed_exploration_fraction'])
+        builder.seed = orm.Int(inputs['seed'])
         return builder
 
     # ------------------------------------------------------------------------------------------------ outline
@@ -252,6 +253,13 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         inputs.train.parameters = orm.Dict(parameters)
         inputs.train.dataset = self.ctx.dataset
         inputs.metadata = {'call_link_label': f'train_{self.ctx.iteration:02d}'}
+        progress = {
+            'stage': 'active learning',
+            'iteration': self.ctx.iteration,
+            'max_iterations': self.inputs.max_iterations.value,
+            'labels_used': self.ctx.dataset.n_structures,
+        }
+        self.node.base.extras.set('mlff_progress', progress)
         self.report(f'iteration {self.ctx.iteration}: training on {self.ctx.dataset.n_structures} structures')
         return ToContext(training=self.submit(TrainBaseWorkChain, **inputs))
 

@@ -15,6 +15,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_mlff.calculations.campaign import compare_scan, relaxed_cv_scan
+from aiida_mlff.calculations.convergence import assess_round
 from aiida_mlff.calculations.functions import (
     cv_scan_structure,
     frame_key,
@@ -25,7 +26,7 @@ from aiida_mlff.calculations.functions import (
 )
 from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.core.colvars import cv_from_spec
-from aiida_mlff.core.options import UMBRELLA
+from aiida_mlff.core.options import CONVERGENCE, UMBRELLA
 from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.core.windows import place_windows
 from aiida_mlff.data.dataset import TrainingSetData
@@ -69,6 +70,7 @@ def validate_inputs(value, _) -> str | None:
     if not problems and (sampling['path']['from'] or sampling['path']['to']):
         errors.append('sampling.path: give the ends as the `path_start` and `path_end` structures, not file names')
     errors += CHECK.resolve(value['check'].get_dict(), 'check')[1]
+    errors += CONVERGENCE.resolve(value['convergence'].get_dict(), 'convergence')[1]
     for name in ('states', 'transitions'):
         problem = CAMPAIGN[name].problem(value[name].get_dict()) if name in value else None
         if problem:
@@ -124,7 +126,13 @@ class CampaignWorkChain(WorkChain):
             exclude=('potential', 'structure', 'cv'),
             namespace_options={'help': 'Umbrella sampling along the CV (`mlff.umbrella`).'},
         )
-        option_port(spec, 'refit_rounds', CAMPAIGN['umbrella'])
+        spec.input(
+            'convergence',
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict(CONVERGENCE.defaults()),
+            help='The stop rule (`aiida_mlff.core.options.CONVERGENCE`): barrier error, untrusted frames, PMF change, '
+            'label budget, rounds.',
+        )
         spec.input('check', valid_type=orm.Dict, default=lambda: orm.Dict(CHECK.defaults()), help='values, fmax.')
         spec.input('experiment_kcal_mol', valid_type=orm.Dict, required=False, help='Reference barriers by name.')
         spec.inputs.validator = validate_inputs
@@ -133,11 +141,13 @@ class CampaignWorkChain(WorkChain):
             cls.sample,
             cls.run_active_learning,
             cls.inspect_active_learning,
-            while_(cls.should_run_umbrella)(
+            while_(cls.should_run_round)(
                 cls.run_umbrella,
                 cls.inspect_umbrella,
+                cls.assess,
                 if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
             ),
+            cls.choose_answer,
             cls.run_check,
             cls.inspect_check,
             cls.results,
@@ -151,10 +161,23 @@ class CampaignWorkChain(WorkChain):
         spec.output('barriers', valid_type=orm.Dict, required=False, help='States and every transition, named.')
         spec.output('rates', valid_type=orm.Dict, required=False)
         spec.output('scan', valid_type=orm.ArrayData, required=False, help='Relaxed scan: potential vs pw.x.')
+        spec.output(
+            'convergence',
+            valid_type=orm.Dict,
+            required=False,
+            help='converged, the criteria (value, target, passed), which failed, labels used, every round.',
+        )
+        spec.output_namespace(
+            'rounds',
+            valid_type=(orm.XyData, orm.Dict, PotentialData),
+            dynamic=True,
+            help='Every umbrella round: potential_R, pmf_R, barriers_R, assessment_R (nothing computed is lost).',
+        )
         spec.exit_code(401, 'ERROR_ACTIVE_LEARNING_FAILED', message='Active learning failed: {message}')
         spec.exit_code(402, 'ERROR_UMBRELLA_FAILED', message='Umbrella sampling failed: {message}')
         spec.exit_code(403, 'ERROR_SCAN_LABELS_FAILED', message='The pw.x check of the relaxed scan failed: {message}')
         spec.exit_code(404, 'ERROR_REFIT_FAILED', message='Refitting on untrusted umbrella frames failed: {message}')
+        spec.exit_code(410, 'ERROR_NOT_CONVERGED', message='The free energy did not converge: {message}')
 
     @classmethod
     def get_builder_from_protocol(cls, pw_code, mlff_code, structure, cv: dict, protocol=None, overrides=None):
@@ -209,14 +232,12 @@ class CampaignWorkChain(WorkChain):
             structure,
             config['system']['cv'],
             protocol=config['umbrella']['protocol'],
-            overrides=_given(config['umbrella'], 'refit_rounds'),
+            overrides=_given(config['umbrella']),
         )
         builder.umbrella = {
             k: v for k, v in umbrella._inputs(prune=True).items() if k in ('code', 'parameters', 'options')
         }
-        builder.refit_rounds = orm.Int(
-            config['umbrella'].get('refit_rounds', CAMPAIGN['umbrella']['refit_rounds'].default)
-        )
+        builder.convergence = orm.Dict(config['convergence'])
         builder.check = orm.Dict(config['check'])
         if config['reference']['experiment_kcal_mol']:
             builder.experiment_kcal_mol = orm.Dict(config['reference']['experiment_kcal_mol'])
@@ -246,9 +267,13 @@ class CampaignWorkChain(WorkChain):
     def setup(self):
         """Remember the CV and the settings."""
         self.ctx.cv = cv_from_spec(self.inputs.cv.get_dict())
-        self.ctx.refits = 0
-        self.ctx.umbrella_done = False
+        self.ctx.round = 0
+        self.ctx.rounds = []  # per round: potential, umbrella, pmf, barriers, rates, assessment, labels_used
+        self.ctx.best_round = None
+        self.ctx.worse_rounds = []
+        self.ctx.stop_reason = None
         self.ctx.refit_history = []
+        self._progress('sampling')
 
     def sample(self):
         """Rattles, restrained relaxations along the CV and a path between two ends: the first structures to label."""
@@ -274,6 +299,7 @@ class CampaignWorkChain(WorkChain):
 
     def run_active_learning(self):
         """Label the samples and active-learn a committee (exploring in umbrella windows too, if asked)."""
+        self._progress('active learning')
         inputs = self._exposed(ActiveLearningWorkChain, 'active_learning')
         inputs.structures = dict(self.ctx.initial)
         inputs.seeds = {'seed_0000': self.inputs.structure}
@@ -304,72 +330,179 @@ class CampaignWorkChain(WorkChain):
         self.ctx.history = node.outputs.history.get_dict()
         return None
 
-    def should_run_umbrella(self):
-        """Until the umbrella sampling ran with a trusted potential (or the refits are spent)."""
-        return not self.ctx.umbrella_done
+    # ------------------------------------------------------------------------------------------ umbrella rounds
+    def should_run_round(self):
+        """Until the answer converged, the label budget is spent or the rounds are used up."""
+        return self.ctx.stop_reason is None
 
     def run_umbrella(self):
         """Umbrella sampling along the CV with the current potential (a new seed in every round)."""
+        self._progress('umbrella')
         inputs = self._exposed(UmbrellaWorkChain, 'umbrella')
         parameters = inputs.parameters.get_dict()
-        parameters['seed'] = int(parameters.get('seed', 0)) + self.ctx.refits
+        parameters['seed'] = int(parameters.get('seed', 0)) + self.ctx.round
         inputs.update(
             parameters=orm.Dict(parameters),
             potential=self.ctx.potential,
             structure=self.inputs.structure,
             cv=self.inputs.cv,
-            metadata={'call_link_label': f'umbrella_{self.ctx.refits}'},
+            metadata={'call_link_label': f'umbrella_{self.ctx.round}'},
         )
         return ToContext(umbrella=self.submit(UmbrellaWorkChain, **inputs))
 
     def inspect_umbrella(self):
-        """Keep the PMF; find windows whose committee deviation exceeds the upper trust level."""
+        """The round's PMF, its states and every transition between them."""
         node = self.ctx.umbrella
-        if not node.is_finished_ok:
+        if not node.is_finished_ok or 'pmf' not in node.outputs:
             return self.exit_codes.ERROR_UMBRELLA_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
-        overlap = node.outputs.overlap
-        deviation = overlap.get_array('max_force_deviation')
-        upper = self.inputs.active_learning.trust_upper.value
-        untrusted = [float(c) for c, d in zip(overlap.get_array('centers'), deviation, strict=True) if d >= upper]
-        dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
-        self.ctx.untrusted = untrusted + list(dropped)  # windows that kept blowing up need labels most of all
-        self.report(
-            f'umbrella: {len(untrusted)} of {len(deviation)} windows exceed the trust level {upper} eV/Å '
-            f'(largest deviation {float(deviation.max()):.3f} eV/Å); {len(dropped)} left out after blowing up'
+        settings = {
+            'cv': self.inputs.cv.get_dict(),
+            'temperature': float(node.outputs.pmf.base.attributes.get('temperature')),
+        }
+        for name in ('states', 'transitions', 'experiment_kcal_mol'):
+            if name in self.inputs:
+                settings[name] = self.inputs[name].get_dict()
+        numbers = pmf_states(node.outputs.pmf, orm.Dict(settings))
+        self.ctx.rounds.append(
+            {
+                'potential': self.ctx.potential,
+                'umbrella': node,
+                'labels_used': self.ctx.dataset.n_structures,
+                **{key: numbers[key] for key in ('pmf', 'barriers', 'rates')},
+            }
         )
-        if not self.ctx.untrusted or self.ctx.refits >= self.inputs.refit_rounds.value:
-            self.ctx.umbrella_done = True
         return None
 
-    def should_refit(self):
-        """Whether untrusted windows go back to DFT before the final PMF."""
-        return not self.ctx.umbrella_done
-
-    def label_untrusted(self):
-        """Select diverse frames of the umbrella MD above the lower trust level and label them with pw.x."""
+    def _umbrella_runs(self, node, *kinds: str) -> dict:
+        """Outputs of the umbrella's MD runs as ``{kind}_{pk}`` (trajectories as ``trajectory_{pk}_{replica}``)."""
         runs = {}
-        for md in self.ctx.umbrella.called:
+        for md in node.called:
             if md.process_label != 'MdBaseWorkChain' or not md.is_finished_ok:
                 continue
-            key = f'{md.pk}'
-            runs[f'deviations_{key}'] = md.outputs.deviations
-            for r, trajectory in md.outputs.trajectories.items():
-                runs[f'trajectory_{key}_{r}'] = trajectory
+            for kind in kinds:
+                if kind == 'trajectory':
+                    runs.update({f'trajectory_{md.pk}_{r}': t for r, t in md.outputs.trajectories.items()})
+                elif kind in md.outputs:
+                    runs[f'{kind}_{md.pk}'] = md.outputs[kind]
+        return runs
+
+    def assess(self):
+        """Judge the round by the stop rule; decide whether to label, refit and run another round."""
+        current = self.ctx.rounds[-1]
+        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        umbrella = UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict())
+        dropped = (
+            current['umbrella'].outputs.dropped_windows.get_list()
+            if 'dropped_windows' in current['umbrella'].outputs
+            else []
+        )
+        settings = {
+            'round': self.ctx.round,
+            'trust_upper': self.inputs.active_learning.trust_upper.value,
+            'trust_quantile': rule['trust_quantile'],
+            'scale': self._calibration_scale(current['potential']),
+            'equilibration_time': umbrella['equilibration_steps'] * umbrella['timestep'],
+            'dropped': dropped,
+            'targets': {k: rule[k] for k in ('barrier_error_kcal_mol', 'untrusted_fraction', 'pmf_change_kcal_mol')},
+        }
+        nodes = self._umbrella_runs(current['umbrella'], 'colvars', 'deviations', 'status')
+        if len(self.ctx.rounds) > 1:
+            nodes['previous_pmf'] = self.ctx.rounds[-2]['pmf']
+        assessment = assess_round(orm.Dict(settings), current['pmf'], current['barriers'], **nodes)
+        current['assessment'] = assessment
+        verdict = assessment.get_dict()
+        self._report_round(verdict)
+        self._compare_with_best(verdict)
+        self._decide(verdict, rule)
+        self._progress('umbrella', windows=verdict['n_windows'], windows_untrusted=verdict['windows_untrusted'])
+        return None
+
+    @staticmethod
+    def _calibration_scale(potential) -> float:
+        """The potential's committee-deviation calibration (1: none stored)."""
+        calibration = potential.base.attributes.get('calibration', None) or {}
+        scale = calibration.get('scale')
+        return float(scale) if scale is not None and scale > 0 else 1.0
+
+    def _report_round(self, verdict: dict) -> None:
+        parts = []
+        for name, c in verdict['criteria'].items():
+            value = '-' if c['value'] is None else f'{c["value"]:.3g}'
+            parts.append(f'{name} {value} (target {c["target"]:.3g}: {"ok" if c["passed"] else "not met"})')
+        self.report(
+            f'round {verdict["round"]}: ' + ', '.join(parts) + f'; {verdict["windows_untrusted"]} of '
+            f'{verdict["n_windows"]} windows untrusted (calibration scale {verdict["scale"]:.2f})'
+        )
+
+    def _compare_with_best(self, verdict: dict) -> None:
+        """A refit must not make the answer worse: say so when it did; the better round stays the answer."""
+        best = self.ctx.best_round
+        if best is None or verdict['score'] <= self.ctx.rounds[best]['assessment'].get_dict()['score']:
+            self.ctx.best_round = verdict['round']
+            return
+        previous = self.ctx.rounds[best]['assessment'].get_dict()['criteria']
+        now = verdict['criteria']
+        self.ctx.worse_rounds.append(verdict['round'])
+        self.report(
+            f'round {verdict["round"]} is worse than round {best} (barrier error {_fmt(now["barrier_error"]["value"])}'
+            f' vs {_fmt(previous["barrier_error"]["value"])} kcal/mol, untrusted fraction '
+            f'{_fmt(now["untrusted_fraction"]["value"])} vs {_fmt(previous["untrusted_fraction"]["value"])}); '
+            f'round {best} stays the answer unless a later round is better'
+        )
+
+    def _decide(self, verdict: dict, rule: dict) -> None:
+        used, budget = self.ctx.dataset.n_structures, rule['label_budget']
+        if verdict['converged']:
+            self.ctx.stop_reason = f'converged in round {verdict["round"]}'
+        elif self.ctx.round + 1 >= rule['max_rounds']:
+            self.ctx.stop_reason = f'max_rounds ({rule["max_rounds"]}) run without convergence'
+        elif budget is not None and used >= budget:
+            self.ctx.stop_reason = f'label budget ({budget}) spent ({used} labels) without convergence'
+        if self.ctx.stop_reason:
+            self.report(f'stopping: {self.ctx.stop_reason}')
+
+    def should_refit(self):
+        """Whether another round follows (new labels, a refit)."""
+        return self.ctx.stop_reason is None
+
+    def label_untrusted(self):
+        """Label frames of the umbrella MD spread along the CV, most uncertain parts first, before run-aways."""
+        self._progress('labelling')
+        current = self.ctx.rounds[-1]
+        runs = self._umbrella_runs(current['umbrella'], 'deviations', 'colvars', 'status', 'trajectory')
         al = self.inputs.active_learning
+        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        k = al.max_candidates.value
+        if rule['label_budget'] is not None:
+            k = min(k, rule['label_budget'] - self.ctx.dataset.n_structures)
         settings = {
             'trust_lower': al.trust_lower.value,
-            'trust_upper': 10.0 * al.trust_upper.value,  # beyond the trust region is exactly what needs labels here
-            'max_candidates': al.max_candidates.value,
-            'seed': 100 + self.ctx.refits,
+            'trust_upper': al.trust_upper.value,
+            'max_candidates': k,
+            'seed': 100 + self.ctx.round,
+            'scale': self._calibration_scale(current['potential']),
+            'runaway': al.stop_deviation_factor.value * al.trust_upper.value,
+            'cv_bins': rule['cv_bins'],
+            'period': self.ctx.cv.period,
         }
         selection = select_frames(settings=orm.Dict(settings), **runs)
         candidates = {k: v for k, v in selection.items() if k.startswith('candidate_')}
-        self.ctx.refit_history.append({'round': self.ctx.refits + 1, **selection['statistics'].get_dict()})
-        return ToContext(refit_labels=self._label(candidates, f'label_umbrella_{self.ctx.refits}'))
+        self.ctx.refit_history.append({'round': self.ctx.round + 1, **selection['statistics'].get_dict()})
+        self.ctx.refit_labels = None
+        if not candidates:
+            self.report('no umbrella frame above the lower trust level: the next round reruns the same potential')
+            return None
+        self.report(f'labelling {len(candidates)} umbrella frames spread along the CV')
+        return ToContext(refit_labels=self._label(candidates, f'label_umbrella_{self.ctx.round}'))
 
     def retrain(self):
         """Merge the new labels and retrain the committee as active learning trains it (its exposed inputs)."""
+        self._progress('retraining')
         labels = self.ctx.refit_labels
+        self.ctx.retrain = None
+        if labels is None:
+            self.ctx.refit_history[-1].update(n_labelled=0, n_label_failures=0)
+            return None
         if 'dataset' in labels.outputs:
             self.ctx.dataset = merge_datasets(a=self.ctx.dataset, b=labels.outputs.dataset)
         self.ctx.refit_history[-1]['n_labelled'] = (
@@ -382,25 +515,41 @@ class CampaignWorkChain(WorkChain):
         inputs.train = AttributeDict(inputs.train)
         parameters = inputs.train.parameters.get_dict()
         parameters['model'] = {**parameters.get('model', {}), 'committee': self.inputs.active_learning.committee.value}
+        parameters['seed'] = self.inputs.active_learning.seed.value + 100 + self.ctx.round
         inputs.train.parameters = orm.Dict(parameters)
         inputs.train.dataset = self.ctx.dataset
-        inputs.metadata = {'call_link_label': f'retrain_{self.ctx.refits}'}
+        inputs.metadata = {'call_link_label': f'retrain_{self.ctx.round}'}
         return ToContext(retrain=self.submit(TrainBaseWorkChain, **inputs))
 
     def inspect_retrain(self):
         """Use the refitted potential for the next umbrella round."""
         node = self.ctx.retrain
+        if node is None:  # nothing new to learn from: the same potential samples again
+            self.ctx.round += 1
+            return None
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_REFIT_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
         self.ctx.potential = node.outputs.potential
-        self.ctx.refits += 1
+        self.ctx.round += 1
         return None
+
+    def choose_answer(self):
+        """The answer is the converged round, or else the round closest to the targets (the better one)."""
+        if self.ctx.rounds and not self.ctx.stop_reason.startswith('converged'):
+            self.ctx.answer = self.ctx.best_round
+        elif self.ctx.rounds:
+            self.ctx.answer = len(self.ctx.rounds) - 1
+        if self.ctx.rounds:
+            self.ctx.potential = self.ctx.rounds[self.ctx.answer]['potential']
+            if self.ctx.answer != len(self.ctx.rounds) - 1:
+                self.report(f'the answer is round {self.ctx.answer}, the better one; every round is in `rounds`')
 
     def run_check(self):
         """Relax the structure with the potential at fixed CV values, then label those geometries with pw.x."""
         check = CHECK.validate(self.inputs.check.get_dict(), 'check')
         if not check['values']:
             return None
+        self._progress('check')
         settings = {'cv': self.inputs.cv.get_dict(), 'values': check['values'], 'fmax': check['fmax']}
         out = relaxed_cv_scan(self.ctx.potential, self.inputs.structure, orm.Dict(settings))
         self.ctx.scan_energies = out['energies']
@@ -420,7 +569,8 @@ class CampaignWorkChain(WorkChain):
         return None
 
     def results(self):
-        """Attach every result: the PMF in the CV's file unit, its states and every transition between them."""
+        """Attach every result (the answer's round at the top, every round under ``rounds``) and the verdict."""
+        self._progress('done')
         self.out('dataset', self.ctx.dataset)
         self.out('potential', self.ctx.potential)
         history = dict(self.ctx.history)
@@ -429,23 +579,91 @@ class CampaignWorkChain(WorkChain):
         creator = self.ctx.potential.creator
         if creator is not None and 'learning_curve' in creator.outputs:
             self.out('learning_curve', creator.outputs.learning_curve)
-        umbrella = self.ctx.umbrella
-        if 'pmf' in umbrella.outputs:
-            settings = {
-                'cv': self.inputs.cv.get_dict(),
-                'temperature': float(umbrella.outputs.pmf.base.attributes.get('temperature')),
-            }
-            for name in ('states', 'transitions', 'experiment_kcal_mol'):
-                if name in self.inputs:
-                    settings[name] = self.inputs[name].get_dict()
-            numbers = pmf_states(umbrella.outputs.pmf, orm.Dict(settings))
+        for r, entry in enumerate(self.ctx.rounds):
+            for key in ('potential', 'pmf', 'barriers', 'assessment'):
+                if key in entry:
+                    self.out(f'rounds.{key}_{r}', entry[key])
+        if self.ctx.rounds:
+            answer = self.ctx.rounds[self.ctx.answer]
             for key in ('pmf', 'barriers', 'rates'):
-                self.out(key, numbers[key])
-            self.out('overlap', umbrella.outputs.overlap)
-            self._report_barriers(numbers['barriers'].get_dict())
+                self.out(key, answer[key])
+            self.out('overlap', answer['umbrella'].outputs.overlap)
+            self._report_barriers(answer['barriers'].get_dict())
         if 'scan' in self.ctx:
             self.out('scan', self.ctx.scan)
+        verdict = self._convergence()
+        self.out('convergence', orm.Dict(verdict).store())
+        if not verdict['converged']:
+            self.report(f'NOT converged: {verdict["reason"]}')
+            return self.exit_codes.ERROR_NOT_CONVERGED.format(message=verdict['reason'])
+        self.report(verdict['reason'])
         return None
+
+    def _convergence(self) -> dict:
+        """The campaign's verdict: the answer's round against the stop rule, and every round's figures."""
+        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        rounds = []
+        for r, entry in enumerate(self.ctx.rounds):
+            v = entry['assessment'].get_dict() if 'assessment' in entry else {}
+            c = v.get('criteria', {})
+            rounds.append(
+                {
+                    'round': r,
+                    'labels_used': entry['labels_used'],
+                    **{
+                        name: (c.get(name) or {}).get('value')
+                        for name in ('barrier_error', 'untrusted_fraction', 'pmf_change')
+                    },
+                    'windows_untrusted': v.get('windows_untrusted'),
+                    'n_windows': v.get('n_windows'),
+                    'converged': bool(v.get('converged', False)),
+                }
+            )
+        final = self.ctx.rounds[-1]['assessment'].get_dict() if self.ctx.rounds else {}
+        converged = bool(final.get('converged', False))
+        failed = final.get('failed', ['barrier_error', 'untrusted_fraction', 'pmf_change'])
+        reason = self.ctx.stop_reason or 'no umbrella round ran'
+        if not converged and failed:
+            shown = []
+            for name in failed:
+                c = final['criteria'][name]
+                shown.append(f'{name} {_fmt(c["value"])} > {c["target"]:g} {c["unit"]}'.rstrip())
+            reason = f'{reason}: ' + ', '.join(shown)
+        return {
+            'converged': converged,
+            'reason': reason,
+            'failed': [] if converged else list(failed),
+            'criteria': final.get('criteria', {}),
+            'labels_used': self.ctx.dataset.n_structures,
+            'label_budget': rule['label_budget'],
+            'rounds_run': len(self.ctx.rounds),
+            'max_rounds': rule['max_rounds'],
+            'best_round': self.ctx.best_round,
+            'answer_round': getattr(self.ctx, 'answer', None),
+            'final_round': len(self.ctx.rounds) - 1,
+            'worse_rounds': list(self.ctx.worse_rounds),
+            'rounds': rounds,
+        }
+
+    def _progress(self, stage: str, **values) -> None:
+        """Where the campaign stands, as the ``mlff_progress`` extra (read by ``aiida-mlff campaign run``)."""
+        from datetime import datetime, timezone
+
+        rule = self.inputs.convergence.get_dict()
+        previous = self.node.base.extras.get('mlff_progress', {}) or {}
+        dataset = self.ctx.get('dataset')
+        progress = {
+            'stage': stage,
+            'round': self.ctx.round,
+            'max_rounds': rule.get('max_rounds', CONVERGENCE['max_rounds'].default),
+            'labels_used': dataset.n_structures if dataset is not None else 0,
+            'label_budget': rule.get('label_budget'),
+            'windows': previous.get('windows'),
+            'windows_untrusted': previous.get('windows_untrusted'),
+            'stage_started': datetime.now(timezone.utc).isoformat(),
+            **values,
+        }
+        self.node.base.extras.set('mlff_progress', progress)
 
     def _report_barriers(self, barriers: dict) -> None:
         for name, t in barriers.get('transitions', {}).items():
@@ -455,6 +673,10 @@ class CampaignWorkChain(WorkChain):
             )
         for warning in barriers.get('warnings', []):
             self.report(f'warning: {warning}')
+
+
+def _fmt(value) -> str:
+    return '-' if value is None else f'{value:.3g}'
 
 
 def _end_structure(path: str, reference) -> orm.StructureData:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from aiida_mlff.core.options import ACTIVE_LEARNING, LABEL, TRAIN, UMBRELLA, Option, Schema, suggest
+from aiida_mlff.core.options import ACTIVE_LEARNING, CONVERGENCE, LABEL, TRAIN, UMBRELLA, Option, Schema, suggest
 
 __all__ = [
     'CAMPAIGN',
@@ -122,14 +122,8 @@ CAMPAIGN = Schema(
             ACTIVE_LEARNING.checks,
             fill=False,
         ),
-        'umbrella': Schema(
-            {
-                'protocol': _protocol(),
-                **UMBRELLA.fields,
-                'refit_rounds': Option(1, kind='integer', low=0, help='label untrusted windows and refit this often'),
-            },
-            fill=False,
-        ),
+        'umbrella': Schema({'protocol': _protocol(), **UMBRELLA.fields}, fill=False),
+        'convergence': CONVERGENCE,
         'check': Schema(
             {
                 'values': Option([], 'CV file unit', kind='any', check=_values_problem, help='relaxed scan vs pw.x'),
@@ -329,7 +323,7 @@ def _check_cv(config: dict, atoms, errors: list[str]):
 def _check_windows(config: dict, cv, errors: list[str]):
     from aiida_mlff.workflows.umbrella.base import umbrella_windows
 
-    umbrella = {k: v for k, v in config['umbrella'].items() if k not in ('protocol', 'refit_rounds')}
+    umbrella = {k: v for k, v in config['umbrella'].items() if k != 'protocol'}
     umbrella = {**UMBRELLA.defaults(), **umbrella}
     if umbrella.get('windows') is None:
         errors.append('umbrella.windows: give centers, or start, stop and count (in the CV file unit)')

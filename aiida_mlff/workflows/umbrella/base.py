@@ -268,6 +268,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             'temperature': float(parameters['temperature']),
             'timestep': float(parameters['timestep']),
             'equilibration_steps': parameters['equilibration_steps'],
+            'estimator': parameters['estimator'],
             'bins': parameters['bins'],
             'bootstrap': parameters['bootstrap'],
             'period': cv.period,
