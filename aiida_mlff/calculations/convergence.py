@@ -10,10 +10,13 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_mlff.core.colvars import cv_from_spec
 from aiida_mlff.core.convergence import (
     KCAL_MOL_PER_EV,
     barrier_errors_95,
+    error_sources,
     judge,
+    next_step,
     pmf_change,
     region_cap,
     round_score,
@@ -52,6 +55,17 @@ def _pmf_kcal_mol(pmf: orm.XyData) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(grid, dtype=float), np.asarray(free, dtype=float) * KCAL_MOL_PER_EV
 
 
+def _sources(pmf: orm.XyData, barriers: dict) -> dict:
+    """Sampling and committee parts of every barrier's error (kcal/mol), from the PMF's columns."""
+    _, grid, _ = pmf.get_x()
+    columns = {name: np.asarray(values, dtype=float) * KCAL_MOL_PER_EV for name, values, _ in pmf.get_y()}
+    members = [v for k, v in columns.items() if k.startswith('member_')]
+    spread = np.nanstd(members, axis=0) if len(members) > 1 else np.zeros_like(columns['free_energy'])
+    bootstrap = columns.get('bootstrap_error', np.zeros_like(spread))
+    period = cv_from_spec(barriers['cv']).file_period if barriers.get('cv') else None
+    return error_sources(barriers, np.asarray(grid, dtype=float), bootstrap, spread, period)
+
+
 @calcfunction
 def assess_round(settings: orm.Dict, pmf: orm.XyData, barriers: orm.Dict, **nodes) -> orm.Dict:
     """The verdict on one round: every criterion's value against its target, the windows' trust, a score.
@@ -80,12 +94,15 @@ def assess_round(settings: orm.Dict, pmf: orm.XyData, barriers: orm.Dict, **node
     if 'previous_pmf' in nodes:
         change = pmf_change(_pmf_kcal_mol(nodes['previous_pmf']), _pmf_kcal_mol(pmf), region_cap(table))
     verdict = judge(barrier_errors_95(table), trust.fraction_above, change, s['targets'])
+    sources = _sources(pmf, table)
     n_measured = len(centers)
     return orm.Dict(
         {
             'round': int(s['round']),
             **verdict,
             'score': round_score(verdict['criteria']),
+            'error_sources': sources,
+            'next': next_step(verdict, sources),
             'n_windows': n_measured + len(dropped),
             'windows_untrusted': trust.n_untrusted,
             'n_frames': trust.n_frames,

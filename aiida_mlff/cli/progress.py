@@ -77,7 +77,7 @@ class RoundClock:
         per_round = sum(later or durations.values()) / len(later or durations)
         current = int(progress.get('round', 0))
         spent = now - self.round_starts.get(current, now)
-        after = max(int(progress.get('max_rounds', current)) - current, 0)
+        after = max(int(progress.get('max_rounds', current + 1)) - 1 - current, 0)  # rounds are 0 .. max_rounds - 1
         return max(per_round - spent, 0.0) + per_round * after, per_round
 
 
@@ -118,7 +118,7 @@ def describe(
     """
     parts = ['starting'] if not progress else [str(progress.get('stage', '?')) + _since(progress.get('stage_started'))]
     if progress:
-        parts.append(f'round {progress.get("round", "?")} of <={progress.get("max_rounds", "?")}')
+        parts.append(f'round {progress.get("round", "?")} (of at most {progress.get("max_rounds", "?")})')
         if child and progress.get('stage') == 'active learning':
             parts.append(
                 f'iteration {child.get("iteration", "?")}/{child.get("max_iterations", "?")}'

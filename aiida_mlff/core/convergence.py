@@ -25,7 +25,9 @@ __all__ = [
     'Z95',
     'WindowTrust',
     'barrier_errors_95',
+    'error_sources',
     'judge',
+    'next_step',
     'pmf_change',
     'region_cap',
     'round_score',
@@ -199,3 +201,67 @@ def round_score(criteria: Mapping) -> float:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _nearest(grid: np.ndarray, value: float, period: float | None) -> int:
+    d = np.asarray(grid, dtype=float) - value
+    if period is not None:
+        d = d - period * np.round(d / period)
+    return int(np.argmin(np.abs(d)))
+
+
+def error_sources(
+    barriers: Mapping, grid: np.ndarray, bootstrap: np.ndarray, spread: np.ndarray, period: float | None = None
+) -> dict[str, dict[str, float]]:
+    """Per named transition: the sampling and the committee part of its larger barrier error (1 sigma, kcal/mol).
+
+    ``grid`` (CV file unit, as the ``barriers`` positions), ``bootstrap`` (the PMF's bootstrap error) and ``spread``
+    (the standard deviation of the committee members' PMFs), both in kcal/mol. A barrier's error combines the
+    errors at its top and at the minimum it is measured from, as :mod:`aiida_mlff.core.states` does; the direction
+    (forward or backward) with the larger total is reported. ``period`` in the file unit, for periodic CVs.
+    """
+    states = barriers.get('states') or {}
+    out = {}
+    for name, t in (barriers.get('transitions') or {}).items():
+        top = _nearest(grid, float(t['transition_state']), period)
+        parts = []
+        for end in (t.get('from'), t.get('to')):
+            if end not in states:
+                continue
+            low = _nearest(grid, float(states[end]['minimum']), period)
+            sampling = float(np.hypot(np.nan_to_num(bootstrap[top]), np.nan_to_num(bootstrap[low])))
+            committee = float(np.hypot(np.nan_to_num(spread[top]), np.nan_to_num(spread[low])))
+            parts.append({'sampling': sampling, 'committee': committee})
+        if parts:
+            out[name] = max(parts, key=lambda p: p['sampling'] ** 2 + p['committee'] ** 2)
+    return out
+
+
+def next_step(verdict: Mapping, sources: Mapping[str, Mapping[str, float]]) -> dict[str, bool | str]:
+    """What the next round needs: new labels and a refit, longer sampling, or both; and why.
+
+    Labels when frames are untrusted, when the PMF still moves with the model, or when the committee part of a
+    failing barrier's error is at least half its variance; longer sampling when the sampling (bootstrap) part is.
+    """
+    failed = set(verdict['failed'])
+    per_barrier = verdict['criteria']['barrier_error']['per_barrier']
+    target = verdict['criteria']['barrier_error']['target']
+    failing = [name for name, e in per_barrier.items() if e is None or e > target]
+    sampling = committee = 0.0
+    for name in failing:
+        parts = sources.get(name)
+        if parts is None:  # an unknown error: both could help
+            sampling = committee = np.inf
+            continue
+        sampling, committee = max(sampling, parts['sampling'] ** 2), max(committee, parts['committee'] ** 2)
+    label = bool({'untrusted_fraction', 'pmf_change'} & failed) or (bool(failing) and committee >= sampling)
+    sample_more = bool(failing) and sampling >= committee
+    reasons = []
+    if 'untrusted_fraction' in failed:
+        reasons.append('frames are untrusted')
+    if 'pmf_change' in failed:
+        reasons.append('the PMF still changes between rounds')
+    if failing:
+        source = 'sampling' if sampling >= committee else 'committee spread'
+        reasons.append(f'the error of {", ".join(sorted(failing))} comes mostly from the {source}')
+    return {'label': label, 'sample_more': sample_more, 'why': '; '.join(reasons)}

@@ -466,6 +466,12 @@ CONVERGENCE = Schema(
             0.9, low=0, low_open=True, high=1, help="a window is judged on this quantile of its frames' deviations"
         ),
         'cv_bins': Option(12, kind='integer', low=1, help='refit labels are spread over this many bins along the CV'),
+        'max_sampling_factor': Option(
+            4,
+            kind='integer',
+            low=1,
+            help='production per window may double up to this multiple when the sampling error dominates a barrier',
+        ),
     }
 )
 

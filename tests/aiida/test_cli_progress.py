@@ -41,7 +41,7 @@ def test_describe_renders_the_extras():
     parts = line.split(' | ')
     assert parts[0].startswith('umbrella (since ')
     assert parts[1:] == [
-        'round 1 of <=4',
+        'round 1 (of at most 4)',
         'labels 46/60',
         'windows 24 (5 untrusted)',
         'elapsed 2.1 min',
@@ -50,7 +50,7 @@ def test_describe_renders_the_extras():
     learning = {**UMBRELLA, 'stage': 'active learning', 'label_budget': None, 'windows': None, 'stage_started': None}
     child = {'stage': 'active learning', 'iteration': 2, 'max_iterations': 5, 'labels_used': 30}
     assert describe(learning, child, elapsed=30.0, remaining=(1500.0, 600.0)) == (
-        'active learning | round 1 of <=4 | iteration 2/5 (30 labels) | labels 46 (no budget) | elapsed 30 s'
+        'active learning | round 1 (of at most 4) | iteration 2/5 (30 labels) | labels 46 (no budget) | elapsed 30 s'
         ' | ~25.0 min left (estimate: 10.0 min/round, if every round runs)'
     )
     assert describe(None, elapsed=3.0) == 'starting | elapsed 3 s'
@@ -61,11 +61,11 @@ def test_remaining_time_from_finished_rounds():
     clock.observe(0, 5.0)  # the first round seen starts with the run
     assert clock.remaining({'stage': 'sampling', 'round': 0, 'max_rounds': 4}, 100.0) is None  # nothing finished
     clock.observe(1, 600.0)
-    # only the first round finished: it stands in for the others (rounds 2, 3 and 4 may follow round 1)
-    assert clock.remaining({'round': 1, 'max_rounds': 4}, 700.0) == (500.0 + 3 * 600.0, 600.0)
+    # only the first round finished: it stands in for the others (rounds are 0 .. 3: rounds 2 and 3 may follow)
+    assert clock.remaining({'round': 1, 'max_rounds': 4}, 700.0) == (500.0 + 2 * 600.0, 600.0)
     clock.observe(2, 900.0)
-    # rounds after the first set the pace (300 s): 200 s left in round 2, then at most 2 more rounds
-    assert clock.remaining({'round': 2, 'max_rounds': 4}, 1000.0) == (200.0 + 2 * 300.0, 300.0)
+    # rounds after the first set the pace (300 s): 200 s left in round 2, then at most 1 more round
+    assert clock.remaining({'round': 2, 'max_rounds': 4}, 1000.0) == (200.0 + 1 * 300.0, 300.0)
     assert clock.remaining({'stage': 'done', 'round': 2, 'max_rounds': 4}, 1000.0) is None
 
 
@@ -99,11 +99,12 @@ def test_report_lines_refresh_the_display_from_the_extras(campaign):
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith('active learning (since ')
-    assert ' | round 0 of <=4 | iteration 1/5 (? labels) | labels 46/60 | elapsed 40 s | time left: no' in lines[0]
+    expected = ' | round 0 (of at most 4) | iteration 1/5 (? labels) | labels 46/60 | elapsed 40 s | time left: no'
+    assert expected in lines[0]
     assert ' | iteration 2/5 ' in lines[1]
     assert lines[2].startswith('umbrella (since ')
     assert lines[2].endswith(
-        'round 1 of <=4 | labels 46/60 | windows 24 (5 untrusted) | elapsed 10.0 min'
+        'round 1 (of at most 4) | labels 46/60 | windows 24 (5 untrusted) | elapsed 10.0 min'
         ' | ~40.0 min left (estimate: 10.0 min/round, if every round runs)'
     )
     assert 'running umbrella sampling' not in stream.getvalue()

@@ -9,7 +9,9 @@ from ase.build import molecule
 from aiida_mlff.core.convergence import (
     Z95,
     barrier_errors_95,
+    error_sources,
     judge,
+    next_step,
     pmf_change,
     region_cap,
     round_score,
@@ -125,3 +127,30 @@ def test_farthest_point_order_visits_every_point_once_from_the_given_start():
     order = farthest_point_order(points, first=0)
     assert order[:2] == [0, 2]
     assert sorted(order) == [0, 1, 2, 3]
+
+
+def test_error_sources_split_a_barrier_error_into_sampling_and_committee_parts():
+    grid = np.array([-180.0, -90.0, 0.0, 90.0])
+    barriers = {
+        'states': {'a': {'minimum': -90.0}, 'b': {'minimum': 90.0}},
+        'transitions': {'t': {'from': 'a', 'to': 'b', 'transition_state': 179.0}},  # -180 across the period
+    }
+    bootstrap = np.array([0.3, 0.4, 0.0, 0.1])
+    spread = np.array([0.0, 0.0, 5.0, 0.2])
+    parts = error_sources(barriers, grid, bootstrap, spread, period=360.0)['t']
+    assert parts['sampling'] == pytest.approx(0.5)  # hypot(0.3, 0.4): top and the larger-error minimum
+    assert parts['committee'] == pytest.approx(0.0)
+
+
+def test_next_step_samples_longer_when_sampling_dominates_and_labels_when_the_committee_does():
+    failing = judge({'t': 0.5}, 0.05, 0.1, TARGETS)
+    by_sampling = next_step(failing, {'t': {'sampling': 0.2, 'committee': 0.05}})
+    assert by_sampling['sample_more']
+    assert not by_sampling['label']
+    by_committee = next_step(failing, {'t': {'sampling': 0.05, 'committee': 0.2}})
+    assert by_committee['label']
+    assert not by_committee['sample_more']
+    untrusted = next_step(judge({'t': 0.1}, 0.5, 0.1, TARGETS), {'t': {'sampling': 0.05, 'committee': 0.01}})
+    assert untrusted['label']
+    assert not untrusted['sample_more']
+    assert 'untrusted' in untrusted['why']

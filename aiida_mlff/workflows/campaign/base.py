@@ -146,6 +146,7 @@ class CampaignWorkChain(WorkChain):
                 cls.inspect_umbrella,
                 cls.assess,
                 if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
+                cls.next_round,
             ),
             cls.choose_answer,
             cls.run_check,
@@ -270,6 +271,8 @@ class CampaignWorkChain(WorkChain):
         self.ctx.round = 0
         self.ctx.rounds = []  # per round: potential, umbrella, pmf, barriers, rates, assessment, labels_used
         self.ctx.best_round = None
+        self.ctx.sampling_factor = 1  # production steps per window, as a multiple of the umbrella's
+        self.ctx.next = {'label': True, 'sample_more': False}
         self.ctx.worse_rounds = []
         self.ctx.stop_reason = None
         self.ctx.refit_history = []
@@ -341,6 +344,8 @@ class CampaignWorkChain(WorkChain):
         inputs = self._exposed(UmbrellaWorkChain, 'umbrella')
         parameters = inputs.parameters.get_dict()
         parameters['seed'] = int(parameters.get('seed', 0)) + self.ctx.round
+        production = UMBRELLA.validate(parameters)['production_steps']
+        parameters['production_steps'] = production * self.ctx.sampling_factor
         inputs.update(
             parameters=orm.Dict(parameters),
             potential=self.ctx.potential,
@@ -368,6 +373,7 @@ class CampaignWorkChain(WorkChain):
                 'potential': self.ctx.potential,
                 'umbrella': node,
                 'labels_used': self.ctx.dataset.n_structures,
+                'sampling_factor': self.ctx.sampling_factor,
                 **{key: numbers[key] for key in ('pmf', 'barriers', 'rates')},
             }
         )
@@ -460,10 +466,36 @@ class CampaignWorkChain(WorkChain):
             self.ctx.stop_reason = f'label budget ({budget}) spent ({used} labels) without convergence'
         if self.ctx.stop_reason:
             self.report(f'stopping: {self.ctx.stop_reason}')
+            return
+        self.ctx.next = dict(verdict['next'])
+        if self.ctx.next['sample_more']:
+            if self.ctx.sampling_factor < rule['max_sampling_factor']:
+                self.ctx.sampling_factor = min(2 * self.ctx.sampling_factor, rule['max_sampling_factor'])
+            elif not self.ctx.next['label']:
+                self.ctx.stop_reason = (
+                    f'the sampling error dominates and production is at its limit (max_sampling_factor '
+                    f'{rule["max_sampling_factor"]}) without convergence'
+                )
+                self.report(f'stopping: {self.ctx.stop_reason}')
+                return
+        what = [
+            w
+            for w, on in (
+                ('new labels and a refit', self.ctx.next['label']),
+                (f'{self.ctx.sampling_factor}x production', self.ctx.next['sample_more']),
+            )
+            if on
+        ]
+        self.report(f'next round: {" and ".join(what)} ({self.ctx.next["why"]})')
 
     def should_refit(self):
-        """Whether another round follows (new labels, a refit)."""
-        return self.ctx.stop_reason is None
+        """Whether the next round needs new labels and a refit (else it samples longer with the same potential)."""
+        return self.ctx.stop_reason is None and self.ctx.next['label']
+
+    def next_round(self):
+        """Count the round (unless the campaign stops here)."""
+        if self.ctx.stop_reason is None:
+            self.ctx.round += 1
 
     def label_untrusted(self):
         """Label frames of the umbrella MD spread along the CV, most uncertain parts first, before run-aways."""
@@ -525,12 +557,10 @@ class CampaignWorkChain(WorkChain):
         """Use the refitted potential for the next umbrella round."""
         node = self.ctx.retrain
         if node is None:  # nothing new to learn from: the same potential samples again
-            self.ctx.round += 1
             return None
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_REFIT_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
         self.ctx.potential = node.outputs.potential
-        self.ctx.round += 1
         return None
 
     def choose_answer(self):
@@ -610,6 +640,8 @@ class CampaignWorkChain(WorkChain):
                 {
                     'round': r,
                     'labels_used': entry['labels_used'],
+                    'sampling_factor': entry['sampling_factor'],
+                    'next': v.get('next'),
                     **{
                         name: (c.get(name) or {}).get('value')
                         for name in ('barrier_error', 'untrusted_fraction', 'pmf_change')
@@ -619,7 +651,7 @@ class CampaignWorkChain(WorkChain):
                     'converged': bool(v.get('converged', False)),
                 }
             )
-        final = self.ctx.rounds[-1]['assessment'].get_dict() if self.ctx.rounds else {}
+        final = self.ctx.rounds[self.ctx.answer]['assessment'].get_dict() if self.ctx.rounds else {}
         converged = bool(final.get('converged', False))
         failed = final.get('failed', ['barrier_error', 'untrusted_fraction', 'pmf_change'])
         reason = self.ctx.stop_reason or 'no umbrella round ran'
