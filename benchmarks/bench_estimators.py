@@ -85,7 +85,7 @@ def main() -> int:
         f'{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}'
     )
     print(
-        f'{"round":>5} {"windows":>7} {"samples":>8} {"bins":>5} {"max kT":>7} {"rms kT":>7} {"WHAM s":>7} '
+        f'{"round":>5} {"windows":>7} {"samples":>8} {"bins":>5} {"max kT":>7} {"rms kT":>7} {"WHAM ms":>8} '
         f'{"MBAR s":>7}  < {TARGET_KT} kT'
     )
     ok = True
@@ -96,7 +96,7 @@ def main() -> int:
         ok &= met
         print(
             f'{key[4:]:>5} {row["windows"]:>7} {row["samples"]:>8} {row["bins_compared"]:>5} {row["max_kT"]:>7.3f} '
-            f'{row["rms_kT"]:>7.3f} {row["wham_s"]:>7.2f} {row["mbar_s"]:>7.2f}  {"yes" if met else "NO"}'
+            f'{row["rms_kT"]:>7.3f} {1e3 * row["wham_s"]:>8.1f} {1e3 * row["mbar_s"]:>8.1f}  {"yes" if met else "NO"}'
         )
     return 0 if ok else 1
 

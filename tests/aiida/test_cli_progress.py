@@ -105,7 +105,7 @@ def test_report_lines_refresh_the_display_from_the_extras(campaign):
     assert lines[2].startswith('umbrella (since ')
     assert lines[2].endswith(
         'round 1 (of at most 4) | labels 46/60 | windows 24 (5 untrusted) | elapsed 10.0 min'
-        ' | ~40.0 min left (estimate: 10.0 min/round, if every round runs)'
+        ' | ~30.0 min left (estimate: 10.0 min/round, if every round runs)'
     )
     assert 'running umbrella sampling' not in stream.getvalue()
 
@@ -185,3 +185,30 @@ def test_run_has_a_verbose_flag():
 
     result = CliRunner().invoke(cmd_root, ['campaign', 'run', '--help'])
     assert '-v, --verbose' in result.output
+
+
+def test_report_lines_stay_off_aiidas_cli_handler_unless_verbose(capsys):
+    """``campaign run`` prints through AiiDA's CLI handler (not a StreamHandler): its REPORT lines are hidden too."""
+    import io
+    import logging
+
+    from aiida.cmdline.utils.log import CliHandler
+    from aiida.common.log import LOG_LEVEL_REPORT
+
+    from aiida_mlff.cli.progress import live_progress
+
+    logger = logging.getLogger('aiida')
+    handler, level = CliHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(LOG_LEVEL_REPORT)
+    try:
+        with live_progress(stream=io.StringIO(), tty=False):
+            logger.log(LOG_LEVEL_REPORT, 'a report line during the run')
+        logger.log(LOG_LEVEL_REPORT, 'a report line after the run')
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert 'during the run' not in printed
+    assert 'after the run' in printed
