@@ -86,7 +86,7 @@ def main() -> int:
     )
     print(
         f'{"round":>5} {"windows":>7} {"samples":>8} {"bins":>5} {"max kT":>7} {"rms kT":>7} {"WHAM ms":>8} '
-        f'{"MBAR s":>7}  < {TARGET_KT} kT'
+        f'{"MBAR ms":>8}  < {TARGET_KT} kT'
     )
     ok = True
     for key in sorted(k for k in node.outputs.rounds if k.startswith('pmf_')):
