@@ -32,10 +32,10 @@ from typing import Any, TextIO
 
 from aiida.common.log import LOG_LEVEL_REPORT
 
+from aiida_mlff.workflows import PROGRESS_EXTRA  # the extra the campaign publishes its progress in
+
 __all__ = ['PROGRESS_EXTRA', 'ProgressDisplay', 'ProgressHandler', 'RoundClock', 'describe', 'live_progress']
 
-#: name of the extra in which the campaign and its active-learning child publish their progress
-PROGRESS_EXTRA = 'mlff_progress'
 #: process label of the child whose iterations are shown during the ``active learning`` stage
 ACTIVE_LEARNING_LABEL = 'ActiveLearningWorkChain'
 

@@ -10,6 +10,7 @@ from aiida_mlff.calculations.functions import merge_datasets, select_frames
 from aiida_mlff.core.options import ACTIVE_LEARNING, EXPLORE, MD
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
+from aiida_mlff.workflows import PROGRESS_EXTRA
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
 from aiida_mlff.workflows.protocols import ProtocolMixin, option_port
@@ -259,7 +260,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             'max_iterations': self.inputs.max_iterations.value,
             'labels_used': self.ctx.dataset.n_structures,
         }
-        self.node.base.extras.set('mlff_progress', progress)
+        self.node.base.extras.set(PROGRESS_EXTRA, progress)
         self.report(f'iteration {self.ctx.iteration}: training on {self.ctx.dataset.n_structures} structures')
         return ToContext(training=self.submit(TrainBaseWorkChain, **inputs))
 

@@ -31,6 +31,7 @@ from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.core.windows import place_windows
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.data.potential import PotentialData
+from aiida_mlff.workflows import PROGRESS_EXTRA
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
 from aiida_mlff.workflows.campaign.config import (
     CAMPAIGN,
@@ -682,7 +683,7 @@ class CampaignWorkChain(WorkChain):
         from datetime import datetime, timezone
 
         rule = self.inputs.convergence.get_dict()
-        previous = self.node.base.extras.get('mlff_progress', {}) or {}
+        previous = self.node.base.extras.get(PROGRESS_EXTRA, {}) or {}
         dataset = self.ctx.get('dataset')
         progress = {
             'stage': stage,
@@ -695,7 +696,7 @@ class CampaignWorkChain(WorkChain):
             'stage_started': datetime.now(timezone.utc).isoformat(),
             **values,
         }
-        self.node.base.extras.set('mlff_progress', progress)
+        self.node.base.extras.set(PROGRESS_EXTRA, progress)
 
     def _report_barriers(self, barriers: dict) -> None:
         for name, t in barriers.get('transitions', {}).items():
