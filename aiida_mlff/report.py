@@ -957,6 +957,15 @@ def _criteria_table(convergence: Mapping[str, Any]) -> list[str]:
     return parts
 
 
+def _then_text(row: Mapping[str, Any]) -> str:
+    """What the round after this one did (labels and a refit, longer sampling) and why; empty for the last."""
+    step = row.get('next') or {}
+    if row.get('converged') or not step:
+        return ''
+    what = [w for w, on in (('labels + refit', step.get('label')), ('longer sampling', step.get('sample_more'))) if on]
+    return f'{" and ".join(what) or "nothing"}: {step.get("why", "")}'
+
+
 def _rounds_table(convergence: Mapping[str, Any]) -> list[str]:
     """The per-round table of the verdict (the best and the worse rounds marked)."""
     rounds = convergence.get('rounds') or []
@@ -968,15 +977,20 @@ def _rounds_table(convergence: Mapping[str, Any]) -> list[str]:
     heads = ''.join(
         f'<th>{head}{f" ({html.escape(units[key])})" if units[key] else ""}</th>' for key, head in _ROUND_COLUMNS
     )
-    parts = [f'<table><tr><th>round</th>{heads}<th>windows untrusted</th><th>converged</th><th>note</th></tr>']
+    parts = [
+        f'<table><tr><th>round</th>{heads}<th>windows untrusted</th><th>production</th><th>converged</th>'
+        '<th>then</th><th>note</th></tr>'
+    ]
     for row in sorted(rounds, key=lambda r: r.get('round', 0)):
         number = row.get('round')
         cells = ''.join(f'<td>{html.escape(_number_text(row.get(key)))}</td>' for key, _ in _ROUND_COLUMNS)
         windows = f'{_number_text(row.get("windows_untrusted"))} of {_number_text(row.get("n_windows"))}'
         note = 'best' if number == best else 'worse than the best' if number in worse else ''
+        production = f'{row.get("sampling_factor", 1)}x'
         parts.append(
-            f'<tr><td>{_fmt(number)}</td>{cells}<td>{windows}</td>'
-            f'<td>{"yes" if row.get("converged") else "no"}</td><td>{note}</td></tr>'
+            f'<tr><td>{_fmt(number)}</td>{cells}<td>{windows}</td><td>{production}</td>'
+            f'<td>{"yes" if row.get("converged") else "no"}</td><td>{html.escape(_then_text(row))}</td>'
+            f'<td>{note}</td></tr>'
         )
     parts.append('</table>')
     return parts
