@@ -321,9 +321,8 @@ def test_banner_of_an_unconverged_campaign(outputs, tmp_path):
         '<tr><td>barrier_error</td><td>0.62 kcal/mol (cis 0.62, trans 0.2)</td><td>0.3 kcal/mol</td>'
         '<td><span class="fail-cell">FAIL</span></td></tr>'
     ) in text
-    assert (
-        '<tr><td>0</td><td>40</td><td>0.9</td><td>0.2</td><td>-</td><td>5 of 24</td><td>no</td><td></td></tr>' in text
-    )
+    row = '<tr><td>0</td><td>40</td><td>0.9</td><td>0.2</td><td>-</td><td>5 of 24</td><td>1x</td><td>no</td><td></td>'
+    assert row + '<td></td></tr>' in text
     assert '<td>worse than the best</td></tr>' in text
     summary = json.loads(paths['summary'].read_text())
     assert summary['convergence']['failed'] == ['barrier_error']
