@@ -11,7 +11,6 @@ free energies in eV.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import logsumexp
 
-from .wham import KB_EV, PMF, _circular_displacement, _displacement, _to_free_energy, _wrap, autocorrelation_time
+from .wham import KB_EV, PMF, _block_ids, _displacement, _histogram_edges, _overlap_messages, _to_free_energy
 
 if TYPE_CHECKING:
     from pymbar import MBAR
@@ -39,26 +38,6 @@ def _pymbar() -> ModuleType:
     finally:
         logger.setLevel(level)
     return pymbar
-
-
-def _histogram_edges(
-    data: list[np.ndarray], bins: int | np.ndarray, period: float | None, range_: tuple[float, float] | None
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Bin edges (CV units) and the samples, periodic ones wrapped into one period, by ``wham``'s convention.
-
-    Periodic: ``bins`` equal bins over ``[lo, lo + period)`` with ``lo = range[0]`` or ``-period / 2``. Otherwise
-    ``bins`` equal bins over ``range`` or the range of the data; explicit edges are used as given.
-    """
-    if period is not None:
-        lo = -period / 2 if range_ is None else range_[0]
-        edges = np.linspace(lo, lo + period, int(bins) + 1) if np.isscalar(bins) else np.asarray(bins, dtype=float)
-        return edges, [_wrap(d, period, lo) for d in data]
-    if not np.isscalar(bins):
-        return np.asarray(bins, dtype=float), data
-    if range_ is None:
-        pooled = np.concatenate(data)
-        range_ = (float(pooled.min()), float(pooled.max()))
-    return np.linspace(range_[0], range_[1], int(bins) + 1), data
 
 
 def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -95,23 +74,6 @@ def _solve(u_kn: np.ndarray, n_k: np.ndarray, f0: np.ndarray | None, seed: int) 
     return _pymbar().MBAR(u_kn, np.asarray(n_k, dtype=np.int64), initial_f_k=f0, rseed=seed)
 
 
-def _overlap_messages(overlap: np.ndarray, centers: np.ndarray, period: float | None, min_overlap: float) -> list[str]:
-    """Messages for neighbouring windows (sorted by centre; also last and first if periodic) that overlap too little."""
-    order = np.argsort(centers)
-    pairs = list(itertools.pairwise(order))
-    if period is not None and len(centers) > 2:
-        pairs.append((order[-1], order[0]))
-    messages = []
-    for i, j in pairs:
-        o = min(overlap[i, j], overlap[j, i])
-        if o < min_overlap:
-            messages.append(
-                f'windows {int(i)} (centre {centers[i]:.4g}) and {int(j)} (centre {centers[j]:.4g}) overlap too '
-                f'little: {o:.3g} < {min_overlap}'
-            )
-    return messages
-
-
 def _blocks(data: list[np.ndarray], period: float | None) -> list[list[np.ndarray]]:
     """Per window, the pooled-sample indices of its blocks of ``ceil(2 tau)`` consecutive samples (``wham``'s blocks).
 
@@ -119,10 +81,7 @@ def _blocks(data: list[np.ndarray], period: float | None) -> list[list[np.ndarra
     """
     out, start = [], 0
     for d in data:
-        tau = autocorrelation_time(d - np.mean(d) if period is None else _circular_displacement(d, period))
-        size = max(1, int(np.ceil(2 * tau)))
-        n_blocks = max(1, len(d) // size)
-        block_id = np.minimum(np.arange(len(d)) // size, n_blocks - 1)
+        block_id, _ = _block_ids(d, period)
         out.append(np.split(np.arange(start, start + len(d)), np.flatnonzero(np.diff(block_id)) + 1))
         start += len(d)
     return out

@@ -246,6 +246,55 @@ class PMF:
         return i1, i2
 
 
+def _histogram_edges(
+    data: list[np.ndarray], bins: int | np.ndarray, period: float | None, range_: tuple[float, float] | None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Bin edges (CV units) and the samples, periodic ones wrapped into one period (for ``wham`` and ``mbar``).
+
+    Periodic: ``bins`` equal bins over ``[lo, lo + period)`` with ``lo = range[0]`` or ``-period / 2``. Otherwise
+    ``bins`` equal bins over ``range`` or the range of the data; explicit edges are used as given.
+    """
+    if period is not None:
+        lo = -period / 2 if range_ is None else range_[0]
+        edges = np.linspace(lo, lo + period, int(bins) + 1) if np.isscalar(bins) else np.asarray(bins, dtype=float)
+        return edges, [_wrap(d, period, lo) for d in data]
+    if not np.isscalar(bins):
+        return np.asarray(bins, dtype=float), data
+    if range_ is None:
+        pooled = np.concatenate(data)
+        range_ = (float(pooled.min()), float(pooled.max()))
+    return np.linspace(range_[0], range_[1], int(bins) + 1), data
+
+
+def _overlap_messages(overlap: np.ndarray, centers: np.ndarray, period: float | None, min_overlap: float) -> list[str]:
+    """Messages for neighbouring windows (sorted by centre; also last and first if periodic) that overlap too little."""
+    order = np.argsort(centers)
+    pairs = list(itertools.pairwise(order))
+    if period is not None and len(centers) > 2:
+        pairs.append((order[-1], order[0]))
+    messages = []
+    for i, j in pairs:
+        o = min(overlap[i, j], overlap[j, i])
+        if o < min_overlap:
+            messages.append(
+                f'windows {int(i)} (centre {centers[i]:.4g}) and {int(j)} (centre {centers[j]:.4g}) overlap too '
+                f'little: {o:.3g} < {min_overlap}'
+            )
+    return messages
+
+
+def _block_ids(d: np.ndarray, period: float | None) -> tuple[np.ndarray, int]:
+    """Block of each sample of one window's series, blocks of ``ceil(2 tau)`` samples (the last takes the rest).
+
+    Tau is the integrated autocorrelation time (of the minimum-image displacement for a periodic CV). Returns the
+    block index per sample and the number of blocks, for the block bootstrap of ``wham`` and ``mbar``.
+    """
+    tau = autocorrelation_time(d - np.mean(d) if period is None else _circular_displacement(d, period))
+    size = max(1, int(np.ceil(2 * tau)))
+    n_blocks = max(1, len(d) // size)
+    return np.minimum(np.arange(len(d)) // size, n_blocks - 1), n_blocks
+
+
 def _wrap(x: np.ndarray, period: float | None, lo: float) -> np.ndarray:
     if period is None:
         return x
@@ -367,17 +416,7 @@ def wham(
         raise ValueError('every window needs at least one sample')
     kt = KB_EV * temperature
 
-    if period is not None:
-        lo = -period / 2 if range is None else range[0]
-        edges = np.linspace(lo, lo + period, bins + 1) if np.isscalar(bins) else np.asarray(bins, dtype=float)
-        data = [_wrap(d, period, lo) for d in data]
-    elif np.isscalar(bins):
-        if range is None:
-            allx = np.concatenate(data)
-            range = (float(allx.min()), float(allx.max()))
-        edges = np.linspace(range[0], range[1], int(bins) + 1)
-    else:
-        edges = np.asarray(bins, dtype=float)
+    edges, data = _histogram_edges(data, bins, period, range)
     grid = 0.5 * (edges[1:] + edges[:-1])
     widths = np.diff(edges)
 
@@ -399,18 +438,7 @@ def wham(
     w = np.exp(log_w)
     overlap = (w * total[occ]) @ w.T * n_samples[None, :]
 
-    messages = []
-    order = np.argsort(centers)
-    pairs = list(itertools.pairwise(order))
-    if period is not None and n_win > 2:
-        pairs.append((order[-1], order[0]))
-    for i, j in pairs:
-        o = min(overlap[i, j], overlap[j, i])
-        if o < min_overlap:
-            messages.append(
-                f'windows {int(i)} (centre {centers[i]:.4g}) and {int(j)} (centre {centers[j]:.4g}) overlap too '
-                f'little: {o:.3g} < {min_overlap}'
-            )
+    messages = _overlap_messages(overlap, centers, period, min_overlap)
     for msg in messages:
         warnings.warn(msg, stacklevel=2)
 
@@ -419,13 +447,10 @@ def wham(
         rng = np.random.default_rng(seed)
         blocks = []
         for d in data:
-            tau = autocorrelation_time(d - np.mean(d) if period is None else _circular_displacement(d, period))
-            size = max(1, int(np.ceil(2 * tau)))
-            n_blocks = max(1, len(d) // size)
+            block_id, n_blocks = _block_ids(d, period)
             idx = np.minimum(np.digitize(d, edges) - 1, len(grid) - 1)
             inside = (d >= edges[0]) & (d <= edges[-1])
             block_hist = np.zeros((n_blocks, len(grid)))
-            block_id = np.minimum(np.arange(len(d)) // size, n_blocks - 1)
             np.add.at(block_hist, (block_id[inside], idx[inside]), 1.0)
             blocks.append(block_hist)
         samples = []
