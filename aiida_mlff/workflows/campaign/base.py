@@ -265,6 +265,11 @@ class CampaignWorkChain(WorkChain):
         inputs.metadata = {'call_link_label': label}
         return self.submit(DftLabelWorkChain, **inputs)
 
+    @property
+    def rule(self) -> dict:
+        """The stop rule (``convergence`` input), defaults filled in."""
+        return CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+
     # -------------------------------------------------------------------------------------------------- outline
     def setup(self):
         """Remember the CV and the settings."""
@@ -396,7 +401,7 @@ class CampaignWorkChain(WorkChain):
     def assess(self):
         """Judge the round by the stop rule; decide whether to label, refit and run another round."""
         current = self.ctx.rounds[-1]
-        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        rule = self.rule
         umbrella = UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict())
         dropped = (
             current['umbrella'].outputs.dropped_windows.get_list()
@@ -504,7 +509,7 @@ class CampaignWorkChain(WorkChain):
         current = self.ctx.rounds[-1]
         runs = self._umbrella_runs(current['umbrella'], 'deviations', 'colvars', 'status', 'trajectory')
         al = self.inputs.active_learning
-        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        rule = self.rule
         k = al.max_candidates.value
         if rule['label_budget'] is not None:
             k = min(k, rule['label_budget'] - self.ctx.dataset.n_structures)
@@ -632,7 +637,7 @@ class CampaignWorkChain(WorkChain):
 
     def _convergence(self) -> dict:
         """The campaign's verdict: the answer's round against the stop rule, and every round's figures."""
-        rule = CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
+        rule = self.rule
         rounds = []
         for r, entry in enumerate(self.ctx.rounds):
             v = entry['assessment'].get_dict() if 'assessment' in entry else {}
@@ -682,15 +687,15 @@ class CampaignWorkChain(WorkChain):
         """Where the campaign stands, as the ``mlff_progress`` extra (read by ``aiida-mlff campaign run``)."""
         from datetime import datetime, timezone
 
-        rule = self.inputs.convergence.get_dict()
+        rule = self.rule
         previous = self.node.base.extras.get(PROGRESS_EXTRA, {}) or {}
         dataset = self.ctx.get('dataset')
         progress = {
             'stage': stage,
             'round': self.ctx.round,
-            'max_rounds': rule.get('max_rounds', CONVERGENCE['max_rounds'].default),
+            'max_rounds': rule['max_rounds'],
             'labels_used': dataset.n_structures if dataset is not None else 0,
-            'label_budget': rule.get('label_budget'),
+            'label_budget': rule['label_budget'],
             'windows': previous.get('windows'),
             'windows_untrusted': previous.get('windows_untrusted'),
             'stage_started': datetime.now(timezone.utc).isoformat(),
