@@ -16,6 +16,7 @@ unit and its file unit. Specs::
     {'type': 'point_plane', 'atoms': [p, a, b, c]}              # signed distance of p from plane abc, Å
     {'type': 'coordination', 'atoms': [...], 'partners': [...], 'r0': 1.3, 'n': 6, 'm': 12}   # dimensionless
     {'type': 'combination', 'terms': [{'cv': {...}, 'coefficient': 1.0}, ...]}                 # unit of its terms
+    {'type': 'position', 'atoms': [i], 'axis': 'z'}             # a Cartesian coordinate of atom i, Å
 
 Units: inside the engine Å for lengths, radians for angles, eV for bias energies, ``kappa`` in eV per internal CV
 unit squared. Files, reports and the command line speak Å and degrees: :meth:`CollectiveVariable.to_file` and
@@ -48,6 +49,7 @@ __all__ = [
     'DistanceDifference',
     'HarmonicBias',
     'PointPlane',
+    'Position',
     'angle',
     'batch_offsets',
     'coordination',
@@ -658,6 +660,48 @@ class Coordination(CollectiveVariable):
         return coordination(positions, first, second, self.r0, self.n, self.m, cell, pbc, offsets)
 
 
+class Position(_FixedAtoms):
+    """One Cartesian coordinate (``axis`` x, y or z) of atom i [Å], as it is (positions are never wrapped).
+
+    For a height above a surface, a coordinate along a channel, or model surfaces such as Müller-Brown.
+    """
+
+    type_name = 'position'
+    keys = ('type', 'atoms', 'axis')
+    n_atoms = 1
+    unit = 'Å'
+    axes = ('x', 'y', 'z')
+
+    def __init__(self, i: int, axis: str = 'z') -> None:
+        self.axis = axis
+        super().__init__(i)
+        self.i = self._atoms[0]
+        self.component = self.axes.index(axis)
+
+    @property
+    def spec(self) -> dict[str, Any]:  # noqa: D102
+        return {'type': self.type_name, 'atoms': [self._atoms[0]], 'axis': self.axis}
+
+    @property
+    def name(self) -> str:  # noqa: D102
+        return f'position({self._atoms[0]},{self.axis})'
+
+    @classmethod
+    def field_errors(cls, spec, where, n_atoms):  # noqa: D102
+        errors = super().field_errors(spec, where, n_atoms)
+        axis = spec.get('axis', 'z')
+        if axis not in cls.axes:
+            errors.append(f"{where}.axis: one of 'x', 'y', 'z', got {_shown(axis)}")
+        return errors
+
+    @classmethod
+    def from_spec(cls, spec):  # noqa: D102
+        return cls(spec['atoms'][0], spec.get('axis', 'z'))
+
+    def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        return _gather(positions, self.i, offsets)[..., self.component]
+
+
 def _unordered_pairs(group: Sequence[int], partners: Sequence[int]) -> list[tuple[int, int]]:
     """Pairs (a, b), a in group, b in partners, a != b, each unordered pair once, in first-seen order."""
     seen, pairs = set(), []
@@ -762,7 +806,8 @@ def _unit_of(spec: Mapping) -> str:
 
 #: spec ``type`` -> CV class: the one list of CV types.
 CV_TYPES: dict[str, type[CollectiveVariable]] = {
-    cls.type_name: cls for cls in (Distance, Angle, Dihedral, DistanceDifference, Coordination, PointPlane, Combination)
+    cls.type_name: cls
+    for cls in (Distance, Angle, Dihedral, DistanceDifference, Coordination, PointPlane, Position, Combination)
 }
 
 
@@ -859,6 +904,20 @@ class HarmonicBias:
 
     def __repr__(self) -> str:
         return f'HarmonicBias({self.cv.name}, {len(self.centers)} centres, kappa={self.kappa.tolist()})'
+
+    @property
+    def cvs(self) -> list[CollectiveVariable]:
+        """The one CV this bias acts on."""
+        return [self.cv]
+
+    def energy_of(self, values: Tensor, replicas: Tensor) -> Tensor:
+        """Bias energy [eV] of CV values (P,) or (P, 1) under the centres (and force constants) of ``replicas`` (P,)."""
+        s = values.reshape(-1)
+        centers = self.centers.to(device=s.device, dtype=s.dtype)
+        kappa = self.kappa.to(device=s.device, dtype=s.dtype)
+        c = centers[replicas] if len(centers) > 1 else centers.expand(len(s))
+        k = kappa[replicas] if len(kappa) > 1 else kappa.expand(len(s))
+        return 0.5 * k * self.cv.difference(s, c) ** 2
 
     def displacement(self, s: Tensor) -> Tensor:
         """Minimum-image ``s - center``, (B,)."""

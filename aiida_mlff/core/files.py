@@ -112,6 +112,12 @@ def validate_md_parameters(params: Mapping[str, Any], n_structures: int | None =
         errors.extend(_cv_errors(cv, f'parameters.colvars[{k}]'))
     if len(replicas) > 1:
         errors.append(f'parameters.biases: every bias needs the same number of centres, got {sorted(replicas)}')
+    exchange = merged.get('exchange')
+    if isinstance(exchange, Mapping) and isinstance(exchange.get('pairs'), list | tuple) and len(replicas) == 1:
+        n_rep = next(iter(replicas))
+        beyond = [p for p in exchange['pairs'] if isinstance(p, list | tuple) and max(p, default=0) >= n_rep]
+        if beyond:
+            errors.append(f'parameters.exchange.pairs: {beyond[:3]} name replicas beyond the {n_rep} windows')
     if n_structures is not None and replicas and n_structures not in (1, *replicas):
         errors.append(f'{n_structures} structures for {replicas.pop()} bias centres: give one structure or one each')
     if isinstance(merged['temperature'], list | tuple) and n_structures is not None:

@@ -300,6 +300,35 @@ TRAIN = Schema(
     checks=[_train_checks],
 )
 
+
+def _exchange_problem(value: Any, job: bool = False) -> str | None:
+    """``{every: steps}`` (and, in a job file, ``pairs: [[i, j], ...]``) or None."""
+    if value is None:
+        return None
+    allowed = ('every', 'pairs') if job else ('every',)
+    if not isinstance(value, Mapping) or 'every' not in value:
+        return f'must be a mapping with every (steps between exchange attempts), got {value!r}'
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        return f'unknown key {unknown[0]!r}{suggest(unknown[0], allowed)} (allowed: {", ".join(allowed)})'
+    every = value['every']
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return f'every must be an integer >= 1 (steps), got {every!r}'
+    if job:
+        pairs = value.get('pairs')
+        ok = (
+            isinstance(pairs, list | tuple)
+            and pairs
+            and all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p)
+                for p in pairs
+            )
+        )
+        if not ok:
+            return f'pairs must be a non-empty list of [i, j] replica indices, got {pairs!r}'
+    return None
+
+
 MD = Schema(
     {
         'ensemble': Option('langevin', kind='choice', choices=('nve', 'langevin')),
@@ -316,6 +345,13 @@ MD = Schema(
         'max_energy_jump': Option(1.0, 'eV/atom', low=0, low_open=True, help='between frames: a replica blew up'),
         'biases': Option([], kind='any', help='harmonic biases, one centre per replica'),
         'colvars': Option([], kind='any', help='extra CVs to record'),
+        'exchange': Option(
+            None,
+            kind='any',
+            nullable=True,
+            check=lambda v: _exchange_problem(v, job=True),
+            help='replica exchange: {every: steps, pairs: [[i, j], ...]}',
+        ),
         'max_time': Option(None, 's', low=0, low_open=True, nullable=True),
         'checkpoint_every': Option(1000, 'steps', kind='integer', low=1),
         'steer_steps': Option(
@@ -378,6 +414,13 @@ UMBRELLA = Schema(
         'friction': Option(0.02, '1/fs', low=0, low_open=True),
         'seed': SEED,
         'mode': Option('batched', kind='choice', choices=('batched', 'parallel')),
+        'exchange': Option(
+            None,
+            kind='any',
+            nullable=True,
+            check=_exchange_problem,
+            help='replica exchange between neighbouring windows (REUS): {every: steps}; none: independent windows',
+        ),
         'estimator': Option(
             'wham', kind='choice', choices=('wham', 'mbar'), help='WHAM (binned, numpy) or MBAR (pymbar, per sample)'
         ),
@@ -386,7 +429,14 @@ UMBRELLA = Schema(
         'min_overlap': Option(0.03, low=0, high=1),
         'max_refinements': Option(2, kind='integer', low=0),
         'max_reruns': Option(2, kind='integer', low=0),
-    }
+    },
+    checks=[
+        lambda v: (
+            [('exchange', "needs mode 'batched': windows exchange inside one batch")]
+            if v['exchange'] is not None and v['mode'] != 'batched'
+            else []
+        )
+    ],
 )
 
 

@@ -93,6 +93,11 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     from .colvars import HarmonicBias, cv_from_spec
 
     biases = [HarmonicBias(cv_from_spec(b['cv']), b['centers'], b['kappa']) for b in biases_spec]
+    exchange = None
+    if params['exchange'] is not None:
+        from .md.exchange import ReplicaExchange
+
+        exchange = ReplicaExchange([tuple(p) for p in params['exchange']['pairs']], params['exchange']['every'])
     extra = [cv_from_spec(cv) for cv in params['colvars'] or []]
     for structure in structures:
         for cv in [b.cv for b in biases] + extra:
@@ -127,6 +132,7 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
         'temperature': params['temperature'],
         'friction': params['friction'],
         'biases': biases,
+        'exchange': exchange,
         'colvars': extra,
         'stride': params['stride'],
         'seed': params['seed'],
@@ -248,6 +254,7 @@ def _result_arrays(result) -> dict[str, np.ndarray]:
         'max_force_deviation': result.max_force_deviation,
         'energy_std': result.energy_std,
         'flagged': result.flagged,
+        'walker': result.walker,
     }
     for key in ('potential_energy', 'bias_energy', 'kinetic_energy', 'total_energy', 'temperature'):
         arrays[key] = getattr(result, key)
@@ -305,8 +312,23 @@ def _write_md_outputs(workdir, chunks, result, structures, keys, params, biases,
             'wall_time': time.monotonic() - started,
             'device': device,
             'n_neighbor_builds': int(result.n_neighbor_builds),
+            'exchange': _exchange_summary(result.exchange),
         },
     )
+
+
+def _exchange_summary(exchange: dict | None) -> dict | None:
+    """The replica-exchange counts of a run for the JSON summary (acceptance NaN -> None)."""
+    if exchange is None:
+        return None
+    acceptance = [float(a) if np.isfinite(a) else None for a in exchange['acceptance']]
+    return {
+        'every': int(exchange['every']),
+        'pairs': np.asarray(exchange['pairs']).tolist(),
+        'attempts': np.asarray(exchange['attempts']).tolist(),
+        'accepted': np.asarray(exchange['accepted']).tolist(),
+        'acceptance': acceptance,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- train

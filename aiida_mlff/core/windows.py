@@ -19,7 +19,14 @@ import numpy as np
 
 from .colvars import CollectiveVariable, _is_number
 
-__all__ = ['WindowSpecError', 'Windows', 'midpoint', 'neighbour_pairs', 'place_windows']
+__all__ = [
+    'WindowSpecError',
+    'Windows',
+    'exchange_pairs',
+    'midpoint',
+    'neighbour_pairs',
+    'place_windows',
+]
 
 
 class WindowSpecError(ValueError):
@@ -205,6 +212,31 @@ def neighbour_pairs(windows: Windows) -> list[tuple[int, int]]:
     pairs = [(k, k + 1) for k in range(n - 1)]
     if windows.closed:
         pairs.append((n - 1, 0))
+    return pairs
+
+
+def exchange_pairs(cv: CollectiveVariable, centers) -> list[tuple[int, int]]:
+    """Pairs of neighbouring windows for replica exchange, as indices into ``centers`` (internal units).
+
+    Windows are taken in order along the CV: sorted for a non-periodic CV; around the circle for a periodic one,
+    as an arc that starts after its widest gap, or as a ring (the last and first windows are neighbours too) when the
+    centres go evenly around the whole period.
+    """
+    values = np.asarray(centers, dtype=float).ravel()
+    n = len(values)
+    if n < 2:
+        return []
+    if cv.period is None:
+        order = np.argsort(values, kind='stable')
+        closed = False
+    else:
+        order, gaps = _circular_gaps(values, cv.period)
+        closed = _evenly_around(values, cv.period)
+        if not closed:
+            order = np.roll(order, -((int(np.argmax(gaps)) + 1) % n))
+    pairs = [(int(order[k]), int(order[k + 1])) for k in range(n - 1)]
+    if closed:
+        pairs.append((int(order[-1]), int(order[0])))
     return pairs
 
 

@@ -75,6 +75,8 @@ class MdParser(Parser):
             colvars.base.attributes.set('names', list(summary.get('colvar_names', [])))
             if 'centers' in arrays:
                 colvars.set_array('centers', arrays['centers'])
+            if 'walker' in arrays:  # which starting replica each replica held (replica exchange moves them)
+                colvars.set_array('walker', arrays['walker'])
             if summary.get('kappa') is not None:
                 colvars.base.attributes.set('kappa', summary['kappa'])
             colvars.base.attributes.set('temperature', summary.get('temperature'))
@@ -105,6 +107,8 @@ class MdParser(Parser):
             'device': summary.get('device'),
             'n_neighbor_builds': summary.get('n_neighbor_builds'),
         }
+        if summary.get('exchange') is not None:  # replica exchange: pairs, attempts, accepted, acceptance per pair
+            replicas['exchange'] = summary['exchange']
         if summary.get('steering') is not None:  # where the windows were pulled before the run
             replicas['steering'] = _finite_or_none(summary['steering'])
         self.out('status', orm.Dict(replicas))

@@ -49,6 +49,12 @@ class MDResult:
         Per replica: ``'ok'`` / ``'deviation_exceeded'`` / ``'blown_up'``, a message, the step it stopped at (-1).
     final_state
         :class:`MDState` to continue from (``simulate(..., state=result.final_state)``) or to save.
+    walker
+        (F, R) int: which walker (starting replica) replica r held at each frame (replica exchange moves them;
+        without it, ``walker[:, r] == r``).
+    exchange
+        Replica exchange: ``pairs`` (P, 2), ``attempts``, ``accepted`` and ``acceptance`` (P,), ``every``; None
+        without exchange.
     n_neighbor_builds
         How often the Verlet list was built.
     wall_time
@@ -75,6 +81,8 @@ class MDResult:
     diagnostic: list[str]
     stop_step: np.ndarray
     final_state: MDState | None = None
+    walker: np.ndarray | None = None
+    exchange: dict | None = None
     n_neighbor_builds: int = 0
     wall_time: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -138,6 +146,7 @@ class FrameRecorder:
                 'energy_std',
                 'flagged',
                 'valid',
+                'walker',
             )
         }
 
@@ -202,5 +211,6 @@ class FrameRecorder:
             diagnostic=list(state.diagnostic),
             stop_step=np.array(state.stop_step, dtype=np.int64),
             final_state=state,
+            walker=np.stack(f['walker']).astype(np.int64) if n_frames else np.zeros((0, r), dtype=np.int64),
             **extra,
         )

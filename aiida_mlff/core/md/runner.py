@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..atoms import AtomsBatch, pair_vectors
 from ..colvars import CollectiveVariable, HarmonicBias, batch_offsets
+from .exchange import ReplicaExchange
 from .integrators import KB, baoab_step, kinetic_energy, maxwell_boltzmann, velocity_verlet_step
 from .neighbors import VerletList
 from .reporters import FrameRecorder, MDResult
@@ -67,6 +68,7 @@ def simulate(
     temperature: float | Sequence[float] = 300.0,
     friction: float | Sequence[float] = 0.01,
     biases: Sequence[HarmonicBias] | None = None,
+    exchange: ReplicaExchange | None = None,
     stride: int = 10,
     seed: int = 0,
     device: str | torch.device = 'cpu',
@@ -103,7 +105,17 @@ def simulate(
     friction
         Langevin friction gamma in 1/fs, scalar or one per replica.
     biases
-        Harmonic biases, one centre per replica each (all umbrella windows in one batch).
+        Biases on collective variables: :class:`~aiida_mlff.core.colvars.HarmonicBias` (one centre per replica: all
+        umbrella windows in one batch) or any object with the same call (``bias(positions, cell, pbc, offsets) ->
+        (energy (B,) eV, CV values (B,) or (B, k))``) and ``cvs`` (the k CVs), e.g. a metadynamics bias. Optional
+        methods: ``update(step, values, active)`` after every step (e.g. to deposit hills), ``energy_of(values,
+        replicas)`` (needed by ``exchange``), ``state_dict()`` / ``load_state_dict(d)`` (saved in the MD state,
+        so a continued run has the same bias).
+    exchange
+        Replica exchange (:class:`~aiida_mlff.core.md.exchange.ReplicaExchange`): every ``exchange.every`` steps
+        neighbouring replicas try to swap configurations (Hamiltonian exchange between umbrella windows,
+        temperature exchange between replicas of different temperatures, or both). Acceptance per pair is in
+        ``result.exchange``; ``result.walker`` says which walker (starting replica) each replica holds per frame.
     stride
         Record every ``stride`` steps (plus the initial frame of a fresh run and the frame where a replica exceeds
         the deviation limit).
@@ -187,10 +199,12 @@ def simulate(
     offsets = batch_offsets(batch)
     biases = list(biases or [])
     for b in biases:
-        if len(b.centers) not in (1, n_rep):
-            raise ValueError(f'{b}: {len(b.centers)} centres for {n_rep} replicas')
+        centers = getattr(b, 'centers', None)
+        if centers is not None and len(centers) not in (1, n_rep):
+            raise ValueError(f'{b}: {len(centers)} centres for {n_rep} replicas')
     extra_cvs = list(colvars or [])
-    names = [b.cv.name for b in biases] + [cv.name for cv in extra_cvs]
+    names = [cv.name for b in biases for cv in _bias_cvs(b)] + [cv.name for cv in extra_cvs]
+    _restore_extensions(state, biases, exchange, fresh, counts, offsets)
     dof = 3 * counts.to(dtype) - (3 if (ensemble == 'nve' and remove_com) else 0)
     dof = dof.clamp(min=1)
     vlist = VerletList(float(potential.cutoff), skin)
@@ -215,12 +229,15 @@ def simulate(
                 pos = positions.detach().requires_grad_(True)
                 energies, values = zip(*(b(pos, batch.cell, batch.pbc, offsets) for b in biases), strict=True)
                 e_bias = torch.stack(energies).sum(0)
-                (grad,) = torch.autograd.grad(e_bias.sum(), pos)
-            forces = forces - grad
+                (grad,) = torch.autograd.grad(e_bias.sum(), pos, allow_unused=True)
+            if grad is not None:
+                forces = forces - grad
             last['bias_energy'] = e_bias.detach()
-            last['cv'] = torch.stack(values, dim=-1).detach()
+            last['cv_columns'] = [v.detach().reshape(n_rep, -1) for v in values]
+            last['cv'] = torch.cat(last['cv_columns'], dim=-1)
         else:
             last['bias_energy'] = zeros
+            last['cv_columns'] = []
             last['cv'] = zeros.new_zeros(n_rep, 0)
         return forces
 
@@ -269,6 +286,7 @@ def simulate(
             colvars=cvs,
             max_force_deviation=last['max_force_deviation'],
             energy_std=last['energy_std'],
+            walker=state.walker,
         )
 
     def check_deviation() -> Tensor:
@@ -283,6 +301,22 @@ def simulate(
                 f'{max_force_deviation} eV/Å at step {state.step}',
             )
         return exceeded
+
+    beta_r = 1.0 / (KB * temperature_r)
+    local = torch.arange(batch.positions.shape[0], device=device) - offsets[batch.batch]
+    identity = torch.arange(n_rep, device=device)
+
+    def swap() -> None:
+        perm = exchange.propose(state.active, beta_r, state.energy, biases, last['cv_columns'], state.generator)
+        if not bool((perm != identity).any()):  # one host sync per exchange attempt
+            return
+        atom_perm = offsets[perm][batch.batch] + local
+        scale = torch.sqrt(temperature_r / temperature_r[perm])[batch.batch].unsqueeze(-1)
+        batch.positions = batch.positions[atom_perm]
+        state.velocities = state.velocities[atom_perm] * scale
+        state.walker = state.walker[perm]
+        state.forces = forces_fn(batch.positions)
+        state.energy, state.bias_energy = last['energy'], last['bias_energy']
 
     if fresh:
         check_distances()
@@ -345,13 +379,53 @@ def simulate(
                 )
         batch.positions, state.velocities, state.forces = pos, vel, forces
         state.energy, state.bias_energy = energy, last['bias_energy']
+        for b, values in zip(biases, last['cv_columns'], strict=True):
+            if hasattr(b, 'update'):
+                b.update(state.step, values, state.active)
+        recorded = False
         if event and bool(exceeded.any()):
             exceeded = check_deviation()
             if state.step % stride:
                 record(v_kin, exceeded)
-                continue
-        if state.step % stride == 0:
+                recorded = True
+        if not recorded and state.step % stride == 0:
             check_distances()
             record(v_kin, exceeded if event else no_flags)
+        if exchange is not None and state.step % exchange.every == 0:
+            swap()
     wall = _time.perf_counter() - start
-    return recorder.result(state, names, n_neighbor_builds=vlist.n_builds, wall_time=wall)
+    state.bias_states = [b.state_dict() if hasattr(b, 'state_dict') else {} for b in biases]
+    state.exchange_state = exchange.state_dict() if exchange is not None else {}
+    return recorder.result(
+        state, names, n_neighbor_builds=vlist.n_builds, wall_time=wall, exchange=_exchange_summary(exchange)
+    )
+
+
+def _bias_cvs(bias) -> list[CollectiveVariable]:
+    """The CVs a bias acts on (``bias.cvs``, or the one ``bias.cv`` of a harmonic bias)."""
+    cvs = getattr(bias, 'cvs', None)
+    return list(cvs) if cvs is not None else [bias.cv]
+
+
+def _restore_extensions(state: MDState, biases, exchange, fresh: bool, counts: Tensor, offsets: Tensor) -> None:
+    """Check the exchange pairs; a continued run takes back its biases' state (hills) and exchange counts."""
+    if exchange is not None:
+        exchange.check(counts, state.batch.numbers, offsets)
+    if fresh:
+        return
+    if state.bias_states and len(state.bias_states) != len(biases):
+        raise ValueError(f'the state holds {len(state.bias_states)} bias states for {len(biases)} biases')
+    for b, saved in zip(biases, state.bias_states, strict=False):
+        if saved:
+            if not hasattr(b, 'load_state_dict'):
+                raise ValueError(f'the state holds a saved state for {b}, which cannot load one')
+            b.load_state_dict(saved)
+    if exchange is not None and state.exchange_state:
+        exchange.load_state_dict(state.exchange_state)
+
+
+def _exchange_summary(exchange: ReplicaExchange | None) -> dict | None:
+    if exchange is None:
+        return None
+    saved = exchange.state_dict()
+    return {**saved, 'acceptance': exchange.acceptance(), 'every': exchange.every}

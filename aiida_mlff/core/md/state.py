@@ -46,6 +46,11 @@ class MDState:
     forces, energy, bias_energy
         (N, 3) eV/Å total force (potential + biases) and (B,) eV potential and bias energies at the current positions;
         None until computed.
+    walker
+        (B,) int64: which starting replica's configuration each replica holds (replica exchange moves them).
+    bias_states, exchange_state
+        The saved state of each bias (e.g. metadynamics hills; ``{}`` for stateless biases) and of the replica
+        exchange (counts), so that a continued run goes on exactly.
     """
 
     batch: AtomsBatch
@@ -60,11 +65,16 @@ class MDState:
     forces: Tensor | None = None
     energy: Tensor | None = None
     bias_energy: Tensor | None = None
+    walker: Tensor | None = None
+    bias_states: list[dict[str, np.ndarray]] = field(default_factory=list)
+    exchange_state: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.batch.n_systems
         if self.active is None:
             self.active = torch.ones(n, dtype=torch.bool, device=self.batch.device)
+        if self.walker is None:
+            self.walker = torch.arange(n, device=self.batch.device)
         if not self.status:
             self.status = [STATUS_OK] * n
             self.diagnostic = [''] * n
@@ -104,6 +114,10 @@ class MDState:
             'status': np.array(self.status),
             'diagnostic': np.array(self.diagnostic),
             'stop_step': np.array(self.stop_step, dtype=np.int64),
+            'walker': self.walker.cpu().numpy().copy(),
+            'n_bias_states': np.array(len(self.bias_states)),
+            **{f'bias{i}__{k}': np.asarray(v) for i, saved in enumerate(self.bias_states) for k, v in saved.items()},
+            **{f'exchange__{k}': np.asarray(v) for k, v in self.exchange_state.items()},
         }
 
     @classmethod
@@ -135,6 +149,9 @@ class MDState:
             status=[str(s) for s in state['status']],
             diagnostic=[str(s) for s in state['diagnostic']],
             stop_step=[int(s) for s in state['stop_step']],
+            walker=t('walker', torch.int64) if 'walker' in state else None,
+            bias_states=[_prefixed(state, f'bias{i}__') for i in range(int(state.get('n_bias_states', 0)))],
+            exchange_state=_prefixed(state, 'exchange__'),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -148,3 +165,8 @@ class MDState:
         """Read a state written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as data:
             return cls.from_state_dict({k: data[k] for k in data.files}, device=device, dtype=dtype)
+
+
+def _prefixed(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The entries of ``state`` whose key starts with ``prefix``, without it."""
+    return {k[len(prefix) :]: np.asarray(v) for k, v in state.items() if k.startswith(prefix)}

@@ -1,5 +1,9 @@
 """``mlff.umbrella``: umbrella sampling along one collective variable, then WHAM -> PMF, barrier and rate.
 
+With ``exchange: {every: N}`` the windows of a batch swap configurations with their neighbours every N steps
+(replica-exchange umbrella sampling, REUS); WHAM/MBAR still see per-window samples, because a swap moves the
+configuration, not the bias. Windows added later (refinement, reruns) exchange among the windows of their own batch.
+
 Window placement comes from ``aiida_mlff.core.windows``; periods, units and minimum images from the CV
 (``aiida_mlff.core.colvars``); the options and their defaults from ``aiida_mlff.core.options.UMBRELLA``. Windows are
 given in the CV's file unit (degrees for angles and dihedrals, Å for distances); inside, the engine works in its own
@@ -16,7 +20,7 @@ from aiida_mlff.calculations.wham import wham_pmf
 from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors
 from aiida_mlff.core.options import MD, UMBRELLA
 from aiida_mlff.core.wham import KB_EV
-from aiida_mlff.core.windows import midpoint, place_windows
+from aiida_mlff.core.windows import exchange_pairs, midpoint, place_windows
 from aiida_mlff.data.potential import PotentialData
 from aiida_mlff.workflows.md.base import MdBaseWorkChain
 from aiida_mlff.workflows.protocols import ProtocolMixin
@@ -175,6 +179,9 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 parameters['stride'] = 2 * int(parameters['stride'])
         parameters['checkpoint_every'] = max(parameters['stride'], parameters['steps'] // 4)
         parameters['biases'] = [{'cv': cv, 'centers': [float(c) for c in centers], 'kappa': self.ctx.kappa}]
+        pairs = exchange_pairs(self.ctx.cv, centers)
+        if md['exchange'] is not None and pairs:  # REUS: neighbouring windows of this batch swap configurations
+            parameters['exchange'] = {'every': int(md['exchange']['every']), 'pairs': [list(p) for p in pairs]}
         metadata = {'call_link_label': label}
         inputs = {
             'md': {
@@ -226,6 +233,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 )
             runs[f'colvars_{key}'] = node.outputs.colvars
             runs[f'deviations_{key}'] = node.outputs.deviations
+            if key in self.ctx.latest:
+                self._report_exchange(node)
             if key in self.ctx.latest:  # a run of the last round: its windows that blew up are left out, rerun
                 status = node.outputs.status.get_dict().get('status', []) if 'status' in node.outputs else []
                 blown = [r for r, s in enumerate(status) if s == 'blown_up']
@@ -259,6 +268,22 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 f'overlap still too low between {shown} {cv.file_unit} after {self.ctx.refinements} refinements'
             )
         return None
+
+    def _report_exchange(self, node) -> None:
+        """Report the replica-exchange acceptance of a batched run (lowest pair first), if it exchanged."""
+        exchange = node.outputs.status.get_dict().get('exchange') if 'status' in node.outputs else None
+        if not exchange:
+            return
+        acceptance = np.array([np.nan if a is None else a for a in exchange['acceptance']], dtype=float)
+        if not np.isfinite(acceptance).any():
+            return
+        centres = self.ctx.cv.to_file(node.outputs.colvars.get_array('centers')[:, 0])
+        low = int(np.nanargmin(acceptance))
+        a, b = exchange['pairs'][low]
+        self.report(
+            f'replica exchange every {exchange["every"]} steps: acceptance {np.nanmean(acceptance):.2f} on average, '
+            f'lowest {acceptance[low]:.2f} between {centres[a]:.4g} and {centres[b]:.4g} {self.ctx.cv.file_unit}'
+        )
 
     def _wham_settings(self) -> dict:
         parameters = self.parameters
