@@ -150,3 +150,37 @@ def test_windows_that_blow_up_are_rerun_alone_then_left_out(mlff_environment, ho
     shift = np.mean(y['free_energy'][region] - exact[region])
     rms = np.sqrt(np.mean((y['free_energy'][region] - exact[region] - shift) ** 2)) / kt
     assert rms < 0.25, f'RMS error {rms:.3f} kT away from the broken region'
+
+
+def test_replica_exchange_umbrella_swaps_windows_and_recovers_the_pmf(mlff_environment, hooh, torsion_potential):
+    """REUS through the work chain: neighbours swap inside the batch, WHAM sees per-window samples."""
+    builder = torsion_builder(
+        mlff_environment['mlff_code'], torsion_potential, hooh, 1000, 10000, bootstrap=0, exchange={'every': 50}
+    )
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    md = [n for n in node.called_descendants if n.process_label == 'MdCalculation']
+    status = md[0].outputs.status.get_dict()
+    exchange = status['exchange']
+    assert exchange['every'] == 50
+    assert len(exchange['pairs']) == 24  # 24 windows around the whole dihedral: a ring
+    acceptance = np.array(exchange['acceptance'], dtype=float)
+    assert np.all((acceptance > 0.05) & (acceptance < 1.0)), acceptance
+    walker = md[0].outputs.colvars.get_array('walker')
+    assert (walker[-1] != np.arange(24)).any()  # configurations travelled between windows
+    assert sorted(walker[-1].tolist()) == list(range(24))  # a permutation: nothing lost, nothing duplicated
+    grid = results['pmf'].get_x()[1]
+    free_energy = {name: values for name, values, _ in results['pmf'].get_y()}['free_energy']
+    kt = KB_EV * T
+    exact = exact_pmf(grid)
+    region = (exact < 5 * kt) & np.isfinite(free_energy)
+    shift = np.mean(free_energy[region] - exact[region])
+    rms = np.sqrt(np.mean((free_energy[region] - exact[region] - shift) ** 2)) / kt
+    assert rms < 0.15, f'RMS error {rms:.3f} kT'
+    assert any('replica exchange every 50 steps' in line for line in _reports(node))
+
+
+def _reports(node) -> list[str]:
+    from aiida.orm import Log
+
+    return [log.message for log in Log.collection.get_logs_for(node)]
