@@ -28,7 +28,8 @@ def validate_inputs(value, _) -> str | None:
             if missing:
                 errors.append(f'structure `{key}` has {missing}, which the potential ({sorted(known)}) does not know')
     n_atoms = min(len(s.sites) for s in structures.values())
-    for k, spec in enumerate([b['cv'] for b in merged.get('biases') or []] + list(merged.get('colvars') or [])):
+    biased = [cv for b in merged.get('biases') or [] if isinstance(b, dict) for cv in b.get('cvs', [b.get('cv')])]
+    for k, spec in enumerate(biased + list(merged.get('colvars') or [])):
         if isinstance(spec, dict) and isinstance(spec.get('atoms'), list):
             bad = [a for a in spec['atoms'] if isinstance(a, int) and a >= n_atoms]
             if bad:

@@ -13,7 +13,7 @@ from aiida_mlff.core.mbar import mbar
 from aiida_mlff.core.options import UMBRELLA
 from aiida_mlff.core.wham import KB_EV, tst_rate, wham
 
-__all__ = ['ESTIMATORS', 'collect_windows', 'wham_pmf']
+__all__ = ['ESTIMATORS', 'barrier_outputs', 'collect_windows', 'wham_pmf']
 
 EV_TO_KCAL_MOL = 23.060547830619
 
@@ -135,15 +135,24 @@ def wham_pmf(settings: orm.Dict, **runs) -> dict:
     overlap.base.attributes.set('warnings', [str(w.message) for w in caught])
 
     outputs = {'pmf': xy, 'overlap': overlap}
-    try:
-        barrier = pmf.barrier(s.get('basins'))
-    except ValueError as exception:
-        overlap.base.attributes.set('barrier_error', str(exception))
-        return outputs
-    outputs['barrier'] = orm.Float(barrier.forward)
-    outputs['barrier'].base.attributes.set('kcal_mol', barrier.forward * EV_TO_KCAL_MOL)
-    outputs['barrier'].base.attributes.set('reverse_eV', barrier.reverse)
-    outputs['barrier'].base.attributes.set('transition_state', barrier.transition_state)
-    outputs['barrier'].base.attributes.set('basins', [barrier.basin_a, barrier.basin_b])
-    outputs['rate'] = orm.Float(tst_rate(barrier.forward, s['temperature']))
+    outputs.update(barrier_outputs(pmf, s.get('basins'), overlap))
     return outputs
+
+
+def barrier_outputs(pmf, basins, diagnostics: orm.Node) -> dict:
+    """``barrier`` (Float, eV; kcal/mol, reverse, transition state and basins in attributes) and ``rate`` (TST, s^-1).
+
+    Where the PMF has no barrier between two basins, nothing is returned and ``diagnostics`` gets the reason in its
+    ``barrier_error`` attribute.
+    """
+    try:
+        barrier = pmf.barrier(basins)
+    except ValueError as exception:
+        diagnostics.base.attributes.set('barrier_error', str(exception))
+        return {}
+    out = orm.Float(barrier.forward)
+    out.base.attributes.set('kcal_mol', barrier.forward * EV_TO_KCAL_MOL)
+    out.base.attributes.set('reverse_eV', barrier.reverse)
+    out.base.attributes.set('transition_state', barrier.transition_state)
+    out.base.attributes.set('basins', [barrier.basin_a, barrier.basin_b])
+    return {'barrier': out, 'rate': orm.Float(tst_rate(barrier.forward, pmf.temperature))}

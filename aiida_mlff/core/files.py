@@ -77,6 +77,28 @@ def validate_train_parameters(params: Mapping[str, Any]) -> tuple[dict[str, Any]
     return TRAIN.resolve(params, 'parameters')
 
 
+def _metadynamics_errors(bias: Mapping, where: str) -> list[str]:
+    """Problems of a job file's metadynamics bias (``aiida_mlff.core.enhanced.METAD_KEYS``)."""
+    from .enhanced import METAD_KEYS
+
+    errors = [f'{where}.{key}: unknown key' for key in bias if key not in METAD_KEYS]
+    missing = [key for key in ('cvs', 'grid', 'height', 'widths', 'pace') if key not in bias]
+    if missing:
+        return [*errors, f'{where}: missing {", ".join(missing)}']
+    cvs = bias['cvs'] if isinstance(bias['cvs'], list | tuple) else []
+    if not 1 <= len(cvs) <= 2:
+        errors.append(f'{where}.cvs: one or two CVs, got {bias["cvs"]!r}')
+    for j, cv in enumerate(cvs):
+        errors.extend(_cv_errors(cv, f'{where}.cvs[{j}]'))
+    for key in ('grid', 'widths'):
+        if not isinstance(bias[key], list | tuple) or len(bias[key]) != len(cvs):
+            errors.append(f'{where}.{key}: one entry per CV, got {bias[key]!r}')
+    walkers = bias.get('walkers', 1)
+    if isinstance(walkers, bool) or not isinstance(walkers, int) or walkers < 1:
+        errors.append(f'{where}.walkers: must be an integer >= 1, got {walkers!r}')
+    return errors
+
+
 def validate_md_parameters(params: Mapping[str, Any], n_structures: int | None = None) -> tuple[dict, list[str]]:
     """Return ``(parameters with defaults filled in, errors)`` by :data:`aiida_mlff.core.options.MD`.
 
@@ -93,6 +115,10 @@ def validate_md_parameters(params: Mapping[str, Any], n_structures: int | None =
         errors.append(f'parameters.biases: must be a list of biases, got {merged["biases"]!r}')
     for k, bias in enumerate(biases or []):
         where = f'parameters.biases[{k}]'
+        if isinstance(bias, Mapping) and bias.get('type') == 'metadynamics':
+            errors.extend(_metadynamics_errors(bias, where))
+            replicas.add(bias.get('walkers', 1))
+            continue
         if not isinstance(bias, Mapping) or set(bias) - {'cv', 'centers', 'kappa'} or 'cv' not in bias:
             errors.append(f'{where}: must be a mapping with cv, centers and kappa, got {bias!r}')
             continue

@@ -23,6 +23,7 @@ __all__ = [
     'EXPLORE',
     'LABEL',
     'MD',
+    'METADYNAMICS',
     'TRAIN',
     'UMBRELLA',
     'Option',
@@ -437,6 +438,69 @@ UMBRELLA = Schema(
             else []
         )
     ],
+)
+
+
+def _per_cv_problem(value: Any, what: str) -> str | None:
+    """None, a number, or a list of one or two numbers (one per CV)."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list | tuple) else [value]
+    if not 1 <= len(values) <= 2 or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        return f'must be a number or a list of one number per CV (1 or 2), got {value!r}'
+    if any(v <= 0 for v in values):
+        return f'{what} must be positive, got {value!r}'
+    return None
+
+
+def _ranges_problem(value: Any) -> str | None:
+    """None, [lo, hi], or a list of [lo, hi] per CV."""
+    if value is None:
+        return None
+    ranges = value if value and isinstance(value[0], list | tuple) else [value]
+    for r in ranges:
+        if (
+            not isinstance(r, list | tuple)
+            or len(r) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in r)
+        ):
+            return f'must be [lower, upper] or one [lower, upper] per CV, got {value!r}'
+        if not r[0] < r[1]:
+            return f'lower must be below upper, got {list(r)}'
+    return None
+
+
+METADYNAMICS = Schema(
+    {
+        'walkers': Option(8, kind='integer', low=1, help='walkers in one batch, all adding hills to one bias'),
+        'height': Option(None, 'eV', low=0, low_open=True, nullable=True, help='initial hill height; none: kT / 2'),
+        'width': Option(
+            None,
+            'CV file unit',
+            kind='any',
+            check=lambda v: _per_cv_problem(v, 'width'),
+            help='Gaussian sigma per CV; none: 1/30 of the range (periodic: of the period)',
+        ),
+        'pace': Option(100, 'steps', kind='integer', low=1, help='steps between hills'),
+        'bias_factor': Option(10.0, low=1, low_open=True, nullable=True, help='well-tempered gamma; none: plain'),
+        'range': Option(
+            None,
+            'CV file unit',
+            kind='any',
+            check=_ranges_problem,
+            help='[lower, upper] per CV: the grid (walls beyond it); needed for non-periodic CVs',
+        ),
+        'grid_spacing': Option(0.2, low=0, low_open=True, high=1, help='grid spacing as a fraction of the width'),
+        'wall': Option(10.0, 'kT / width^2', low=0, help='harmonic wall beyond a non-periodic range; 0: none'),
+        'temperature': Option(300.0, 'K', low=0, low_open=True),
+        'steps': Option(50000, kind='integer', low=1, help='steps per walker'),
+        'discard_fraction': Option(0.2, low=0, high=1, high_open=True, help='of the frames, before reweighting'),
+        'blocks': Option(5, kind='integer', low=2, help='blocks for the error of the reweighted free energy'),
+        'bins': Option(72, kind='integer', low=4, help='histogram bins per CV of the reweighted free energy'),
+        **{key: MD[key] for key in _WINDOW_MD},
+        'friction': Option(0.02, '1/fs', low=0, low_open=True),
+        'seed': SEED,
+    }
 )
 
 

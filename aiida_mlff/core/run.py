@@ -84,15 +84,15 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     dtype = _dtype(params['dtype'])
     potential = Potential.load(inside(workdir, job.get('potential'), 'potential'), device=device).to(dtype)
     structures = read(inside(workdir, job.get('structures'), 'structures'), index=':', format='extxyz')
-    n_centres_hint = len((params['biases'] or [{}])[0].get('centers', [])) if params['biases'] else 1
-    configure_threads(sum(len(s) for s in structures) * max(1, n_centres_hint))
-    keys = list(job.get('structure_keys') or range(len(structures)))
-
     biases_spec = params['biases'] or []
-    n_centres = len(biases_spec[0]['centers']) if biases_spec else 0
-    from .colvars import HarmonicBias, cv_from_spec
+    n_centres = _replicas_of(biases_spec)
+    configure_threads(sum(len(s) for s in structures) * max(1, n_centres))
+    keys = list(job.get('structure_keys') or range(len(structures)))
+    from .colvars import cv_from_spec
+    from .enhanced import bias_from_spec
 
-    biases = [HarmonicBias(cv_from_spec(b['cv']), b['centers'], b['kappa']) for b in biases_spec]
+    temperature = params['temperature'] if not isinstance(params['temperature'], list) else params['temperature'][0]
+    biases = [bias_from_spec(b, temperature) for b in biases_spec]
     exchange = None
     if params['exchange'] is not None:
         from .md.exchange import ReplicaExchange
@@ -100,12 +100,12 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
         exchange = ReplicaExchange([tuple(p) for p in params['exchange']['pairs']], params['exchange']['every'])
     extra = [cv_from_spec(cv) for cv in params['colvars'] or []]
     for structure in structures:
-        for cv in [b.cv for b in biases] + extra:
+        for cv in [cv for b in biases for cv in b.cvs] + extra:
             if max(cv.atoms) >= len(structure):
                 raise BadInputError(f'{cv.name} uses atom {max(cv.atoms)}, but a structure has {len(structure)} atoms')
     steering = None
     if n_centres and len(structures) == 1:
-        if params['steer_steps'] and not job.get('resume'):
+        if params['steer_steps'] and not job.get('resume') and hasattr(biases[0], 'centers'):
             structures, steering = _steered(potential, structures[0], biases[0], params, device, dtype)
         else:
             structures = [structures[0].copy() for _ in range(n_centres)]
@@ -174,6 +174,15 @@ def run_md(job: dict[str, Any], workdir: Path) -> int:
     files.write_json(workdir / files.SUMMARY_FILE, summary)
     write(workdir / files.FINAL_STRUCTURES_FILE, _final_structures(result, structures), format='extxyz')
     return status
+
+
+def _replicas_of(biases_spec: list[dict]) -> int:
+    """Replicas the biases ask for: the centres of a harmonic bias, the walkers of metadynamics (0: none)."""
+    for spec in biases_spec:
+        if spec.get('type') == 'metadynamics':
+            return int(spec.get('walkers', 1))
+        return len(spec['centers'])
+    return 0
 
 
 def _steered(potential, atoms, bias, params: dict, device: str, dtype) -> tuple[list, dict]:
@@ -292,8 +301,15 @@ def _write_md_outputs(workdir, chunks, result, structures, keys, params, biases,
     arrays = _concatenate(chunks)
     arrays['cells'] = np.stack([s.cell.array for s in structures])
     arrays['pbc'] = np.stack([s.pbc for s in structures])
-    if biases:
-        arrays['centers'] = np.stack([b.centers.numpy() for b in biases], axis=-1)
+    harmonic = [b for b in biases if hasattr(b, 'centers')]
+    if harmonic:
+        arrays['centers'] = np.stack([b.centers.numpy() for b in harmonic], axis=-1)
+    for b in biases:
+        if hasattr(b, 'ct_at'):  # metadynamics: c(t) per frame, the final bias on its grid and every hill
+            arrays['metad_ct'] = b.ct_at(arrays['step'])
+            arrays['metad_bias'] = b.bias_on_grid()
+            arrays['metad_grid'] = np.asarray(b.grid_spec, dtype=float)
+            arrays.update({f'metad_hills_{k}': v for k, v in b.hills().items()})
     tmp = workdir / (files.TRAJECTORY_FILE + '.tmp.npz')
     np.savez_compressed(tmp, **arrays)
     tmp.replace(workdir / files.TRAJECTORY_FILE)
@@ -306,7 +322,7 @@ def _write_md_outputs(workdir, chunks, result, structures, keys, params, biases,
             'stop_step': [int(s) for s in result.stop_step],
             'replica_structures': [str(k) for k in keys],
             'colvar_names': list(result.colvar_names),
-            'kappa': [b.kappa.tolist() for b in biases] or None,
+            'kappa': [b.kappa.tolist() for b in harmonic] or None,
             'temperature': params['temperature'],
             'steps_done': done,
             'wall_time': time.monotonic() - started,

@@ -75,6 +75,8 @@ class MdParser(Parser):
             colvars.base.attributes.set('names', list(summary.get('colvar_names', [])))
             if 'centers' in arrays:
                 colvars.set_array('centers', arrays['centers'])
+            for key in [k for k in arrays if k.startswith('metad_')]:  # c(t), final bias grid, hills
+                colvars.set_array(key, arrays[key])
             if 'walker' in arrays:  # which starting replica each replica held (replica exchange moves them)
                 colvars.set_array('walker', arrays['walker'])
             if summary.get('kappa') is not None:

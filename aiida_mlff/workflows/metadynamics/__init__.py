@@ -1,0 +1,1 @@
+"""``mlff.metadynamics``: well-tempered multiple-walker metadynamics along one or two CVs."""
