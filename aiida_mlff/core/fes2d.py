@@ -810,7 +810,6 @@ def minimum_free_energy_path(
     delta = np.array([_displacement(end[d], start[d], fes.periods[d]) for d in (0, 1)])
     path = start + np.linspace(0.0, 1.0, n_images)[:, None] * delta[None, :]
 
-    f = spline.spline(*spline.bounds_axes()) if False else None  # noqa: F841
     curvature = _curvature_scale(fes, smooth)
     path, iters, converged = _string(spline, path, 0.2 / curvature, 0.25 * h, tol, max_iter, relax_ends)
     if not converged:

@@ -50,7 +50,8 @@ def test_metadynamics_recovers_a_known_pmf(mlff_environment, hooh, torsion_poten
     assert np.all(y['error'][region] > 0)  # block analysis gives an error everywhere sampled
     hills = results['hills']
     assert len(hills.get_array('metad_hills_heights')) == 8 * 10000 // 100  # every walker, every pace
-    assert 'barrier' in results and 'rate' in results
+    assert 'barrier' in results
+    assert 'rate' in results
 
 
 def test_bad_metadynamics_options_name_their_fields(mlff_environment, hooh, torsion_potential):  # noqa: F811

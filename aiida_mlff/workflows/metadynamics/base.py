@@ -87,7 +87,7 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
     def get_builder_from_protocol(
         cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None, cv2=None
     ):
-        """Return a builder filled from a protocol (fast, balanced, stringent); ``overrides`` are metadynamics options."""
+        """A builder filled from a protocol (fast, balanced, stringent); ``overrides`` are metadynamics options."""
         if isinstance(code, str):
             code = orm.load_code(code)
         inputs = cls.get_protocol_inputs(protocol, {'parameters': overrides or {}})
