@@ -538,6 +538,12 @@ ACTIVE_LEARNING = Schema(
         'committee': Option(4, kind='integer', low=2, help='members: at least 2 for an uncertainty'),
         'explore': EXPLORE,
         'umbrella_windows': Option(0, kind='integer', low=0, help='also explore in this many windows along the CV'),
+        'metadynamics_walkers': Option(
+            0,
+            kind='integer',
+            low=0,
+            help='also explore with this many metadynamics walkers along the CV (bias from the metadynamics options)',
+        ),
         'seed': SEED,
     },
     checks=[_trust_checks],

@@ -82,6 +82,13 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             required=False,
             help="Also explore in umbrella windows: {'cv': {...}, 'centers': [...], 'kappa': eV/unit^2}.",
         )
+        spec.input(
+            'metadynamics',
+            valid_type=orm.Dict,
+            required=False,
+            help='Also explore with metadynamics walkers: the job-file bias of `core.enhanced.metadynamics_job_bias` '
+            '(walkers sharing one well-tempered bias reach barrier tops that free MD never visits).',
+        )
         for name in ('trust_lower', 'trust_upper', 'max_candidates', 'max_iterations'):
             option_port(spec, name, ACTIVE_LEARNING)
         option_port(
@@ -273,7 +280,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def explore(self):
-        """MD from every seed at every temperature (one batched job), and in umbrella windows if asked."""
+        """MD from every seed at every temperature (one batched job); in umbrella windows and metadynamics if asked."""
         explore = EXPLORE.validate(self.inputs.explore.get_dict(), 'explore')
         seeds = [self.inputs.seeds[k] for k in sorted(self.inputs.seeds)]
         replicas, temperatures = {}, []
@@ -295,6 +302,11 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             biased['temperature'] = float(explore['temperatures'][0])
             biased['biases'] = [{'cv': umbrella['cv'], 'centers': umbrella['centers'], 'kappa': umbrella['kappa']}]
             futures['explore_umbrella'] = self._md({'start': seeds[0]}, biased, 'explore_umbrella')
+        if 'metadynamics' in self.inputs:
+            biased = dict(parameters)
+            biased['temperature'] = float(explore['temperatures'][0])
+            biased['biases'] = [self.inputs.metadynamics.get_dict()]
+            futures['explore_metadynamics'] = self._md({'start': seeds[0]}, biased, 'explore_metadynamics')
         self.ctx.explorations = list(futures)
         return ToContext(**futures)
 
