@@ -131,9 +131,15 @@ class ReplicaExchange:
         """Continue the counts of a saved run (its pairs must be these pairs)."""
         if [tuple(p) for p in np.asarray(state['pairs']).tolist()] != self.pairs:
             raise ValueError('the saved replica-exchange state has other pairs than this run')
-        self.attempts = torch.as_tensor(np.asarray(state['attempts']), dtype=torch.int64)
-        self.accepted = torch.as_tensor(np.asarray(state['accepted']), dtype=torch.int64)
+        self.attempts = torch.tensor(np.array(state['attempts']), dtype=torch.int64)  # copies: the run adds in place
+        self.accepted = torch.tensor(np.array(state['accepted']), dtype=torch.int64)
         self.n_attempts = int(state['n_attempts'])
+
+    def reset(self) -> None:
+        """Zero the counts and start the cycle of pair sets again (a fresh run)."""
+        self.attempts = torch.zeros(len(self.pairs), dtype=torch.int64)
+        self.accepted = torch.zeros(len(self.pairs), dtype=torch.int64)
+        self.n_attempts = 0
 
     def acceptance(self) -> np.ndarray:
         """(P,) accepted / attempted per pair (NaN where never attempted)."""
@@ -149,8 +155,8 @@ class ReplicaExchange:
             for chosen in self.sets:
                 k = torch.as_tensor(chosen, dtype=torch.int64, device=device)
                 self._device_sets.append((k, pairs[k, 0], pairs[k, 1]))
-            self.attempts = self.attempts.to(device)
-            self.accepted = self.accepted.to(device)
+        self.attempts = self.attempts.to(device)  # no-op once there; loaded counts arrive on the CPU
+        self.accepted = self.accepted.to(device)
         return self._device_sets
 
     def log_acceptance(

@@ -408,10 +408,15 @@ def _bias_cvs(bias) -> list[CollectiveVariable]:
 
 
 def _restore_extensions(state: MDState, biases, exchange, fresh: bool, counts: Tensor, offsets: Tensor) -> None:
-    """Check the exchange pairs; a continued run takes back its biases' state (hills) and exchange counts."""
+    """Check the exchange pairs; a continued run takes back its biases' state (hills) and exchange counts.
+
+    A fresh run starts its exchange counts from zero; a bias keeps what it holds (e.g. hills given on purpose).
+    """
     if exchange is not None:
         exchange.check(counts, state.batch.numbers, offsets)
     if fresh:
+        if exchange is not None:
+            exchange.reset()  # counts belong to one run; a continued run takes them from its state
         return
     if state.bias_states and len(state.bias_states) != len(biases):
         raise ValueError(f'the state holds {len(state.bias_states)} bias states for {len(biases)} biases')
