@@ -57,7 +57,7 @@ __all__ = [
 EV_TO_KCAL_MOL = 23.060547830619
 _DPI = 110
 #: how the report names each PMF estimator (the PMF's ``estimator`` attribute)
-_ESTIMATORS = {'wham': 'WHAM', 'mbar': 'MBAR'}
+_ESTIMATORS = {'wham': 'WHAM', 'mbar': 'MBAR', 'metadynamics': 'well-tempered metadynamics (reweighted)'}
 
 
 # ------------------------------------------------------------------------------------------------------------ inputs

@@ -6,7 +6,9 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_mlff.calculations.surface import surface_node
 from aiida_mlff.calculations.wham import barrier_outputs
+from aiida_mlff.core.colvars import cv_from_spec
 from aiida_mlff.core.enhanced import metadynamics_free_energies
 from aiida_mlff.core.wham import KB_EV
 
@@ -24,23 +26,6 @@ def _pmf_node(reweighted, from_bias, name: str, unit: str, temperature: float) -
     xy.base.attributes.set('kT_eV', KB_EV * temperature)
     xy.base.attributes.set('estimator', 'metadynamics')
     return xy
-
-
-def _surface_node(reweighted, from_bias, temperature: float) -> orm.ArrayData:
-    """Two CVs: edges, the reweighted surface with its block error, and the bias's estimate."""
-    fes = orm.ArrayData()
-    fes.set_array('x_edges', np.asarray(reweighted.edges[0]))
-    fes.set_array('y_edges', np.asarray(reweighted.edges[1]))
-    fes.set_array('free_energy', np.asarray(reweighted.free_energy))
-    fes.set_array('error', np.asarray(reweighted.error))
-    fes.set_array('from_bias', np.asarray(from_bias.free_energy))
-    fes.base.attributes.set('temperature', temperature)
-    fes.base.attributes.set('names', list(reweighted.names))
-    fes.base.attributes.set('units', list(reweighted.units))
-    fes.base.attributes.set('periods', list(reweighted.periods))
-    fes.base.attributes.set('estimator', 'metadynamics')
-    fes.base.attributes.set('warnings', list(reweighted.warnings))
-    return fes
 
 
 @calcfunction
@@ -67,6 +52,7 @@ def metadynamics_free_energy(settings: orm.Dict, colvars: orm.ArrayData, thermo:
         int(s['blocks']),
     )
     if len(s['bias']['cvs']) == 2:
-        return {'fes': _surface_node(reweighted, from_bias, float(s['temperature']))}
+        cvs = [cv_from_spec(c) for c in s['bias']['cvs']]
+        return {'fes': surface_node(reweighted, cvs, from_bias=from_bias.free_energy)}
     pmf = _pmf_node(reweighted, from_bias, s.get('name', 'cv'), s.get('unit', ''), float(s['temperature']))
     return {'pmf': pmf, **barrier_outputs(reweighted, s.get('basins'), pmf)}

@@ -30,6 +30,7 @@ __all__ = [
     'metadynamics_errors',
     'metadynamics_free_energies',
     'metadynamics_job_bias',
+    'surface_summary',
 ]
 
 KB_EV = 8.617333262e-5  # eV/K
@@ -221,3 +222,49 @@ def metadynamics_free_energies(
     if len(hills['heights']):
         bias.add_hills(torch.as_tensor(np.asarray(hills['centers'])), torch.as_tensor(np.asarray(hills['heights'])))
     return reweighted, bias_free_energy(bias, edges)
+
+
+def surface_summary(fes, max_minima: int = 4) -> dict[str, Any]:
+    """The basins of a 2-D surface and the minimum free-energy paths from the deepest one to the next ones.
+
+    Parameters
+    ----------
+    fes
+        A :class:`~aiida_mlff.core.fes2d.FreeEnergySurface`.
+    max_minima
+        At most this many basins (deepest first), each but the first joined to the first by a string.
+
+    Returns
+    -------
+    dict
+        ``minima``: ``[{position (2,), free_energy, error, depth}]`` (CV internal units, eV); ``paths``:
+        ``[{to, points (n, 2), free_energy (n,), saddle (2,), barrier_forward, barrier_reverse, error_forward,
+        error_reverse, converged}]`` (eV; ``to`` the index of the other minimum).
+    """
+    minima = fes.minima()[:max_minima]
+    rows = [
+        {
+            'position': np.asarray(m.position, dtype=float),
+            'free_energy': float(m.free_energy),
+            'error': float(m.error),
+            'depth': float(m.depth),
+        }
+        for m in minima
+    ]
+    paths = []
+    for k in range(1, len(minima)):
+        path = fes.path(minima[0].position, minima[k].position)
+        paths.append(
+            {
+                'to': k,
+                'points': np.asarray(path.points),
+                'free_energy': np.asarray(path.free_energy),
+                'saddle': np.asarray(path.saddle),
+                'barrier_forward': float(path.barrier_forward),
+                'barrier_reverse': float(path.barrier_reverse),
+                'error_forward': float(path.error_forward),
+                'error_reverse': float(path.error_reverse),
+                'converged': bool(path.converged),
+            }
+        )
+    return {'minima': rows, 'paths': paths}

@@ -626,11 +626,19 @@ def _refine(f: np.ndarray, i: int, j: int, centers: tuple[np.ndarray, np.ndarray
     return pos
 
 
+def _inside(f: np.ndarray, i: int, j: int, periods: Periods) -> bool:
+    """Whether cell (i, j) has all 8 neighbours on the grid and sampled: a minimum on the rim is not confirmed."""
+    near = _neighbours(i, j, f.shape, periods)
+    return len(near) == 8 and all(np.isfinite(f[a, b]) for a, b in near)
+
+
 def find_minima(fes: FreeEnergySurface, min_depth: float | None = None) -> list[Minimum]:
     """Minima of a free-energy surface, one per basin, sorted by free energy (lowest first).
 
     Local minima on the grid (8 neighbours, across the ends of periodic CVs; NaN bins ignored) are merged by basin:
-    a minimum whose basin spills into a deeper one after filling by less than ``min_depth`` belongs to that one.
+    a minimum whose basin spills into a deeper one after filling by less than ``min_depth`` belongs to that one. A
+    minimum on the rim of the sampled region (a neighbour off the grid or without samples) is left out: the surface
+    may go on down beyond it.
 
     Parameters
     ----------
@@ -648,9 +656,9 @@ def find_minima(fes: FreeEnergySurface, min_depth: float | None = None) -> list[
     centers = fes.centers
     out = []
     for k, depth in _basins(f, fes.periods).items():
-        if depth < min_depth:
-            continue
         i, j = divmod(k, f.shape[1])
+        if depth < min_depth or not _inside(f, i, j, fes.periods):
+            continue
         out.append(
             Minimum(
                 position=_refine(f, i, j, centers, fes.periods),
@@ -679,7 +687,7 @@ class _Spline:
         finite = np.isfinite(f)
         if finite.sum() < 16:
             raise ValueError('the surface has too few finite bins for a path')
-        f[~finite] = np.nanmax(f) + 5.0 * fes.kt if fill is None else fill
+        f[~finite] = np.max(f[finite]) + 5.0 * fes.kt if fill is None else fill
         modes = ['wrap' if p is not None else 'nearest' for p in fes.periods]
         if smooth > 0:
             f = gaussian_filter(f, smooth, mode=modes)
@@ -759,6 +767,64 @@ def _string(
     return path, max_iter, False
 
 
+def _bin_of(fes: FreeEnergySurface, x: np.ndarray) -> tuple[int, int] | None:
+    """(i, j) of the bin holding point x (wrapped along periodic CVs), or None outside the grid."""
+    idx = []
+    for d, p in enumerate(fes.periods):
+        e, v = fes.edges[d], float(x[d])
+        if p is not None:
+            v = e[0] + np.mod(v - e[0], p)
+        k = int(np.clip(np.searchsorted(e, v, side='right') - 1, 0, len(e) - 2)) if e[0] <= v <= e[-1] else -1
+        if k < 0:
+            return None
+        idx.append(k)
+    return idx[0], idx[1]
+
+
+def _grid_path(fes: FreeEnergySurface, start: np.ndarray, end: np.ndarray) -> np.ndarray | None:
+    """A first guess of the path through sampled bins only, or None where there is no such path.
+
+    Dijkstra on the 8-neighbour grid with the step cost ``length * exp(F / kT)`` (the low passes win), unwrapped
+    along periodic CVs.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    f = np.asarray(fes.free_energy, dtype=float)
+    shape = f.shape
+    a, b = _bin_of(fes, start), _bin_of(fes, end)
+    if a is None or b is None or not (np.isfinite(f[a]) and np.isfinite(f[b])):
+        return None
+    centers = fes.centers
+    weight = np.exp(np.clip((f - np.nanmin(f)) / fes.kt, 0.0, 600.0))
+    rows, cols, costs = [], [], []
+    for i, j in zip(*np.nonzero(np.isfinite(f)), strict=True):
+        for p, q in _neighbours(int(i), int(j), shape, fes.periods):
+            if np.isfinite(f[p, q]):
+                step = np.hypot(
+                    *(_displacement(centers[d][(p, q)[d]], centers[d][(i, j)[d]], fes.periods[d]) for d in (0, 1))
+                )
+                rows.append(i * shape[1] + j)
+                cols.append(p * shape[1] + q)
+                costs.append(step * 0.5 * (weight[i, j] + weight[p, q]))
+    graph = coo_matrix((costs, (rows, cols)), shape=(f.size, f.size)).tocsr()
+    _, previous = dijkstra(graph, indices=a[0] * shape[1] + a[1], return_predecessors=True)
+    node, chain = b[0] * shape[1] + b[1], []
+    while node >= 0:
+        chain.append(divmod(int(node), shape[1]))
+        node = previous[node]
+    if chain[-1] != a:
+        return None
+    points = [start.copy()]
+    for i, j in reversed(chain[:-1]):
+        here = np.array([centers[0][i], centers[1][j]])
+        step = np.array([_displacement(here[d], points[-1][d], fes.periods[d]) for d in (0, 1)])
+        points.append(points[-1] + step)
+    step = np.array([_displacement(end[d], points[-1][d], fes.periods[d]) for d in (0, 1)])
+    points.append(points[-1] + step)
+    return np.asarray(points)
+
+
 def minimum_free_energy_path(
     fes: FreeEnergySurface,
     start: Sequence[float],
@@ -773,8 +839,10 @@ def minimum_free_energy_path(
     """Minimum free-energy path between two points by the zero-temperature string method.
 
     The surface is interpolated by a cubic spline (NaN bins set to ``fill``, by default the highest finite value
-    plus 5 kT; optionally Gaussian-smoothed). The string starts as the straight line from ``start`` to ``end``
-    (minimum image along periodic CVs, so the path is unwrapped: continuous across the period); every iteration
+    plus 5 kT; optionally Gaussian-smoothed). The string starts on the cheapest path through sampled bins (Dijkstra,
+    step cost ``length * exp(F / kT)``, so it starts in the low pass and never crosses unsampled bins, where the fill
+    is flat and would hold it), else on the straight line from ``start`` to ``end`` (minimum image along periodic
+    CVs, so the path is unwrapped: continuous across the period); every iteration
     moves the images down the gradient (time step 0.2 / the 99th percentile of the grid curvature, at most a quarter
     bin per image) and redistributes them at equal arc length, until no image moves more than ``tol``. The saddle
     is the highest point of the converged string, refined on 20 sub-points per segment.
@@ -807,8 +875,12 @@ def minimum_free_energy_path(
     h = min(float(np.min(np.diff(e))) for e in fes.edges)
     tol = 1e-4 * h if tol is None else float(tol)
     start, end = np.asarray(start, dtype=float), np.asarray(end, dtype=float)
-    delta = np.array([_displacement(end[d], start[d], fes.periods[d]) for d in (0, 1)])
-    path = start + np.linspace(0.0, 1.0, n_images)[:, None] * delta[None, :]
+    guess = _grid_path(fes, start, end)
+    if guess is None:  # no path through sampled bins: the straight line
+        delta = np.array([_displacement(end[d], start[d], fes.periods[d]) for d in (0, 1)])
+        path = start + np.linspace(0.0, 1.0, n_images)[:, None] * delta[None, :]
+    else:
+        path = _reparametrise(guess, n_images)
 
     curvature = _curvature_scale(fes, smooth)
     path, iters, converged = _string(spline, path, 0.2 / curvature, 0.25 * h, tol, max_iter, relax_ends)
@@ -842,9 +914,10 @@ def _curvature_scale(fes: FreeEnergySurface, smooth: float) -> float:
     values = []
     for d in (0, 1):
         h = float(np.median(np.diff(fes.edges[d])))
-        second = np.abs(np.diff(f, n=2, axis=d)) / h**2
+        with np.errstate(invalid='ignore', over='ignore'):
+            second = np.abs(np.diff(f, n=2, axis=d)) / h**2
         values.append(second[np.isfinite(second)])
     pooled = np.concatenate(values)
-    if len(pooled) == 0:
+    if len(pooled) == 0:  # pragma: no cover - the spline already needs finite bins
         return 1.0
     return max(float(np.percentile(pooled, 99)), 1e-12)

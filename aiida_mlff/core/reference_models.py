@@ -18,7 +18,7 @@ from .atoms import AtomsBatch
 from .colvars import dihedral
 from .models import register_architecture
 
-__all__ = ['TorsionModel', 'torsion_energy']
+__all__ = ['SurfaceModel', 'TorsionModel', 'torsion_energy']
 
 
 def torsion_energy(phi: Tensor, coefficients: Sequence[float]) -> Tensor:
@@ -146,3 +146,65 @@ class TorsionModel(nn.Module):
 def build_torsion(elements, cutoff=2.0, committee=1, seed=0, **options) -> TorsionModel:
     """Builder of the analytic torsion model (see :class:`TorsionModel`)."""
     return TorsionModel(elements, cutoff=cutoff, committee=committee, seed=seed, **options)
+
+
+class SurfaceModel(nn.Module):
+    """A model surface of :mod:`aiida_mlff.core.surfaces` as a potential file: each atom moves on it independently.
+
+    ``surface``: ``'muller-brown'`` (options ``scale`` eV per Müller-Brown unit, ``k_z`` eV/Å^2) or ``'double-well'``
+    (``height`` eV, ``a`` Å, ``k`` eV/Å^2). Every committee member is the same surface (no spread). Through
+    ``mlff-run`` and the work chains it gives enhanced-sampling methods an exact free energy to meet.
+    """
+
+    architecture = 'surface-analytic'
+
+    def __init__(
+        self,
+        elements: Sequence[str],
+        surface: str = 'muller-brown',
+        cutoff: float = 1.0,
+        committee: int = 1,
+        seed: int = 0,
+        dtype: torch.dtype | str = torch.float64,
+        device: str | torch.device = 'cpu',
+        **options,
+    ) -> None:
+        super().__init__()
+        from .surfaces import DoubleWell, MullerBrown
+
+        kinds = {'muller-brown': MullerBrown, 'double-well': DoubleWell}
+        if surface not in kinds:
+            raise ValueError(f'surface must be one of {sorted(kinds)}, got {surface!r}')
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self._elements, self._cutoff = list(elements), float(cutoff)
+        self.spec = {'surface': surface, 'committee': int(committee), 'seed': int(seed), **options}
+        self.surface = kinds[surface](**options)
+        self.register_buffer('member_scale', torch.ones(int(committee), dtype=dtype, device=device))
+        self.metadata: dict = {}
+
+    cutoff = TorsionModel.cutoff
+    committee_size = TorsionModel.committee_size
+    elements = TorsionModel.elements
+    dtype = TorsionModel.dtype
+    device = TorsionModel.device
+    save = TorsionModel.save
+
+    def hyperparameters(self) -> dict:
+        """Everything needed to rebuild this model."""
+        return {'architecture': self.architecture, 'elements': self._elements, 'cutoff': self._cutoff, **self.spec}
+
+    def evaluate(self, batch: AtomsBatch, neighbors=None, forces: bool = True, stress: bool = False, **_) -> dict:
+        """Energies (B,) [eV], forces (N, 3) [eV/Å] and zero committee spread."""
+        batch = batch.to(device=self.device, dtype=self.dtype)
+        out = self.surface.evaluate(batch, forces=True)
+        m = self.committee_size
+        out['energies'] = out['energy'].unsqueeze(0).expand(m, -1)
+        if not forces:
+            out.pop('forces')
+        return out
+
+
+@register_architecture('surface-analytic')
+def build_surface(elements, cutoff=1.0, committee=1, seed=0, **options) -> SurfaceModel:
+    """Builder of the analytic surface model (see :class:`SurfaceModel`)."""
+    return SurfaceModel(elements, cutoff=cutoff, committee=committee, seed=seed, **options)

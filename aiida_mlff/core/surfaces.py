@@ -146,5 +146,6 @@ def exact_free_energy(surface: _Surface, edges: list[np.ndarray], temperature: f
         log_w = -surface.energy_xy(xs[:, None, :, None], ys[None, :, None, :]) / kt  # (bx, by, rx, ry)
         log_w = log_w.reshape(*log_w.shape[:2], -1)
     shift = log_w.max()
-    f = -kt * (np.log(np.exp(log_w - shift).sum(axis=-1)) + shift)
+    with np.errstate(divide='ignore'):  # bins far up the walls underflow to F = inf
+        f = -kt * (np.log(np.exp(log_w - shift).sum(axis=-1)) + shift)
     return f - f.min()

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, while_
+from aiida.engine import ToContext, WorkChain, if_, while_
 
+from aiida_mlff.calculations.surface import umbrella_surface
 from aiida_mlff.calculations.wham import wham_pmf
 from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors
+from aiida_mlff.core.fes2d import umbrella_grid
+from aiida_mlff.core.md.exchange import grid_pairs
 from aiida_mlff.core.options import MD, UMBRELLA
 from aiida_mlff.core.wham import KB_EV
 from aiida_mlff.core.windows import exchange_pairs, midpoint, place_windows
@@ -46,21 +49,42 @@ def umbrella_windows(cv, parameters: dict):
     return windows, float(kappa)
 
 
+def second_windows(cv2, parameters: dict):
+    """The windows and force constant along the second CV of a 2-D grid (``windows2``, ``kappa2``)."""
+    return umbrella_windows(cv2, {**parameters, 'windows': parameters['windows2'], 'kappa': parameters['kappa2']})
+
+
 def validate_umbrella(
-    cv: dict, parameters: dict, n_atoms: int | None = None, cv_where: str = 'cv', where: str = 'parameters'
+    cv: dict,
+    parameters: dict,
+    n_atoms: int | None = None,
+    cv_where: str = 'cv',
+    where: str = 'parameters',
+    cv2: dict | None = None,
 ) -> list[str]:
-    """Every problem of a CV spec and umbrella options, each naming its field (``where.windows: ...``)."""
+    """Every problem of a CV spec (and a second one) and umbrella options, each naming its field."""
     errors = cv_spec_errors(cv, where=cv_where, n_atoms=n_atoms)
+    if cv2 is not None:
+        errors += cv_spec_errors(cv2, where=f'{cv_where}2', n_atoms=n_atoms)
     merged, problems = UMBRELLA.resolve(parameters, where)
     errors += problems
     if merged.get('windows') is None:
         errors.append(f'{where}.windows: give centers, or start, stop and count')
+    if cv2 is not None and merged.get('windows2') is None:
+        errors.append(f'{where}.windows2: a second CV needs its windows (centers, or start, stop and count)')
+    if cv2 is None and merged.get('windows2') is not None:
+        errors.append(f'{where}.windows2: given without a second CV (cv2)')
     if errors:
         return errors
     try:
         umbrella_windows(cv_from_spec(cv), merged)
     except (ValueError, CVSpecError) as exception:
         errors.append(f'{where}.windows: {exception}')
+    if cv2 is not None:
+        try:
+            second_windows(cv_from_spec(cv2), merged)
+        except (ValueError, CVSpecError) as exception:
+            errors.append(f'{where}.windows2: {exception}')
     return errors
 
 
@@ -71,8 +95,9 @@ def validate_inputs(value, ctx) -> str | None:
     """
     if 'structure' not in ctx:
         return None
+    cv2 = value['cv2'].get_dict() if 'cv2' in value else None
     errors = validate_umbrella(
-        value['cv'].get_dict(), value['parameters'].get_dict(), n_atoms=len(value['structure'].sites)
+        value['cv'].get_dict(), value['parameters'].get_dict(), n_atoms=len(value['structure'].sites), cv2=cv2
     )
     potential = value['potential']
     missing = sorted({k.symbol for k in value['structure'].kinds} - set(potential.elements))
@@ -105,15 +130,19 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             valid_type=orm.Dict,
             help='Umbrella options (`aiida_mlff.core.options.UMBRELLA`): windows in the CV file unit, MD, WHAM.',
         )
+        spec.input('cv2', valid_type=orm.Dict, required=False, help='A second CV: a 2-D grid of windows (`windows2`).')
         spec.input('options', valid_type=orm.Dict, required=False, help='metadata.options of the MD jobs.')
         spec.inputs.validator = validate_inputs
         spec.outline(
             cls.setup,
-            while_(cls.has_new_windows)(cls.run_windows, cls.analyse),
-            cls.results,
+            if_(cls.is_surface)(cls.run_grid, cls.analyse_grid).else_(
+                while_(cls.has_new_windows)(cls.run_windows, cls.analyse),
+                cls.results,
+            ),
         )
-        spec.output('pmf', valid_type=orm.XyData, help='Free energy, error band, and each member (eV).')
-        spec.output('overlap', valid_type=orm.ArrayData, help='Overlap matrix and neighbour overlaps.')
+        spec.output('pmf', valid_type=orm.XyData, required=False, help='Free energy, error band, each member (eV).')
+        spec.output('fes', valid_type=orm.ArrayData, required=False, help='Two CVs: the surface, its basins and paths.')
+        spec.output('overlap', valid_type=orm.ArrayData, required=False, help='1-D: overlap matrix and neighbours.')
         spec.output('barrier', valid_type=orm.Float, required=False, help='eV; kcal/mol in attributes.')
         spec.output('rate', valid_type=orm.Float, required=False, help='TST rate, s^-1.')
         spec.output(
@@ -123,10 +152,11 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             help='Centres (CV file unit) of windows left out because they kept blowing up.',
         )
         spec.exit_code(401, 'ERROR_MD_FAILED', message='The umbrella MD failed: {message}')
+        spec.exit_code(403, 'ERROR_GRID_FAILED', message='No window of the 2-D grid finished: {message}')
 
     @classmethod
     def get_builder_from_protocol(
-        cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None
+        cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None, cv2=None
     ):
         """Return a builder filled from a protocol (fast, balanced, stringent); ``overrides`` are umbrella options."""
         if isinstance(code, str):
@@ -138,6 +168,8 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             builder.potential = potential
         builder.structure = structure
         builder.cv = orm.Dict(cv)
+        if cv2 is not None:
+            builder.cv2 = orm.Dict(cv2)
         builder.parameters = orm.Dict(inputs['parameters'])
         builder.options = orm.Dict({**inputs['options'], **(options or {})})
         return builder
@@ -160,6 +192,59 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         self.ctx.latest = []  # run keys of the last round: where to look for windows that blew up
         self.ctx.exclude = {}  # run key -> replicas left out of WHAM (blown up)
         self.ctx.dropped = []  # centres of windows given up on (internal units)
+
+    def is_surface(self):
+        """Whether a second CV makes this a 2-D grid of windows."""
+        return 'cv2' in self.inputs
+
+    def run_grid(self):
+        """Every window of the 2-D grid in one batched job (neighbours along both CVs exchange, if asked)."""
+        p = self.parameters
+        cv2 = cv_from_spec(self.inputs.cv2.get_dict())
+        first, _ = umbrella_windows(self.ctx.cv, p)
+        second, kappa2 = second_windows(cv2, p)
+        cx, cy = umbrella_grid(first.centers, second.centers)
+        self.ctx.kappa2 = kappa2
+        inputs = self._md_inputs([float(c) for c in cx], 'windows_grid')
+        parameters = inputs['md']['parameters'].get_dict()
+        parameters['biases'].append(
+            {'cv': self.inputs.cv2.get_dict(), 'centers': [float(c) for c in cy], 'kappa': kappa2}
+        )
+        parameters['steer_steps'] = 0  # steering pulls along one CV: the grid's windows start from the structure
+        if p['exchange'] is not None:
+            pairs = grid_pairs((len(first.centers), len(second.centers)), (bool(first.closed), bool(second.closed)))
+            parameters['exchange'] = {'every': int(p['exchange']['every']), 'pairs': [list(q) for q in pairs]}
+        else:
+            parameters.pop('exchange', None)
+        inputs['md']['parameters'] = orm.Dict(parameters)
+        self.report(f'{len(cx)} windows on a {len(first.centers)} x {len(second.centers)} grid in one MD job')
+        return ToContext(grid=self.submit(MdBaseWorkChain, **inputs))
+
+    def analyse_grid(self):
+        """WHAM (or MBAR) of the 2-D grid: the surface, its basins and the minimum free-energy paths."""
+        node = self.ctx.grid
+        outputs = node.outputs if node.is_finished_ok else None
+        if outputs is None or 'colvars' not in outputs:
+            return self.exit_codes.ERROR_GRID_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
+        p = self.parameters
+        status = outputs.status.get_dict().get('status', [])
+        blown = [r for r, s in enumerate(status) if s == 'blown_up']
+        if blown:
+            self.report(f'{len(blown)} windows of the grid blew up and are left out: {blown}')
+        self._report_exchange(node)
+        settings = {
+            'cvs': [self.inputs.cv.get_dict(), self.inputs.cv2.get_dict()],
+            'kappa': [self.ctx.kappa, self.ctx.kappa2],
+            'temperature': float(p['temperature']),
+            'timestep': float(p['timestep']),
+            'equilibration_steps': p['equilibration_steps'],
+            'estimator': p['estimator'],
+            'bins': p['bins'],
+            'bootstrap': p['bootstrap'],
+            'exclude': {'grid': blown} if blown else {},
+        }
+        self.out('fes', umbrella_surface(settings=orm.Dict(settings), colvars_grid=outputs.colvars))
+        return None
 
     def has_new_windows(self):
         """Whether windows are waiting to run."""
