@@ -241,8 +241,13 @@ def simulate(
             last['cv'] = zeros.new_zeros(n_rep, 0)
         return forces
 
+    saved = (state.forces, state.energy, state.bias_energy)
     state.forces = forces_fn(batch.positions)
     state.energy, state.bias_energy = last['energy'], last['bias_energy']
+    if not fresh and all(x is not None for x in saved):
+        # the forces the interrupted run would have used next: a bias that changed at the last step (a hill) acts
+        # from the following step on, exactly as in an uninterrupted run
+        state.forces, state.energy, state.bias_energy = saved
     recorder = FrameRecorder(counts.cpu().numpy(), batch.numbers.cpu().numpy(), len(names), record_velocities)
     no_flags = torch.zeros(n_rep, dtype=torch.bool, device=device)
 

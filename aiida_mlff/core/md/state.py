@@ -115,6 +115,11 @@ class MDState:
             'diagnostic': np.array(self.diagnostic),
             'stop_step': np.array(self.stop_step, dtype=np.int64),
             'walker': self.walker.cpu().numpy().copy(),
+            **{
+                key: getattr(self, key).detach().cpu().numpy().copy()
+                for key in ('forces', 'energy', 'bias_energy')
+                if getattr(self, key) is not None
+            },
             'n_bias_states': np.array(len(self.bias_states)),
             **{f'bias{i}__{k}': np.asarray(v) for i, saved in enumerate(self.bias_states) for k, v in saved.items()},
             **{f'exchange__{k}': np.asarray(v) for k, v in self.exchange_state.items()},
@@ -150,6 +155,9 @@ class MDState:
             diagnostic=[str(s) for s in state['diagnostic']],
             stop_step=[int(s) for s in state['stop_step']],
             walker=t('walker', torch.int64) if 'walker' in state else None,
+            forces=t('forces') if 'forces' in state else None,
+            energy=t('energy') if 'energy' in state else None,
+            bias_energy=t('bias_energy') if 'bias_energy' in state else None,
             bias_states=[_prefixed(state, f'bias{i}__') for i in range(int(state.get('n_bias_states', 0)))],
             exchange_state=_prefixed(state, 'exchange__'),
         )
