@@ -189,3 +189,149 @@ def test_the_campaign_is_a_composite_of_its_children(mlff_environment):
             {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
             overrides={'training': {'epoch': 3}},
         )
+
+
+# ------------------------------------------------------------------------------------------ free-energy methods
+def test_the_method_is_umbrella_unless_the_file_says_otherwise():
+    config = load_campaign(DEMO)
+    assert config['free_energy'] == {'method': 'umbrella'}
+    assert 'exchange' not in config['umbrella']  # plain umbrella sampling: no replica exchange added
+    assert config['metadynamics'] == {'protocol': 'fast'}  # a section left out keeps the protocol's values
+
+
+def test_reus_turns_replica_exchange_on():
+    config = validate_campaign(changed('free_energy.method', 'reus'))
+    assert config['umbrella']['exchange'] == {'every': 100}
+    given = changed('free_energy.method', 'reus')
+    given['umbrella']['exchange'] = {'every': 25}
+    assert validate_campaign(given)['umbrella']['exchange'] == {'every': 25}
+
+
+def metadynamics_demo(**section) -> dict:
+    config = changed('free_energy.method', 'metadynamics')
+    config['metadynamics'] = section
+    return config
+
+
+def test_a_metadynamics_campaign_needs_no_umbrella_windows():
+    config = metadynamics_demo(walkers=4, steps=2000)
+    del config['umbrella']
+    config = validate_campaign(config)
+    assert config['metadynamics'] == {'protocol': 'fast', 'walkers': 4, 'steps': 2000}
+    assert config['umbrella'] == {'protocol': 'fast'}
+
+
+@pytest.mark.parametrize(
+    ('config', 'message'),
+    [
+        (
+            changed('free_energy.method', 'metadynamic'),
+            "free_energy.method: unknown method 'metadynamic'; did you mean 'metadynamics'?",
+        ),
+        (changed('free_energy.methd', 'reus'), "free_energy.methd: unknown option; did you mean 'method'?"),
+        (changed('umbrella.exchange', {'every': 0}), 'umbrella.exchange: every must be an integer >= 1'),
+        (changed('metadynamics.walkers', 0), 'metadynamics.walkers: must be an integer >= 1'),
+        (metadynamics_demo(pacee=10), "metadynamics.pacee: unknown option; did you mean 'pace'?"),
+        (metadynamics_demo(width=[1.0, 2.0]), 'metadynamics.width: give one width per CV (1)'),
+        (metadynamics_demo(range=[-180, 300]), 'metadynamics.range[0]: wider than the period'),
+        (metadynamics_demo(protocol='quick'), "metadynamics.protocol: must be one of [None, 'fast'"),
+    ],
+)
+def test_bad_method_fields_are_named(config, message):
+    errors = errors_of(config)
+    assert any(message in e for e in errors), errors
+
+
+def test_reus_needs_exchange_in_one_batch():
+    config = changed('free_energy.method', 'reus')
+    config['umbrella']['exchange'] = None
+    config['umbrella']['mode'] = 'parallel'
+    errors = errors_of(config)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith('umbrella.exchange: free_energy.method reus exchanges configurations')
+    assert errors[1].startswith('umbrella.mode: free_energy.method reus exchanges windows inside one batch')
+
+
+def test_a_non_periodic_cv_needs_a_metadynamics_range():
+    config = metadynamics_demo(walkers=4)
+    config['system']['cv'] = {'type': 'distance', 'atoms': [0, 1]}
+    config['states'], config['transitions'] = {}, {}
+    assert errors_of(config) == ['metadynamics.range: distance(0,1) is not periodic: give its [lower, upper] in Å']
+    config['metadynamics']['range'] = [1.2, 1.8]
+    assert validate_campaign(config)['metadynamics']['range'] == [1.2, 1.8]
+
+
+def test_states_are_checked_against_the_metadynamics_range():
+    # the demo's umbrella windows do not matter for metadynamics: the whole period holds every state ...
+    config = metadynamics_demo()
+    config['umbrella']['windows'] = {'start': -70, 'stop': 70, 'count': 8}
+    validate_campaign(config)
+    # ... and an arc of it only the states it reaches (wrapping through 180 degrees)
+    config = metadynamics_demo(range=[100, 260])
+    errors = errors_of(config)
+    assert errors == [
+        'transitions.cis: the range [-30, 30] deg lies outside the metadynamics range [100, 260] deg: widen '
+        'metadynamics.range or move the state'
+    ]
+
+
+def test_every_bad_method_field_at_once():
+    config = metadynamics_demo(walkers=0, pacee=10)
+    config['training']['epoch'] = 10
+    errors = errors_of(config)
+    assert len(errors) == 3, errors
+
+
+def test_the_builder_fills_the_namespace_of_the_method(mlff_environment):
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+
+    def builder(overrides):
+        overrides = {k: v for k, v in overrides.items() if k != 'system'}
+        return CampaignWorkChain.get_builder_from_protocol(
+            mlff_environment['code'],
+            mlff_environment['mlff_code'],
+            'H2O2',
+            {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+            overrides={**overrides, 'system': {'box': 9.0}},
+        )
+
+    metadynamics = builder(metadynamics_demo(walkers=4, steps=2000))
+    assert metadynamics.free_energy.get_dict() == {'method': 'metadynamics'}
+    parameters = metadynamics.metadynamics.parameters.get_dict()
+    assert parameters['walkers'] == 4
+    assert parameters['steps'] == 2000
+    assert 'parameters' not in metadynamics.umbrella  # the namespace of the other method stays empty
+    reus = builder(changed('free_energy.method', 'reus'))
+    assert reus.umbrella.parameters.get_dict()['exchange'] == {'every': 100}
+    assert 'parameters' not in reus.metadynamics
+    assert 'umbrella' not in metadynamics._inputs(prune=True)  # what runs: the other namespace is left out
+    spec = CampaignWorkChain.spec().inputs
+    assert {'parameters', 'options', 'code'} <= set(spec['metadynamics'])
+    assert not spec['umbrella'].required
+    assert not spec['metadynamics'].required
+
+
+def test_the_composite_checks_the_method_inputs(mlff_environment):
+    """The work chain's own validator: the method's namespace, its options and the states against its range."""
+    from aiida.engine import run_get_node
+
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+
+    overrides = {k: v for k, v in metadynamics_demo(range=[-70, 70]).items() if k != 'system'}
+    overrides['transitions'] = {'cis': [-30, 30]}
+    builder = CampaignWorkChain.get_builder_from_protocol(
+        mlff_environment['code'],
+        mlff_environment['mlff_code'],
+        'H2O2',
+        {'type': 'dihedral', 'atoms': [2, 0, 1, 3]},
+        overrides={**overrides, 'system': {'box': 9.0}},
+    )
+    builder.transitions = orm.Dict({'trans': [150, 210]})
+    with pytest.raises(ValueError, match=r'transitions\.trans: the range \[150, 210\] deg lies outside'):
+        run_get_node(builder)
+    builder.metadynamics.parameters = orm.Dict({'walkers': 0})
+    with pytest.raises(ValueError, match=r'metadynamics\.walkers: must be an integer >= 1'):
+        run_get_node(builder)
+    builder.free_energy = orm.Dict({'method': 'umbrella'})
+    with pytest.raises(ValueError, match=r'umbrella: free_energy\.method umbrella needs the umbrella inputs'):
+        run_get_node(builder)

@@ -1,9 +1,14 @@
 """``mlff.campaign``: from a structure and a CV to a free-energy profile with error band, traceable to every label.
 
 sample (rattles, restrained scans along the CV, a path between two end structures) -> label with pw.x and
-active-learn a committee (``mlff.active_learning``) -> umbrella sampling along the CV (``mlff.umbrella``), handing
-untrusted windows back for labels and a refit -> WHAM -> PMF, states, barriers of every transition, rates -> the
-potential relaxed at fixed CV values, checked against pw.x single points.
+active-learn a committee (``mlff.active_learning``) -> rounds of free-energy sampling along the CV, handing untrusted
+windows back for labels and a refit -> PMF, states, barriers of every transition, rates -> the potential relaxed at
+fixed CV values, checked against pw.x single points.
+
+The free-energy method of the rounds (``free_energy.method``): ``umbrella`` or ``reus`` (``mlff.umbrella``, the
+latter with replica exchange between neighbouring windows; WHAM or MBAR) or ``metadynamics``
+(``mlff.metadynamics``: walkers adding hills to one bias, reweighted). Every walker of a metadynamics round counts
+as one window in the stop rule and in the choice of frames to label.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from aiida_mlff.calculations.functions import (
 )
 from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.core.colvars import cv_from_spec
-from aiida_mlff.core.options import CONVERGENCE, UMBRELLA
+from aiida_mlff.core.options import CONVERGENCE, METADYNAMICS, UMBRELLA
 from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.core.windows import place_windows
 from aiida_mlff.data.dataset import TrainingSetData
@@ -35,14 +40,18 @@ from aiida_mlff.workflows import PROGRESS_EXTRA
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
 from aiida_mlff.workflows.campaign.config import (
     CAMPAIGN,
+    FREE_ENERGY,
     SAMPLING,
     box_structure,
     build_structure,
+    check_cv_span,
     check_cv_values,
     load_campaign,
+    metadynamics_span,
     validate_campaign,
 )
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
+from aiida_mlff.workflows.metadynamics.base import MetadynamicsWorkChain
 from aiida_mlff.workflows.protocols import option_port
 from aiida_mlff.workflows.train.base import TrainBaseWorkChain
 from aiida_mlff.workflows.umbrella.base import UmbrellaWorkChain, umbrella_windows
@@ -59,13 +68,38 @@ CHECK = CAMPAIGN['check']
 PATH_SETTINGS = ('images', 'rattle_stdev', 'seed')
 
 
-def validate_inputs(value, _) -> str | None:
-    """Check everything that can be checked before the first pw.x job: CV, sampling, windows, states, check."""
+def _method(value) -> str:
+    """The free-energy method of ``free_energy`` (a Dict input), ``umbrella`` by default."""
+    return FREE_ENERGY.resolve(value.get_dict())[0]['method'] if value is not None else 'umbrella'
+
+
+def _free_energy_errors(value, n_atoms: int) -> list[str]:
+    """Problems of the method and of the inputs of its namespace (``umbrella`` or ``metadynamics``)."""
+    from aiida_mlff.workflows.metadynamics.base import validate_metadynamics
     from aiida_mlff.workflows.umbrella.base import validate_umbrella
 
+    free_energy, errors = FREE_ENERGY.resolve(value['free_energy'].get_dict(), 'free_energy')
+    if errors:
+        return errors
+    method = free_energy['method']
+    namespace = 'metadynamics' if method == 'metadynamics' else 'umbrella'
+    inputs = value.get(namespace) or {}
+    if 'parameters' not in inputs:
+        return [f'{namespace}: free_energy.method {method} needs the {namespace} inputs (code, parameters)']
+    cv, parameters = value['cv'].get_dict(), inputs['parameters'].get_dict()
+    if method == 'metadynamics':
+        return validate_metadynamics([cv], parameters, n_atoms, 'cv', 'metadynamics')
+    errors = validate_umbrella(cv, parameters, n_atoms, 'cv', 'umbrella')
+    if method == 'reus' and parameters.get('exchange') is None:
+        errors.append('umbrella.parameters.exchange: free_energy.method reus needs replica exchange ({every: steps})')
+    return errors
+
+
+def validate_inputs(value, _) -> str | None:
+    """Check everything that can be checked before the first pw.x job: CV, sampling, windows, states, check."""
     structure = value['structure']
     cv = value['cv'].get_dict()
-    errors = validate_umbrella(cv, value['umbrella']['parameters'].get_dict(), len(structure.sites), 'cv', 'umbrella')
+    errors = _free_energy_errors(value, len(structure.sites))
     sampling, problems = SAMPLING.resolve(value['sampling'].get_dict(), 'sampling')
     errors += problems
     if not problems and (sampling['path']['from'] or sampling['path']['to']):
@@ -82,10 +116,14 @@ def validate_inputs(value, _) -> str | None:
             errors.append('path_end: its atoms (in order) differ from those of the start of the path')
     if not errors:
         cv_object = cv_from_spec(cv)
-        parameters = UMBRELLA.validate(value['umbrella']['parameters'].get_dict())
-        windows, _ = umbrella_windows(cv_object, parameters)
         ranges = {name: value[name].get_dict() if name in value else {} for name in ('states', 'transitions')}
-        check_cv_values(ranges['states'], ranges['transitions'], cv_object, windows, errors)
+        if _method(value['free_energy']) == 'metadynamics':
+            span = metadynamics_span(value['metadynamics']['parameters'].get_dict())
+            check_cv_span(ranges['states'], ranges['transitions'], cv_object, span, errors)
+        else:
+            parameters = UMBRELLA.validate(value['umbrella']['parameters'].get_dict())
+            windows, _ = umbrella_windows(cv_object, parameters)
+            check_cv_values(ranges['states'], ranges['transitions'], cv_object, windows, errors)
     return '; '.join(errors) if errors else None
 
 
@@ -93,9 +131,10 @@ class CampaignWorkChain(WorkChain):
     """A campaign: one structure and one CV to a free-energy profile, every step linked in one provenance graph.
 
     A composite of its children: the inputs of active learning (``mlff.active_learning``: labelling, training,
-    exploration) and of the umbrella sampling (``mlff.umbrella``) are exposed as they are, and the refit and the
-    check reuse them. :meth:`get_builder_from_protocol` fills them from protocols; a campaign file is its
-    ``overrides``, section by section.
+    exploration), of the umbrella sampling (``mlff.umbrella``) and of metadynamics (``mlff.metadynamics``) are
+    exposed as they are (the one of ``free_energy.method`` is given), and the refit and the check reuse them.
+    :meth:`get_builder_from_protocol` fills them from protocols; a campaign file is its ``overrides``, section by
+    section.
     """
 
     @classmethod
@@ -121,11 +160,31 @@ class CampaignWorkChain(WorkChain):
             namespace_options={'help': 'Labelling, training and exploration (`mlff.active_learning`).'},
         )
         option_port(spec, 'exploration_windows', CAMPAIGN['active_learning'], 'umbrella_windows')
+        spec.input(
+            'free_energy',
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict(FREE_ENERGY.defaults()),
+            help="The free-energy method of every round: {'method': 'umbrella' | 'reus' | 'metadynamics'}.",
+        )
         spec.expose_inputs(
             UmbrellaWorkChain,
             namespace='umbrella',
             exclude=('potential', 'structure', 'cv'),
-            namespace_options={'help': 'Umbrella sampling along the CV (`mlff.umbrella`).'},
+            namespace_options={
+                'required': False,
+                'populate_defaults': False,
+                'help': 'Umbrella sampling along the CV (`mlff.umbrella`): methods umbrella and reus.',
+            },
+        )
+        spec.expose_inputs(
+            MetadynamicsWorkChain,
+            namespace='metadynamics',
+            exclude=('potential', 'structure', 'cv', 'cv2'),
+            namespace_options={
+                'required': False,
+                'populate_defaults': False,
+                'help': 'Well-tempered metadynamics along the CV (`mlff.metadynamics`): method metadynamics.',
+            },
         )
         spec.input(
             'convergence',
@@ -143,8 +202,8 @@ class CampaignWorkChain(WorkChain):
             cls.run_active_learning,
             cls.inspect_active_learning,
             while_(cls.should_run_round)(
-                cls.run_umbrella,
-                cls.inspect_umbrella,
+                if_(cls.runs_metadynamics)(cls.run_metadynamics).else_(cls.run_umbrella),
+                cls.inspect_free_energy,
                 cls.assess,
                 if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
                 cls.next_round,
@@ -159,7 +218,7 @@ class CampaignWorkChain(WorkChain):
         spec.output('history', valid_type=orm.Dict)
         spec.output('learning_curve', valid_type=orm.ArrayData, required=False)
         spec.output('pmf', valid_type=orm.XyData, required=False, help='x: the CV in its file unit; y: eV.')
-        spec.output('overlap', valid_type=orm.ArrayData, required=False)
+        spec.output('overlap', valid_type=orm.ArrayData, required=False, help='Umbrella methods only: WHAM overlap.')
         spec.output('barriers', valid_type=orm.Dict, required=False, help='States and every transition, named.')
         spec.output('rates', valid_type=orm.Dict, required=False)
         spec.output('scan', valid_type=orm.ArrayData, required=False, help='Relaxed scan: potential vs pw.x.')
@@ -173,12 +232,13 @@ class CampaignWorkChain(WorkChain):
             'rounds',
             valid_type=(orm.XyData, orm.Dict, PotentialData),
             dynamic=True,
-            help='Every umbrella round: potential_R, pmf_R, barriers_R, assessment_R (nothing computed is lost).',
+            help='Every round: potential_R, pmf_R, barriers_R, assessment_R (nothing computed is lost).',
         )
         spec.exit_code(401, 'ERROR_ACTIVE_LEARNING_FAILED', message='Active learning failed: {message}')
         spec.exit_code(402, 'ERROR_UMBRELLA_FAILED', message='Umbrella sampling failed: {message}')
         spec.exit_code(403, 'ERROR_SCAN_LABELS_FAILED', message='The pw.x check of the relaxed scan failed: {message}')
-        spec.exit_code(404, 'ERROR_REFIT_FAILED', message='Refitting on untrusted umbrella frames failed: {message}')
+        spec.exit_code(404, 'ERROR_REFIT_FAILED', message='Refitting on untrusted frames failed: {message}')
+        spec.exit_code(405, 'ERROR_METADYNAMICS_FAILED', message='Metadynamics failed: {message}')
         spec.exit_code(410, 'ERROR_NOT_CONVERGED', message='The free energy did not converge: {message}')
 
     @classmethod
@@ -228,16 +288,20 @@ class CampaignWorkChain(WorkChain):
         builder.exploration_windows = orm.Int(
             config['active_learning'].get('umbrella_windows', CAMPAIGN['active_learning']['umbrella_windows'].default)
         )
-        umbrella = UmbrellaWorkChain.get_builder_from_protocol(
+        builder.free_energy = orm.Dict(config['free_energy'])
+        method = config['free_energy']['method']
+        namespace = 'metadynamics' if method == 'metadynamics' else 'umbrella'
+        process = MetadynamicsWorkChain if method == 'metadynamics' else UmbrellaWorkChain
+        child = process.get_builder_from_protocol(
             mlff_code,
             None,
             structure,
             config['system']['cv'],
-            protocol=config['umbrella']['protocol'],
-            overrides=_given(config['umbrella']),
+            protocol=config[namespace]['protocol'],
+            overrides=_given(config[namespace]),
         )
-        builder.umbrella = {
-            k: v for k, v in umbrella._inputs(prune=True).items() if k in ('code', 'parameters', 'options')
+        builder[namespace] = {
+            k: v for k, v in child._inputs(prune=True).items() if k in ('code', 'parameters', 'options')
         }
         builder.convergence = orm.Dict(config['convergence'])
         builder.check = orm.Dict(config['check'])
@@ -266,6 +330,16 @@ class CampaignWorkChain(WorkChain):
         return self.submit(DftLabelWorkChain, **inputs)
 
     @property
+    def method(self) -> str:
+        """The free-energy method of the rounds: ``umbrella``, ``reus`` or ``metadynamics``."""
+        return _method(self.inputs.free_energy)
+
+    @property
+    def sampler(self) -> str:
+        """The sampling of a round, as the reports name it: ``umbrella`` or ``metadynamics``."""
+        return 'metadynamics' if self.method == 'metadynamics' else 'umbrella'
+
+    @property
     def rule(self) -> dict:
         """The stop rule (``convergence`` input), defaults filled in."""
         return CONVERGENCE.validate(self.inputs.convergence.get_dict(), 'convergence')
@@ -275,9 +349,9 @@ class CampaignWorkChain(WorkChain):
         """Remember the CV and the settings."""
         self.ctx.cv = cv_from_spec(self.inputs.cv.get_dict())
         self.ctx.round = 0
-        self.ctx.rounds = []  # per round: potential, umbrella, pmf, barriers, rates, assessment, labels_used
+        self.ctx.rounds = []  # per round: potential, sampling (its work chain), pmf, barriers, rates, assessment, ...
         self.ctx.best_round = None
-        self.ctx.sampling_factor = 1  # production steps per window, as a multiple of the umbrella's
+        self.ctx.sampling_factor = 1  # production steps per window (or walker), as a multiple of the given ones
         self.ctx.next = {'label': True, 'sample_more': False}
         self.ctx.worse_rounds = []
         self.ctx.stop_reason = None
@@ -318,13 +392,24 @@ class CampaignWorkChain(WorkChain):
         return ToContext(active_learning=self.submit(ActiveLearningWorkChain, **inputs))
 
     def _exploration_windows(self, count: int) -> dict:
-        """``count`` windows spread over the umbrella's range, with the umbrella's force constant (internal units)."""
+        """``count`` windows spread over the range the rounds sample, with an umbrella force constant (internal units).
+
+        Umbrella methods: the umbrella's range and force constant. Metadynamics: its range (or the whole period),
+        with the force constant of ``count`` umbrella windows there (neighbours overlap).
+        """
         cv = self.ctx.cv
-        windows, kappa = umbrella_windows(cv, UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict()))
-        file_centers = cv.to_file(windows.centers)
-        lo, hi = float(file_centers.min()), float(file_centers.max())
-        stop = lo + cv.file_period if windows.closed else hi
-        spread = place_windows(cv, start=lo, stop=stop, count=count)
+        if self.method == 'metadynamics':
+            parameters = METADYNAMICS.validate(self.inputs.metadynamics.parameters.get_dict())
+            span = metadynamics_span(parameters)
+            lo, hi = span if span is not None else (-cv.file_period / 2, cv.file_period / 2)
+            windows = {'start': lo, 'stop': hi, 'count': count}
+            spread, kappa = umbrella_windows(cv, {'windows': windows, 'temperature': parameters['temperature']})
+        else:
+            windows, kappa = umbrella_windows(cv, UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict()))
+            file_centers = cv.to_file(windows.centers)
+            lo, hi = float(file_centers.min()), float(file_centers.max())
+            stop = lo + cv.file_period if windows.closed else hi
+            spread = place_windows(cv, start=lo, stop=stop, count=count)
         return {'cv': self.inputs.cv.get_dict(), 'centers': [float(c) for c in spread.centers], 'kappa': kappa}
 
     def inspect_active_learning(self):
@@ -339,33 +424,53 @@ class CampaignWorkChain(WorkChain):
         self.ctx.history = node.outputs.history.get_dict()
         return None
 
-    # ------------------------------------------------------------------------------------------ umbrella rounds
+    # ----------------------------------------------------------------------------------------- free-energy rounds
     def should_run_round(self):
         """Until the answer converged, the label budget is spent or the rounds are used up."""
         return self.ctx.stop_reason is None
 
-    def run_umbrella(self):
-        """Umbrella sampling along the CV with the current potential (a new seed in every round)."""
-        self._progress('umbrella')
-        inputs = self._exposed(UmbrellaWorkChain, 'umbrella')
+    def runs_metadynamics(self):
+        """Whether the rounds run metadynamics (else umbrella sampling, with or without replica exchange)."""
+        return self.method == 'metadynamics'
+
+    def _round_inputs(self, process, namespace: str, steps_key: str) -> AttributeDict:
+        """The exposed inputs of this round's sampling: a new seed, ``steps_key`` times the sampling factor."""
+        inputs = self._exposed(process, namespace)
         parameters = inputs.parameters.get_dict()
         parameters['seed'] = int(parameters.get('seed', 0)) + self.ctx.round
-        production = UMBRELLA.validate(parameters)['production_steps']
-        parameters['production_steps'] = production * self.ctx.sampling_factor
+        schema = METADYNAMICS if namespace == 'metadynamics' else UMBRELLA
+        parameters[steps_key] = schema.validate(parameters)[steps_key] * self.ctx.sampling_factor
         inputs.update(
             parameters=orm.Dict(parameters),
             potential=self.ctx.potential,
             structure=self.inputs.structure,
             cv=self.inputs.cv,
-            metadata={'call_link_label': f'umbrella_{self.ctx.round}'},
+            metadata={'call_link_label': f'{namespace}_{self.ctx.round}'},
         )
-        return ToContext(umbrella=self.submit(UmbrellaWorkChain, **inputs))
+        return inputs
 
-    def inspect_umbrella(self):
+    def run_umbrella(self):
+        """Umbrella sampling along the CV with the current potential (a new seed in every round)."""
+        self._progress('umbrella')
+        inputs = self._round_inputs(UmbrellaWorkChain, 'umbrella', 'production_steps')
+        return ToContext(sampling=self.submit(UmbrellaWorkChain, **inputs))
+
+    def run_metadynamics(self):
+        """Metadynamics along the CV with the current potential (a new seed in every round)."""
+        self._progress('metadynamics')
+        inputs = self._round_inputs(MetadynamicsWorkChain, 'metadynamics', 'steps')
+        return ToContext(sampling=self.submit(MetadynamicsWorkChain, **inputs))
+
+    def inspect_free_energy(self):
         """The round's PMF, its states and every transition between them."""
-        node = self.ctx.umbrella
+        node = self.ctx.sampling
         if not node.is_finished_ok or 'pmf' not in node.outputs:
-            return self.exit_codes.ERROR_UMBRELLA_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
+            failed = (
+                self.exit_codes.ERROR_METADYNAMICS_FAILED
+                if self.method == 'metadynamics'
+                else self.exit_codes.ERROR_UMBRELLA_FAILED
+            )
+            return failed.format(message=f'exit {node.exit_status}: {node.exit_message}')
         settings = {
             'cv': self.inputs.cv.get_dict(),
             'temperature': float(node.outputs.pmf.base.attributes.get('temperature')),
@@ -377,7 +482,7 @@ class CampaignWorkChain(WorkChain):
         self.ctx.rounds.append(
             {
                 'potential': self.ctx.potential,
-                'umbrella': node,
+                'sampling': node,
                 'labels_used': self.ctx.dataset.n_structures,
                 'sampling_factor': self.ctx.sampling_factor,
                 **{key: numbers[key] for key in ('pmf', 'barriers', 'rates')},
@@ -385,8 +490,12 @@ class CampaignWorkChain(WorkChain):
         )
         return None
 
-    def _umbrella_runs(self, node, *kinds: str) -> dict:
-        """Outputs of the umbrella's MD runs as ``{kind}_{pk}`` (trajectories as ``trajectory_{pk}_{replica}``)."""
+    @staticmethod
+    def _md_runs(node, *kinds: str) -> dict:
+        """Outputs of a round's MD runs as ``{kind}_{pk}`` (trajectories as ``trajectory_{pk}_{replica}``).
+
+        The umbrella's runs (one per batch of windows) or the metadynamics run (its walkers are its replicas).
+        """
         runs = {}
         for md in node.called:
             if md.process_label != 'MdBaseWorkChain' or not md.is_finished_ok:
@@ -402,22 +511,16 @@ class CampaignWorkChain(WorkChain):
         """Judge the round by the stop rule; decide whether to label, refit and run another round."""
         current = self.ctx.rounds[-1]
         rule = self.rule
-        umbrella = UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict())
-        dropped = (
-            current['umbrella'].outputs.dropped_windows.get_list()
-            if 'dropped_windows' in current['umbrella'].outputs
-            else []
-        )
+        node = current['sampling']
         settings = {
             'round': self.ctx.round,
             'trust_upper': self.inputs.active_learning.trust_upper.value,
             'trust_quantile': rule['trust_quantile'],
             'scale': self._calibration_scale(current['potential']),
-            'equilibration_time': umbrella['equilibration_steps'] * umbrella['timestep'],
-            'dropped': dropped,
             'targets': {k: rule[k] for k in ('barrier_error_kcal_mol', 'untrusted_fraction', 'pmf_change_kcal_mol')},
+            **self._production(node),
         }
-        nodes = self._umbrella_runs(current['umbrella'], 'colvars', 'deviations', 'status')
+        nodes = self._md_runs(node, 'colvars', 'deviations', 'status')
         if len(self.ctx.rounds) > 1:
             nodes['previous_pmf'] = self.ctx.rounds[-2]['pmf']
         assessment = assess_round(orm.Dict(settings), current['pmf'], current['barriers'], **nodes)
@@ -426,8 +529,22 @@ class CampaignWorkChain(WorkChain):
         self._report_round(verdict)
         self._compare_with_best(verdict)
         self._decide(verdict, rule)
-        self._progress('umbrella', windows=verdict['n_windows'], windows_untrusted=verdict['windows_untrusted'])
+        self._progress(self.sampler, windows=verdict['n_windows'], windows_untrusted=verdict['windows_untrusted'])
         return None
+
+    @staticmethod
+    def _production(node) -> dict:
+        """Where the production frames of a round's sampling start, and its windows given up on (``assess_round``).
+
+        Umbrella: ``equilibration_time`` (fs) and ``dropped`` (centres, CV file unit); metadynamics (each walker
+        a window): ``discard_fraction`` of the frames, as its reweighting discards them.
+        """
+        parameters = node.inputs.parameters.get_dict()
+        if node.process_label == MetadynamicsWorkChain.__name__:
+            return {'discard_fraction': METADYNAMICS.validate(parameters)['discard_fraction'], 'dropped': []}
+        umbrella = UMBRELLA.validate(parameters)
+        dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
+        return {'equilibration_time': umbrella['equilibration_steps'] * umbrella['timestep'], 'dropped': dropped}
 
     @staticmethod
     def _calibration_scale(potential) -> float:
@@ -449,7 +566,7 @@ class CampaignWorkChain(WorkChain):
     def _compare_with_best(self, verdict: dict) -> None:
         """A refit must not make the answer worse: say so when it did; the better round stays the answer."""
         best = self.ctx.best_round
-        if best is None or verdict['score'] <= self.ctx.rounds[best]['assessment'].get_dict()['score']:
+        if best is None or _score(verdict) <= _score(self.ctx.rounds[best]['assessment'].get_dict()):
             self.ctx.best_round = verdict['round']
             return
         previous = self.ctx.rounds[best]['assessment'].get_dict()['criteria']
@@ -504,10 +621,10 @@ class CampaignWorkChain(WorkChain):
             self.ctx.round += 1
 
     def label_untrusted(self):
-        """Label frames of the umbrella MD spread along the CV, most uncertain parts first, before run-aways."""
+        """Label frames of the round's MD spread along the CV, most uncertain parts first, before run-aways."""
         self._progress('labelling')
         current = self.ctx.rounds[-1]
-        runs = self._umbrella_runs(current['umbrella'], 'deviations', 'colvars', 'status', 'trajectory')
+        runs = self._md_runs(current['sampling'], 'deviations', 'colvars', 'status', 'trajectory')
         al = self.inputs.active_learning
         rule = self.rule
         k = al.max_candidates.value
@@ -528,10 +645,12 @@ class CampaignWorkChain(WorkChain):
         self.ctx.refit_history.append({'round': self.ctx.round + 1, **selection['statistics'].get_dict()})
         self.ctx.refit_labels = None
         if not candidates:
-            self.report('no umbrella frame above the lower trust level: the next round reruns the same potential')
+            self.report(
+                f'no {self.sampler} frame above the lower trust level: the next round reruns the same potential'
+            )
             return None
-        self.report(f'labelling {len(candidates)} umbrella frames spread along the CV')
-        return ToContext(refit_labels=self._label(candidates, f'label_umbrella_{self.ctx.round}'))
+        self.report(f'labelling {len(candidates)} {self.sampler} frames spread along the CV')
+        return ToContext(refit_labels=self._label(candidates, f'label_{self.sampler}_{self.ctx.round}'))
 
     def retrain(self):
         """Merge the new labels and retrain the committee as active learning trains it (its exposed inputs)."""
@@ -560,7 +679,7 @@ class CampaignWorkChain(WorkChain):
         return ToContext(retrain=self.submit(TrainBaseWorkChain, **inputs))
 
     def inspect_retrain(self):
-        """Use the refitted potential for the next umbrella round."""
+        """Use the refitted potential for the next round."""
         node = self.ctx.retrain
         if node is None:  # nothing new to learn from: the same potential samples again
             return None
@@ -623,7 +742,8 @@ class CampaignWorkChain(WorkChain):
             answer = self.ctx.rounds[self.ctx.answer]
             for key in ('pmf', 'barriers', 'rates'):
                 self.out(key, answer[key])
-            self.out('overlap', answer['umbrella'].outputs.overlap)
+            if 'overlap' in answer['sampling'].outputs:  # umbrella methods only
+                self.out('overlap', answer['sampling'].outputs.overlap)
             self._report_barriers(answer['barriers'].get_dict())
         if 'scan' in self.ctx:
             self.out('scan', self.ctx.scan)
@@ -660,7 +780,7 @@ class CampaignWorkChain(WorkChain):
         final = self.ctx.rounds[self.ctx.answer]['assessment'].get_dict() if self.ctx.rounds else {}
         converged = bool(final.get('converged', False))
         failed = final.get('failed', ['barrier_error', 'untrusted_fraction', 'pmf_change'])
-        reason = self.ctx.stop_reason or 'no umbrella round ran'
+        reason = self.ctx.stop_reason or f'no {self.sampler} round ran'
         if not converged and failed:
             shown = []
             for name in failed:
@@ -706,11 +826,26 @@ class CampaignWorkChain(WorkChain):
     def _report_barriers(self, barriers: dict) -> None:
         for name, t in barriers.get('transitions', {}).items():
             self.report(
-                f'transition {name}: forward {t["forward_kcal_mol"]:.2f} +- {t["forward_error_kcal_mol"]:.2f}, '
-                f'backward {t["backward_kcal_mol"]:.2f} +- {t["backward_error_kcal_mol"]:.2f} kcal/mol'
+                f'transition {name}: forward {_pm(t.get("forward_kcal_mol"), t.get("forward_error_kcal_mol"))}, '
+                f'backward {_pm(t.get("backward_kcal_mol"), t.get("backward_error_kcal_mol"))} kcal/mol'
             )
         for warning in barriers.get('warnings', []):
             self.report(f'warning: {warning}')
+
+
+def _score(verdict: dict) -> float:
+    """A round's score (lower is better); an unknown one (None: a barrier error is unknown) is the worst."""
+    score = verdict.get('score')
+    return float('inf') if score is None else float(score)
+
+
+def _pm(value, error) -> str:
+    """``'1.23 +- 0.45'`` (kcal/mol); ``-`` for a value or an error that is unknown (None)."""
+    return f'{_fmt2(value)} +- {_fmt2(error)}'
+
+
+def _fmt2(value) -> str:
+    return '-' if value is None else f'{value:.2f}'
 
 
 def _fmt(value) -> str:

@@ -2,36 +2,59 @@
 
 A campaign file's sections are the options of the campaign's steps: ``dft`` holds the labelling options
 (:data:`aiida_mlff.core.options.LABEL`), ``training`` the training options (``TRAIN``) plus the committee size,
-``active_learning`` and ``umbrella`` theirs; each step section may name its own ``protocol`` (default: the file's
-top-level ``protocol``), whose values the section's keys override. Every default lives in ``core/options.py``;
-this module only adds the campaign's own fields (system, states, sampling, check, reference).
+``active_learning``, ``umbrella`` and ``metadynamics`` theirs; each step section may name its own ``protocol``
+(default: the file's top-level ``protocol``), whose values the section's keys override. Every default lives in
+``core/options.py``; this module only adds the campaign's own fields (system, states, sampling, free_energy, check,
+reference). ``free_energy.method`` chooses the free-energy step of every round: ``umbrella`` (the ``umbrella``
+section), ``reus`` (the same section with replica exchange on, ``exchange: {every: 100}`` unless given) or
+``metadynamics`` (the ``metadynamics`` section).
 CV values (windows, states, scans) are in the CV's file unit: degrees for angles and dihedrals, Å for distances.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from aiida_mlff.core.options import ACTIVE_LEARNING, CONVERGENCE, LABEL, TRAIN, UMBRELLA, Option, Schema, suggest
+from aiida_mlff.core.options import (
+    ACTIVE_LEARNING,
+    CONVERGENCE,
+    LABEL,
+    METADYNAMICS,
+    TRAIN,
+    UMBRELLA,
+    Option,
+    Schema,
+    suggest,
+)
 
 __all__ = [
     'CAMPAIGN',
+    'FREE_ENERGY',
+    'METHODS',
+    'REUS_EXCHANGE',
     'SAMPLING',
     'CampaignConfigError',
     'box_structure',
     'build_structure',
+    'check_cv_span',
     'check_cv_values',
     'load_campaign',
+    'metadynamics_span',
     'validate_campaign',
 ]
 
 PROTOCOLS = ('fast', 'balanced', 'stringent')
 MAX_YAML_BYTES = 1_000_000
 MIN_VACUUM = 4.0  # Å between the molecule and its periodic image, at least (or the model cutoff, if larger)
+#: free-energy methods of the rounds: umbrella sampling, replica-exchange umbrella sampling, metadynamics
+METHODS = ('umbrella', 'reus', 'metadynamics')
+#: replica exchange of ``method: reus`` when the umbrella section gives none (steps between exchange attempts)
+REUS_EXCHANGE = {'every': 100}
 
 
 class CampaignConfigError(ValueError):
@@ -63,6 +86,12 @@ def _ranges_problem(value: Any) -> str | None:
         if bounds[0] == bounds[1]:
             return f'{name}: the range [{bounds[0]}, {bounds[1]}] is empty'
     return None
+
+
+def _method_problem(value: Any) -> str | None:
+    if isinstance(value, str) and value in METHODS:
+        return None
+    return f'unknown method {value!r}{suggest(value, METHODS)} (known: {", ".join(METHODS)})'
 
 
 SYSTEM = Schema(
@@ -102,6 +131,32 @@ SAMPLING = Schema(
     }
 )
 
+FREE_ENERGY = Schema(
+    {
+        'method': Option(
+            'umbrella',
+            kind='any',
+            check=_method_problem,
+            help='umbrella: the umbrella section; reus: the umbrella section with replica exchange between '
+            f'neighbouring windows (exchange {REUS_EXCHANGE} unless the section gives one); metadynamics: the '
+            'metadynamics section (walkers adding hills to one bias)',
+        ),
+    }
+)
+
+UMBRELLA_SECTION = Schema(
+    {
+        'protocol': _protocol(),
+        **UMBRELLA.fields,
+        'exchange': replace(
+            UMBRELLA['exchange'],
+            help='replica exchange between neighbouring windows (REUS): {every: steps}; none: independent windows. '
+            f'With free_energy.method reus the default is {REUS_EXCHANGE}',
+        ),
+    },
+    fill=False,
+)
+
 TRAINING = Schema(
     {'protocol': _protocol(), 'committee': ACTIVE_LEARNING['committee'], **TRAIN.fields}, TRAIN.checks, fill=False
 )
@@ -122,7 +177,9 @@ CAMPAIGN = Schema(
             ACTIVE_LEARNING.checks,
             fill=False,
         ),
-        'umbrella': Schema({'protocol': _protocol(), **UMBRELLA.fields}, fill=False),
+        'free_energy': FREE_ENERGY,
+        'umbrella': UMBRELLA_SECTION,
+        'metadynamics': Schema({'protocol': _protocol(), **METADYNAMICS.fields}, fill=False),
         'convergence': CONVERGENCE,
         'check': Schema(
             {
@@ -236,10 +293,18 @@ def validate_campaign(raw: dict, structure=None) -> dict:
     config, errors = CAMPAIGN.resolve(raw)
     atoms = _check_system(config, errors) if structure is None else _given_structure(config, structure, errors)
     cv = _check_cv(config, atoms, errors)
-    for section in ('dft', 'training', 'active_learning', 'umbrella'):
+    for section in ('umbrella', 'metadynamics'):
+        if not isinstance(raw.get(section), dict):  # left out: the protocol's values, not every default
+            config[section] = {}
+    for section in ('dft', 'training', 'active_learning', 'umbrella', 'metadynamics'):
         if config[section].get('protocol') is None:
             config[section]['protocol'] = config['protocol']
-    if cv is not None:
+    method = _check_method(config, errors)
+    if cv is not None and method == 'metadynamics':
+        span = _check_metadynamics(config, errors)
+        if not any(e.startswith('metadynamics.') for e in errors):
+            check_cv_span(config.get('states'), config.get('transitions'), cv, span, errors)
+    elif cv is not None and method is not None:
         windows = _check_windows(config, cv, errors)
         check_cv_values(config.get('states'), config.get('transitions'), cv, windows, errors)
     _check_sampling(config, atoms, errors)
@@ -337,23 +402,89 @@ def _check_windows(config: dict, cv, errors: list[str]):
         return None
 
 
-def check_cv_values(states: dict | None, transitions: dict | None, cv, windows, errors: list[str]) -> None:
-    """States and transitions must lie where the windows sample (open ranges) or anywhere (closed ones)."""
+def _check_method(config: dict, errors: list[str]) -> str | None:
+    """The free-energy method (None when it is unknown); ``reus`` turns replica exchange on in the umbrella section."""
+    method = config['free_energy'].get('method')
+    if method not in METHODS:
+        return None  # named by CAMPAIGN.resolve
+    if method == 'reus':
+        umbrella = config['umbrella']
+        if 'exchange' not in umbrella:
+            umbrella['exchange'] = dict(REUS_EXCHANGE)
+        elif umbrella['exchange'] is None:
+            errors.append(
+                f'umbrella.exchange: free_energy.method reus exchanges configurations between windows: give '
+                f'{{every: steps}} or leave it out (default {REUS_EXCHANGE}), or use method umbrella'
+            )
+        if umbrella.get('mode', UMBRELLA['mode'].default) != 'batched':
+            errors.append("umbrella.mode: free_energy.method reus exchanges windows inside one batch: needs 'batched'")
+    return method
+
+
+def _check_metadynamics(config: dict, errors: list[str]) -> tuple[float, float] | None:
+    """Check the metadynamics section with the CV; return its range (CV file unit; None: the whole period)."""
+    from aiida_mlff.workflows.metadynamics.base import validate_metadynamics
+
+    if any(e.startswith('metadynamics.') for e in errors):
+        return None  # its options are named already
+    parameters = {k: v for k, v in config['metadynamics'].items() if k != 'protocol'}
+    errors.extend(validate_metadynamics([config['system']['cv']], parameters, where='metadynamics'))
+    return metadynamics_span(parameters)
+
+
+def metadynamics_span(parameters: dict) -> tuple[float, float] | None:
+    """The range of the first CV that metadynamics samples (CV file unit), or None: the whole period.
+
+    ``parameters``: metadynamics options (``range``: ``[lower, upper]`` or one such pair per CV, or none).
+    """
+    ranges = parameters.get('range')
+    if not ranges:
+        return None
+    first = ranges[0] if isinstance(ranges[0], list | tuple) else ranges
+    return float(first[0]), float(first[1])
+
+
+def _outside(states: dict | None, transitions: dict | None, points: np.ndarray, period: float | None):
+    """``(section, name, low, high)`` of every state or transition whose range holds none of ``points``."""
     from aiida_mlff.core.states import in_range
 
+    for section, ranges in (('states', states), ('transitions', transitions)):
+        for name, (a, b) in (ranges or {}).items():
+            inside = in_range(points, a, b, period) if period else (points >= min(a, b)) & (points <= max(a, b))
+            if not np.any(inside):
+                yield section, name, a, b
+
+
+def check_cv_values(states: dict | None, transitions: dict | None, cv, windows, errors: list[str]) -> None:
+    """States and transitions must lie where the windows sample (open ranges) or anywhere (closed ones)."""
     if windows is None or windows.closed:
         return
     centers = np.asarray(cv.to_file(np.asarray(windows.centers, dtype=float)))
     lo, hi = float(centers.min()), float(centers.max())
-    period = cv.file_period
-    for section, ranges in (('states', states), ('transitions', transitions)):
-        for name, (a, b) in (ranges or {}).items():
-            inside = in_range(centers, a, b, period) if period else (centers >= min(a, b)) & (centers <= max(a, b))
-            if not np.any(inside):
-                errors.append(
-                    f'{section}.{name}: the range [{a}, {b}] {cv.file_unit} holds no umbrella window '
-                    f'(windows from {lo:g} to {hi:g} {cv.file_unit}): widen umbrella.windows or move the state'
-                )
+    for section, name, a, b in _outside(states, transitions, centers, cv.file_period):
+        errors.append(
+            f'{section}.{name}: the range [{a}, {b}] {cv.file_unit} holds no umbrella window '
+            f'(windows from {lo:g} to {hi:g} {cv.file_unit}): widen umbrella.windows or move the state'
+        )
+
+
+#: points per metadynamics range at which states and transitions are looked for
+SPAN_POINTS = 721
+
+
+def check_cv_span(
+    states: dict | None, transitions: dict | None, cv, span: tuple[float, float] | None, errors: list[str]
+) -> None:
+    """States and transitions must overlap the metadynamics range ``span`` (CV file unit; None: the whole period)."""
+    if span is None:
+        return
+    lo, hi = span
+    points = np.linspace(lo, hi, SPAN_POINTS)
+    for section, name, a, b in _outside(states, transitions, points, cv.file_period):
+        errors.append(
+            f'{section}.{name}: the range [{a}, {b}] {cv.file_unit} lies outside the metadynamics range '
+            f'[{lo:g}, {hi:g}] {cv.file_unit}: widen metadynamics.range or move the state'
+        )
 
 
 def _check_sampling(config: dict, atoms, errors: list[str]) -> None:
