@@ -9,9 +9,9 @@ x the CV in its file unit (degrees, Å), y ``free_energy`` and ``error`` in eV, 
 ``barriers`` (Dict of :func:`aiida_mlff.calculations.states.pmf_states`: ``unit``, ``states`` and ``transitions`` by
 name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -> ``forward``/``backward`` in s^-1),
 ``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum)
-and ``convergence`` (Dict: the verdict, see :func:`convergence_lines`). The PMF's ``estimator`` attribute (``'wham'``
-or ``'mbar'``; absent means WHAM) is named in the report. Outputs that are missing are skipped and named in the
-report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g.
+and ``convergence`` (Dict: the verdict, see :func:`convergence_lines`). The PMF's ``estimator`` attribute (``'wham'``,
+``'mbar'`` or ``'metadynamics'``; absent means WHAM) is named in the report. Outputs that are missing are skipped and
+named in the report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g.
 ``trans`` and ``cis``) is read as forward barriers.
 
 Parity plots use only frames no training saw (:func:`validation_frames`, :func:`held_out_dataset`).
@@ -597,7 +597,7 @@ def plot_pmf(
         error = arrays['error'][order] * EV_TO_KCAL_MOL
         ax.fill_between(x, free - error, free + error, color='tab:blue', alpha=0.25, lw=0, label='PMF ± error')
     estimator = _ESTIMATORS.get(pmf_estimator(pmf), pmf_estimator(pmf).upper())
-    label = f'PMF (umbrella sampling + {estimator})'
+    label = f'PMF ({estimator})' if pmf_estimator(pmf) == 'metadynamics' else f'PMF (umbrella sampling + {estimator})'
     states, transitions = barrier_tables(barriers)
     if transitions:
         both = any(t.get('backward_kcal_mol') is not None for t in transitions.values())
@@ -710,7 +710,7 @@ def potential_metrics(metrics: Mapping[str, Any] | None) -> tuple[str | None, di
 
 
 def pmf_estimator(pmf: Any) -> str:
-    """The estimator that produced a PMF node (its ``estimator`` attribute: ``'wham'`` or ``'mbar'``; default WHAM)."""
+    """The estimator that produced a PMF node (attribute ``estimator``: wham, mbar or metadynamics; default WHAM)."""
     attributes = getattr(getattr(pmf, 'base', None), 'attributes', None)
     return str(attributes.get('estimator', 'wham') if attributes is not None else 'wham').lower()
 
@@ -978,7 +978,7 @@ def _rounds_table(convergence: Mapping[str, Any]) -> list[str]:
         f'<th>{head}{f" ({html.escape(units[key])})" if units[key] else ""}</th>' for key, head in _ROUND_COLUMNS
     )
     parts = [
-        f'<table><tr><th>round</th>{heads}<th>windows untrusted</th><th>production</th><th>converged</th>'
+        f'<table><tr><th>round</th>{heads}<th>windows (walkers) untrusted</th><th>production</th><th>converged</th>'
         '<th>then</th><th>note</th></tr>'
     ]
     for row in sorted(rounds, key=lambda r: r.get('round', 0)):

@@ -507,7 +507,12 @@ METADYNAMICS = Schema(
             help='[lower, upper] per CV: the grid (walls beyond it); needed for non-periodic CVs',
         ),
         'grid_spacing': Option(0.2, low=0, low_open=True, high=1, help='grid spacing as a fraction of the width'),
-        'wall': Option(10.0, 'kT / width^2', low=0, help='harmonic wall beyond a non-periodic range; 0: none'),
+        'wall': Option(
+            1.0,
+            'kT / width^2',
+            low=0,
+            help='harmonic wall beyond the grid (3 widths past a non-periodic range); 0: none',
+        ),
         'temperature': Option(300.0, 'K', low=0, low_open=True),
         'steps': Option(50000, kind='integer', low=1, help='steps per walker'),
         'discard_fraction': Option(0.2, low=0, high=1, high_open=True, help='of the frames, before reweighting'),

@@ -129,6 +129,7 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
                 'metadata': {'options': self.inputs.options.get_dict()} if 'options' in self.inputs else {},
             },
             'max_iterations': orm.Int(3),
+            'tolerate_unstable': orm.Bool(True),  # a walker that blows up stops; the others and its hills go on
             'metadata': {'call_link_label': 'walkers'},
         }
         cvs = ', '.join(cv.name for cv in self.ctx.cvs)
@@ -142,6 +143,12 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_MD_FAILED.format(
                 message=f'{node.process_label}<{node.pk}> exit {node.exit_status}: {node.exit_message}'
             )
+        status = node.outputs.status.get_dict()
+        blown = [w for w, s in enumerate(status.get('status', [])) if s == 'blown_up']
+        if blown and len(blown) == len(status['status']):
+            return self.exit_codes.ERROR_MD_FAILED.format(message=f'every walker blew up: {status["diagnostic"][0]}')
+        if blown:
+            self.report(f'walkers {blown} blew up; their frames up to then and their hills are kept')
         p = self.parameters
         first = self.ctx.cvs[0]
         settings = {
