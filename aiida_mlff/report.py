@@ -11,8 +11,8 @@ name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -
 ``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum)
 and ``convergence`` (Dict: the verdict, see :func:`convergence_lines`). The PMF's ``estimator`` attribute (``'wham'``,
 ``'mbar'`` or ``'metadynamics'``; absent means WHAM) is named in the report. Outputs that are missing are skipped and
-named in the report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per barrier, e.g.
-``trans`` and ``cis``) is read as forward barriers.
+named in the report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per
+barrier, e.g. ``trans`` and ``cis``) is read as forward barriers.
 
 Parity plots use only frames no training saw (:func:`validation_frames`, :func:`held_out_dataset`).
 """
