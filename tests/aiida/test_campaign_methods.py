@@ -132,13 +132,23 @@ def test_metadynamics_campaign(mlff_environment, aiida_profile, tmp_path):
 
 def test_reus_campaign(mlff_environment, aiida_profile, tmp_path):
     """``method: reus``: the umbrella windows exchange configurations (every 100 steps unless given)."""
+    active_learning = {**BASE['active_learning'], 'metadynamics_walkers': 2}  # and explore with metadynamics
     overrides = {
         'free_energy': {'method': 'reus'},
         'umbrella': UMBRELLA,
+        'active_learning': active_learning,
         'convergence': {'max_rounds': 1},
     }
     results, node = _run(mlff_environment, 'water-bend-reus', overrides)
     assert 'overlap' in results
+    learning = next(c for c in node.called if c.process_label == 'ActiveLearningWorkChain')
+    explored = [c for c in learning.called if c.process_label == 'MdBaseWorkChain']
+    walkers = [c for c in explored if 'biases' in c.inputs.md.parameters.get_dict()]
+    biases = [b for c in walkers for b in c.inputs.md.parameters.get_dict()['biases']]
+    metad = [b for b in biases if b.get('type') == 'metadynamics']
+    assert metad, biases
+    assert metad[0]['walkers'] == 2
+    assert metad[0]['wall'] is not None  # the angle is not periodic: walls past the umbrella windows' range
     umbrella = next(c for c in node.called if c.process_label == 'UmbrellaWorkChain')
     assert umbrella.inputs.parameters.get_dict()['exchange'] == {'every': 100}
     md = next(c for c in umbrella.called if c.process_label == 'MdBaseWorkChain')

@@ -31,6 +31,7 @@ from aiida_mlff.calculations.functions import (
 )
 from aiida_mlff.calculations.states import pmf_states
 from aiida_mlff.core.colvars import cv_from_spec
+from aiida_mlff.core.enhanced import metadynamics_job_bias
 from aiida_mlff.core.options import CONVERGENCE, METADYNAMICS, UMBRELLA
 from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.core.windows import place_windows
@@ -156,10 +157,11 @@ class CampaignWorkChain(WorkChain):
         spec.expose_inputs(
             ActiveLearningWorkChain,
             namespace='active_learning',
-            exclude=('structures', 'seeds', 'dataset', 'umbrella'),
+            exclude=('structures', 'seeds', 'dataset', 'umbrella', 'metadynamics'),
             namespace_options={'help': 'Labelling, training and exploration (`mlff.active_learning`).'},
         )
         option_port(spec, 'exploration_windows', CAMPAIGN['active_learning'], 'umbrella_windows')
+        option_port(spec, 'exploration_walkers', CAMPAIGN['active_learning'], 'metadynamics_walkers')
         spec.input(
             'free_energy',
             valid_type=orm.Dict,
@@ -288,6 +290,11 @@ class CampaignWorkChain(WorkChain):
         builder.exploration_windows = orm.Int(
             config['active_learning'].get('umbrella_windows', CAMPAIGN['active_learning']['umbrella_windows'].default)
         )
+        builder.exploration_walkers = orm.Int(
+            config['active_learning'].get(
+                'metadynamics_walkers', CAMPAIGN['active_learning']['metadynamics_walkers'].default
+            )
+        )
         builder.free_energy = orm.Dict(config['free_energy'])
         method = config['free_energy']['method']
         namespace = 'metadynamics' if method == 'metadynamics' else 'umbrella'
@@ -388,8 +395,27 @@ class CampaignWorkChain(WorkChain):
         inputs.seeds = {'seed_0000': self.inputs.structure}
         if self.inputs.exploration_windows.value:
             inputs.umbrella = orm.Dict(self._exploration_windows(self.inputs.exploration_windows.value))
+        if self.inputs.exploration_walkers.value:
+            inputs.metadynamics = orm.Dict(self._exploration_metadynamics(self.inputs.exploration_walkers.value))
         inputs.metadata = {'call_link_label': 'active_learning'}
         return ToContext(active_learning=self.submit(ActiveLearningWorkChain, **inputs))
+
+    def _exploration_metadynamics(self, walkers: int) -> dict:
+        """The job bias of ``walkers`` metadynamics walkers exploring along the CV during active learning.
+
+        Metadynamics campaigns: their own options; otherwise the defaults over the umbrella windows' range (the whole
+        period for a periodic CV whose windows go around it).
+        """
+        cv = self.ctx.cv
+        if 'metadynamics' in self.inputs and 'parameters' in self.inputs.metadynamics:
+            parameters = METADYNAMICS.validate(self.inputs.metadynamics.parameters.get_dict())
+        else:
+            parameters = METADYNAMICS.validate({})
+            windows, _ = umbrella_windows(cv, UMBRELLA.validate(self.inputs.umbrella.parameters.get_dict()))
+            if not windows.closed:
+                centers = cv.to_file(windows.centers)
+                parameters['range'] = [float(centers.min()), float(centers.max())]
+        return metadynamics_job_bias([cv], {**parameters, 'walkers': int(walkers)})
 
     def _exploration_windows(self, count: int) -> dict:
         """``count`` windows spread over the range the rounds sample, with an umbrella force constant (internal units).
@@ -866,7 +892,7 @@ def _end_structure(path: str, reference) -> orm.StructureData:
 
 def _active_learning_inputs(pw_code, mlff_code, structure, config: dict) -> dict:
     """The inputs of active learning from the campaign's dft, training and active-learning sections."""
-    overrides = _given(config['active_learning'], 'umbrella_windows')
+    overrides = _given(config['active_learning'], 'umbrella_windows', 'metadynamics_walkers')
     if 'committee' in config['training']:
         overrides['committee'] = config['training']['committee']
     label_overrides = _given(config['dft'])
