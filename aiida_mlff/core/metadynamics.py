@@ -311,7 +311,7 @@ class MetadynamicsBias:
         return self._table[..., 0].detach().cpu().numpy().astype(float).copy()
 
     def gradient_on_grid(self) -> np.ndarray:
-        """dV/ds [eV per CV unit] at the grid points, (k, *grid shape)."""
+        """dV/ds [eV per CV unit] at the grid points, shape ``(k, n_1)`` or ``(k, n_1, n_2)``."""
         return np.moveaxis(self._table[..., 1:].detach().cpu().numpy().astype(float), -1, 0).copy()
 
     # ------------------------------------------------------------------------------------------ state

@@ -147,7 +147,7 @@ FREE_ENERGY = Schema(
 UMBRELLA_SECTION = Schema(
     {
         'protocol': _protocol(),
-        **UMBRELLA.fields,
+        **{k: v for k, v in UMBRELLA.fields.items() if k not in ('windows2', 'kappa2')},  # a campaign has one CV
         'exchange': replace(
             UMBRELLA['exchange'],
             help='replica exchange between neighbouring windows (REUS): {every: steps}; none: independent windows. '
