@@ -563,11 +563,14 @@ class CampaignWorkChain(WorkChain):
         """Where the production frames of a round's sampling start, and its windows given up on (``assess_round``).
 
         Umbrella: ``equilibration_time`` (fs) and ``dropped`` (centres, CV file unit); metadynamics (each walker
-        a window): ``discard_fraction`` of the frames, as its reweighting discards them.
+        a window): ``discard_fraction`` of the frames, as its reweighting discards them, and ``dropped`` the walkers
+        that blew up (they count as untrusted, as umbrella windows given up on do).
         """
         parameters = node.inputs.parameters.get_dict()
         if node.process_label == MetadynamicsWorkChain.__name__:
-            return {'discard_fraction': METADYNAMICS.validate(parameters)['discard_fraction'], 'dropped': []}
+            status = node.outputs.hills.creator.outputs.status.get_dict().get('status', [])
+            blown = [w for w, s in enumerate(status) if s == 'blown_up']
+            return {'discard_fraction': METADYNAMICS.validate(parameters)['discard_fraction'], 'dropped': blown}
         umbrella = UMBRELLA.validate(parameters)
         dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []
         return {'equilibration_time': umbrella['equilibration_steps'] * umbrella['timestep'], 'dropped': dropped}
