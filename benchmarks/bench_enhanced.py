@@ -102,13 +102,20 @@ def run_case(potential, n_rep: int, steps: int, seed: int, temperature: float, k
     return result
 
 
-def bench_bias_cost(steps: int, repeats: int, n_rep: int = 32, temperature: float = 300.0) -> list[dict]:
+def bench_bias_cost(
+    steps: int, repeats: int, n_rep: int = 32, temperature: float = 300.0, potential_file: str | None = None
+) -> list[dict]:
     """(a) and (b): one row per case; the cases are timed in turn, ``repeats`` rounds, the best MD-loop time counts.
 
     Interleaving the rounds spreads a changing load of a shared machine over every case alike. Every run gets
     fresh biases (metadynamics hills start from zero) and a fresh exchange; ``result.wall_time`` excludes setup.
     """
-    potential = h2o2_potential()
+    if potential_file:  # a trained potential of H2O2 (e.g. a campaign's committee) instead of the random one
+        from aiida_mlff.core.models import Potential
+
+        potential = Potential.load(potential_file)
+    else:
+        potential = h2o2_potential()
     names = list(bias_cases(n_rep, temperature))
     rows = {name: {'case': name} for name in names}
     for name, kwargs in bias_cases(n_rep, temperature).items():
@@ -282,6 +289,7 @@ def main() -> None:
     parser.add_argument('--every', type=int, default=10, help='REUS exchange interval in (c), steps')
     parser.add_argument('--stride', type=int, default=2, help='CV sample interval in (c), steps')
     parser.add_argument('--skip-cost', action='store_true', help='skip (a) and (b)')
+    parser.add_argument('--potential', default=None, help='potential file of H2O2 for (a) (default: a random BP)')
     parser.add_argument('--skip-ladder', action='store_true', help='skip (c)')
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args()
@@ -290,7 +298,7 @@ def main() -> None:
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     out = {}
     if not args.skip_cost:
-        out['cost'] = bench_bias_cost(args.steps, args.repeats)
+        out['cost'] = bench_bias_cost(args.steps, args.repeats, potential_file=args.potential)
         print_cost(out['cost'], args.steps)
     if not args.skip_ladder:
         out['ladder'] = double_well_ladder(

@@ -402,6 +402,21 @@ class CollectiveVariable:
         """Evaluate on an :class:`~aiida_mlff.core.atoms.AtomsBatch`, (B,)."""
         return self(batch.positions, batch.cell, batch.pbc, batch_offsets(batch))
 
+    def value_and_gradient(self, positions: Tensor, cell=None, pbc=None, offsets=None) -> tuple[Tensor, Tensor]:
+        """The CV (B,) and its gradient (B, A, 3) with respect to the positions of :attr:`atoms` (in that order).
+
+        ``positions`` are flattened (N, 3) with ``offsets`` (B,). This generic version differentiates the CV by
+        autograd; CV types with a closed form (distance, angle, dihedral, position) override it, so a biased MD step
+        builds no autograd graph of the CV.
+        """
+        with torch.enable_grad():
+            pos = positions.detach().requires_grad_(True)
+            s = self(pos, cell, pbc, offsets)
+            (grad,) = torch.autograd.grad(s.sum(), pos, allow_unused=True)
+        grad = torch.zeros_like(pos) if grad is None else grad
+        index = offsets.unsqueeze(1) + torch.as_tensor(self.atoms, device=offsets.device).unsqueeze(0)
+        return s.detach(), grad[index]
+
 
 def _scaled(values, factor: float):
     if values is None:
@@ -463,6 +478,12 @@ class Distance(_FixedAtoms):
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return distance(positions, self.i, self.j, cell, pbc, offsets)
 
+    def value_and_gradient(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        r = _vector(positions, self.i, self.j, cell, pbc, offsets).detach()
+        d = r.norm(dim=-1)
+        u = r / d.unsqueeze(-1)
+        return d, torch.stack([-u, u], dim=1)
+
 
 class Angle(_FixedAtoms):
     """Angle i-j-k [rad] in [0, pi], vertex at j; degrees in files."""
@@ -493,6 +514,22 @@ class Dihedral(_FixedAtoms):
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return dihedral(positions, self.i, self.j, self.k, self.l, cell, pbc, offsets)
+
+    def value_and_gradient(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        # the closed form of Blondel and Karplus (J. Comput. Chem. 17, 1132 (1996)), free of 1/sin singularities
+        b1 = _vector(positions, self.i, self.j, cell, pbc, offsets).detach()
+        b2 = _vector(positions, self.j, self.k, cell, pbc, offsets).detach()
+        b3 = _vector(positions, self.k, self.l, cell, pbc, offsets).detach()
+        n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+        length = b2.norm(dim=-1, keepdim=True)
+        phi = torch.atan2((length * b1 * n2).sum(-1), (n1 * n2).sum(-1))
+        g_i = -length / (n1 * n1).sum(-1, keepdim=True) * n1
+        g_l = length / (n2 * n2).sum(-1, keepdim=True) * n2
+        f1 = (b1 * b2).sum(-1, keepdim=True) / length**2
+        f3 = (b3 * b2).sum(-1, keepdim=True) / length**2
+        g_j = f3 * g_l - (1.0 + f1) * g_i
+        g_k = f1 * g_i - (1.0 + f3) * g_l
+        return phi, torch.stack([g_i, g_j, g_k, g_l], dim=1)
 
 
 class PointPlane(_FixedAtoms):
@@ -700,6 +737,12 @@ class Position(_FixedAtoms):
 
     def __call__(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
         return _gather(positions, self.i, offsets)[..., self.component]
+
+    def value_and_gradient(self, positions, cell=None, pbc=None, offsets=None):  # noqa: D102
+        s = self(positions, cell, pbc, offsets).detach()
+        grad = torch.zeros(len(s), 1, 3, dtype=positions.dtype, device=positions.device)
+        grad[:, 0, self.component] = 1.0
+        return s, grad
 
 
 def _unordered_pairs(group: Sequence[int], partners: Sequence[int]) -> list[tuple[int, int]]:
@@ -927,6 +970,13 @@ class HarmonicBias:
         """Bias energy [eV] from CV values s (B,)."""
         k = self.kappa.to(device=s.device, dtype=s.dtype)
         return 0.5 * k * self.displacement(s) ** 2
+
+    def energy_and_derivative(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Bias energy [eV] (B,) and its derivative dE/ds [eV per CV unit] (B, 1) at CV values s (B, 1) or (B,)."""
+        s = s.reshape(-1)
+        k = self.kappa.to(device=s.device, dtype=s.dtype)
+        d = self.displacement(s)
+        return 0.5 * k * d**2, (k * d).unsqueeze(-1)
 
     def __call__(self, positions: Tensor, cell=None, pbc=None, offsets=None) -> tuple[Tensor, Tensor]:
         """Return (bias energy [eV], CV value) per replica, both (B,); differentiable in positions."""

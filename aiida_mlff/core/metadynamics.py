@@ -196,6 +196,25 @@ class MetadynamicsBias:
                 e = e + 0.5 * self.wall * out**2
         return e
 
+    def energy_and_derivative(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Bias energy [eV] (P,) and dE/ds (P, k) at CV values s (P, k), without autograd.
+
+        The interpolated bias and gradient plus the wall's: what :meth:`energy_from_cv` differentiates to.
+        """
+        k = len(self._cvs)
+        s = s.detach().reshape(-1, k)
+        self._to(s)
+        v, g = self.interpolate(s)
+        v, g = v.to(s.dtype), g.to(s.dtype)
+        if self.wall is not None:
+            for d, p in enumerate(self.periods):
+                if p is None:
+                    lo, hi = float(self.grid_spec[d, 0]), float(self.grid_spec[d, 1])
+                    below, above = torch.relu(lo - s[:, d]), torch.relu(s[:, d] - hi)
+                    v = v + 0.5 * self.wall * (below + above) ** 2
+                    g[:, d] = g[:, d] + self.wall * (above - below)
+        return v, g
+
     def energy_from_cv(self, s: Tensor) -> Tensor:
         """Bias energy [eV] (P,) of CV values s (P, k), whose gradient in s is the interpolated dV/ds (plus wall)."""
         s = s.reshape(-1, len(self._cvs))

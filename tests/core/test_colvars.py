@@ -527,3 +527,20 @@ def test_harmonic_bias_on_windows():
     s = torch.full((4,), math.pi - 0.1, dtype=torch.float64)
     # the window at -180 deg is 0.1 rad above s = 180 - 5.7 deg, across the seam
     assert bias.displacement(s)[0].item() == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize('kind', sorted(SPECS))
+def test_value_and_gradient_agree_with_autograd(kind):
+    """The closed forms of value_and_gradient (distance, dihedral, position) and the generic one agree with autograd."""
+    from aiida_mlff.core.colvars import CollectiveVariable
+
+    frames = pbc_frames(n_frames=4)
+    pos, cell, pbc = as_tensors(frames)
+    flat = pos.reshape(-1, 3)
+    offsets = torch.arange(len(frames)) * pos.shape[1]
+    cv = cv_from_spec(SPECS[kind])
+    value, grad = cv.value_and_gradient(flat, cell, pbc, offsets)
+    reference, reference_grad = CollectiveVariable.value_and_gradient(cv, flat, cell, pbc, offsets)
+    np.testing.assert_allclose(value.numpy(), reference.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grad.numpy(), reference_grad.numpy(), rtol=0, atol=1e-10)
+    assert grad.shape == (len(frames), len(cv.atoms), 3)

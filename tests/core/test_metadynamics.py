@@ -201,3 +201,32 @@ def test_load_rejects_other_parameters():
     other = MetadynamicsBias([Position(0, 'x')], [(-2.0, 2.0, 201)], 0.01, 0.1, 10, 6.0, T)
     with pytest.raises(ValueError, match='bias_factor'):
         other.load_state_dict(bias.state_dict())
+
+
+def test_bias_forces_by_the_chain_rule_equal_autograd():
+    """The engine's bias forces (closed-form CV gradients x dE/ds) equal autograd through the biases' calls."""
+    import torch
+    from ase.build import molecule
+
+    from aiida_mlff.core.atoms import AtomsBatch
+    from aiida_mlff.core.colvars import Dihedral, Distance, HarmonicBias, batch_offsets
+    from aiida_mlff.core.md.runner import _bias_terms
+
+    frames = []
+    for k in range(5):
+        atoms = molecule('H2O2')
+        atoms.rattle(0.2, seed=k)
+        frames.append(atoms)
+    batch = AtomsBatch.from_atoms(frames, dtype=torch.float64)
+    offsets = batch_offsets(batch)
+    phi, bond = Dihedral(2, 0, 1, 3), Distance(0, 1)
+    meta = MetadynamicsBias([phi, bond], [(-np.pi, np.pi, 90), (1.0, 2.0, 51)], 0.02, [0.3, 0.05], 10, 5.0, T, 3.0)
+    centers = np.linspace(-2.0, 2.0, 5)
+    meta.add_hills(torch.tensor([[0.5, 1.4], [-1.0, 1.5]], dtype=torch.float64), torch.tensor([0.02, 0.01]))
+    biases = [HarmonicBias(phi, centers, 0.7), meta]
+    energy, _, forces = _bias_terms(biases, batch.positions, batch.cell, batch.pbc, offsets, {})
+    pos = batch.positions.clone().requires_grad_(True)
+    reference = sum(b(pos, batch.cell, batch.pbc, offsets)[0] for b in biases)
+    (grad,) = torch.autograd.grad(reference.sum(), pos)
+    np.testing.assert_allclose(energy.numpy(), reference.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(forces.numpy(), -grad.numpy(), rtol=0, atol=1e-10)

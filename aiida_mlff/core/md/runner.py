@@ -209,6 +209,7 @@ def simulate(
     dof = dof.clamp(min=1)
     vlist = VerletList(float(potential.cutoff), skin)
     last: dict[str, Tensor] = {}
+    atom_index: dict[int, Tensor] = {}  # per CV: (B, A) flattened indices of its atoms
 
     def forces_fn(positions: Tensor) -> Tensor:
         # runaway atoms: keep their replica at the old positions so the neighbour list and the potential stay sane
@@ -225,16 +226,11 @@ def simulate(
         last['max_force_deviation'] = out.get('max_force_deviation', zeros).detach().to(dtype)
         last['energy_std'] = out.get('energy_std', zeros).detach().to(dtype)
         if biases:
-            with torch.enable_grad():
-                pos = positions.detach().requires_grad_(True)
-                energies, values = zip(*(b(pos, batch.cell, batch.pbc, offsets) for b in biases), strict=True)
-                e_bias = torch.stack(energies).sum(0)
-                (grad,) = torch.autograd.grad(e_bias.sum(), pos, allow_unused=True)
-            if grad is not None:
-                forces = forces - grad
-            last['bias_energy'] = e_bias.detach()
-            last['cv_columns'] = [v.detach().reshape(n_rep, -1) for v in values]
-            last['cv'] = torch.cat(last['cv_columns'], dim=-1)
+            e_bias, columns, bias_forces = _bias_terms(biases, positions, batch.cell, batch.pbc, offsets, atom_index)
+            forces = forces + bias_forces
+            last['bias_energy'] = e_bias
+            last['cv_columns'] = columns
+            last['cv'] = torch.cat(columns, dim=-1)
         else:
             last['bias_energy'] = zeros
             last['cv_columns'] = []
@@ -404,6 +400,48 @@ def simulate(
     return recorder.result(
         state, names, n_neighbor_builds=vlist.n_builds, wall_time=wall, exchange=_exchange_summary(exchange)
     )
+
+
+def _bias_terms(biases, positions: Tensor, cell, pbc, offsets: Tensor, atom_index: dict) -> tuple:
+    """Bias energy (B,) eV, each bias's CV values (B, k) and the bias forces (N, 3) eV/Å.
+
+    A bias with ``energy_from_cv`` gets its forces by the chain rule: ``dE/ds`` (``energy_and_derivative`` where the
+    bias has it, else autograd on the few CV values) times each CV's own gradient
+    (:meth:`~aiida_mlff.core.colvars.CollectiveVariable.value_and_gradient`, closed form for the common CVs), so no
+    autograd graph of the CVs is built per step; any other bias is differentiated through its call.
+    """
+    forces = torch.zeros_like(positions)
+    energy = positions.new_zeros(len(offsets))
+    columns = []
+    for bias in biases:
+        cvs = _bias_cvs(bias)
+        if not hasattr(bias, 'energy_from_cv'):
+            with torch.enable_grad():
+                pos = positions.detach().requires_grad_(True)
+                e, values = bias(pos, cell, pbc, offsets)
+                (grad,) = torch.autograd.grad(e.sum(), pos, allow_unused=True)
+            if grad is not None:
+                forces = forces - grad
+            energy = energy + e.detach()
+            columns.append(values.detach().reshape(len(offsets), -1))
+            continue
+        values, grads = zip(*(cv.value_and_gradient(positions, cell, pbc, offsets) for cv in cvs), strict=True)
+        s = torch.stack(values, dim=-1).detach()
+        if hasattr(bias, 'energy_and_derivative'):
+            e, de_ds = bias.energy_and_derivative(s)
+        else:
+            with torch.enable_grad():
+                s_var = s.clone().requires_grad_(True)
+                e = bias.energy_from_cv(s_var[:, 0] if len(cvs) == 1 else s_var)
+                (de_ds,) = torch.autograd.grad(e.sum(), s_var)
+        for c, (cv, grad) in enumerate(zip(cvs, grads, strict=True)):
+            if id(cv) not in atom_index:
+                atoms = torch.as_tensor(cv.atoms, device=offsets.device)
+                atom_index[id(cv)] = (offsets.unsqueeze(1) + atoms.unsqueeze(0)).reshape(-1)
+            forces.index_add_(0, atom_index[id(cv)], (-de_ds[:, c, None, None] * grad).reshape(-1, 3).to(forces))
+        energy = energy + e.detach()
+        columns.append(s.detach())
+    return energy, columns, forces
 
 
 def _bias_cvs(bias) -> list[CollectiveVariable]:
