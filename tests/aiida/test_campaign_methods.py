@@ -116,11 +116,14 @@ def test_metadynamics_campaign(mlff_environment, aiida_profile, tmp_path):
     called_as = {c.base.links.get_incoming(link_type=LinkType.CALL_WORK).one().link_label for c in runs}
     assert not [c for c in node.called if c.process_label == 'UmbrellaWorkChain']
     verdict = results['convergence'].get_dict()
-    assert len(runs) == verdict['rounds_run'] >= 1
+    sampled = [run for run in runs if run.is_finished_ok]
+    assert len(sampled) == verdict['rounds_run'] >= 1
+    if len(runs) > len(sampled):  # a later round whose walkers all left the range: stopped, earlier rounds kept
+        assert 'failed' in verdict['reason'], verdict['reason']
     assert 'metadynamics_0' in called_as
     seeds = {run.inputs.parameters.get_dict()['seed'] for run in runs}
     assert len(seeds) == len(runs)  # a new seed every round
-    for r, run in enumerate(sorted(runs, key=lambda n: n.pk)):
+    for r, run in enumerate(sorted(sampled, key=lambda n: n.pk)):
         assessment = results['rounds'][f'assessment_{r}'].get_dict()
         assert assessment['windows_are'] == 'walkers'
         assert assessment['n_windows'] == WALKERS

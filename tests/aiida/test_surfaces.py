@@ -152,3 +152,27 @@ def check_cli(fes: orm.ArrayData, tmp_path, profile) -> None:
     plotted = runner.invoke(cmd_root, ['-p', profile.name, 'pmf', 'plot', str(fes.pk), '-o', str(png)])
     assert plotted.exit_code == 0, plotted.output
     assert png.stat().st_size > 10_000
+
+
+def test_metadynamics_without_a_frame_in_its_range_says_so(mlff_environment, surface_potential, particle):
+    """Walkers that never enter the free-energy range (no wall) leave an empty free energy: exit 402, not a PMF."""
+    parameters = {
+        'walkers': 2,
+        'steps': 400,
+        'range': [0.8, 1.0],  # Å along x; the particle sits in the basin at x = -0.56 and no wall pulls it over
+        'width': 0.02,
+        'wall': 0.0,
+        'temperature': T,
+        'timestep': 2.0,
+        'stride': 10,
+        'dtype': 'float64',
+        'device': 'cpu',
+        'bins': 10,
+    }
+    builder = MetadynamicsWorkChain.get_builder_from_protocol(
+        mlff_environment['mlff_code'], surface_potential, particle, cv=X, overrides=parameters
+    )
+    results, node = run_get_node(builder)
+    assert node.exit_status == MetadynamicsWorkChain.exit_codes.ERROR_NO_SAMPLES.status, node.exit_message
+    assert 'pmf' not in results
+    assert 'hills' in results  # what was computed is kept

@@ -206,9 +206,11 @@ class CampaignWorkChain(WorkChain):
             while_(cls.should_run_round)(
                 if_(cls.runs_metadynamics)(cls.run_metadynamics).else_(cls.run_umbrella),
                 cls.inspect_free_energy,
-                cls.assess,
-                if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
-                cls.next_round,
+                if_(cls.round_sampled)(
+                    cls.assess,
+                    if_(cls.should_refit)(cls.label_untrusted, cls.retrain, cls.inspect_retrain),
+                    cls.next_round,
+                ),
             ),
             cls.choose_answer,
             cls.run_check,
@@ -491,12 +493,18 @@ class CampaignWorkChain(WorkChain):
         """The round's PMF, its states and every transition between them."""
         node = self.ctx.sampling
         if not node.is_finished_ok or 'pmf' not in node.outputs:
+            message = f'exit {node.exit_status}: {node.exit_message}'
+            if self.ctx.rounds:  # earlier rounds stand: stop here, keep them, and answer with the best of them
+                self.ctx.round_failed = True
+                self.ctx.stop_reason = f'the sampling of round {self.ctx.round} failed ({message})'
+                self.report(f'{self.ctx.stop_reason}; the answer comes from the rounds before')
+                return None
             failed = (
                 self.exit_codes.ERROR_METADYNAMICS_FAILED
                 if self.method == 'metadynamics'
                 else self.exit_codes.ERROR_UMBRELLA_FAILED
             )
-            return failed.format(message=f'exit {node.exit_status}: {node.exit_message}')
+            return failed.format(message=message)
         settings = {
             'cv': self.inputs.cv.get_dict(),
             'temperature': float(node.outputs.pmf.base.attributes.get('temperature')),
@@ -532,6 +540,10 @@ class CampaignWorkChain(WorkChain):
                 elif kind in md.outputs:
                     runs[f'{kind}_{md.pk}'] = md.outputs[kind]
         return runs
+
+    def round_sampled(self):
+        """Whether this round's sampling gave a PMF (a failed later round ends the loop, see inspect_free_energy)."""
+        return not self.ctx.get('round_failed', False)
 
     def assess(self):
         """Judge the round by the stop rule; decide whether to label, refit and run another round."""

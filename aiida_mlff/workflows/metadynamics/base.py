@@ -9,6 +9,7 @@ error from block analysis; the final bias's own estimate is kept next to it. Opt
 
 from __future__ import annotations
 
+import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain
 
@@ -82,6 +83,9 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
         spec.output('rate', valid_type=orm.Float, required=False, help='TST rate, s^-1.')
         spec.output('hills', valid_type=orm.ArrayData, help='The MD colvars: CVs, c(t), hills and the final bias.')
         spec.exit_code(401, 'ERROR_MD_FAILED', message='The metadynamics MD failed: {message}')
+        spec.exit_code(
+            402, 'ERROR_NO_SAMPLES', message='No frame after the discarded start: the free energy <{pk}> is empty'
+        )
 
     @classmethod
     def get_builder_from_protocol(
@@ -163,7 +167,11 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
         results = metadynamics_free_energy(
             settings=orm.Dict(settings), colvars=node.outputs.colvars, thermo=node.outputs.thermo
         )
+        self.out('hills', node.outputs.colvars)
+        surface = results.get('fes')
+        values = surface.get_array('free_energy') if surface is not None else results['pmf'].get_y()[0][1]
+        if not np.isfinite(values).any():  # every walker stopped before the discarded start was over
+            return self.exit_codes.ERROR_NO_SAMPLES.format(pk=next(iter(results.values())).pk)
         for key, value in results.items():
             self.out(key, value)
-        self.out('hills', node.outputs.colvars)
         return None
