@@ -52,6 +52,7 @@ from aiida_mlff.workflows.campaign.config import (
     validate_campaign,
 )
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
+from aiida_mlff.workflows.md.base import blown_replicas
 from aiida_mlff.workflows.metadynamics.base import MetadynamicsWorkChain
 from aiida_mlff.workflows.protocols import option_port
 from aiida_mlff.workflows.train.base import TrainBaseWorkChain
@@ -580,8 +581,7 @@ class CampaignWorkChain(WorkChain):
         """
         parameters = node.inputs.parameters.get_dict()
         if node.process_label == MetadynamicsWorkChain.__name__:
-            status = node.outputs.hills.creator.outputs.status.get_dict().get('status', [])
-            blown = [w for w, s in enumerate(status) if s == 'blown_up']
+            blown = blown_replicas(node.outputs.hills.creator.outputs)
             return {'discard_fraction': METADYNAMICS.validate(parameters)['discard_fraction'], 'dropped': blown}
         umbrella = UMBRELLA.validate(parameters)
         dropped = node.outputs.dropped_windows.get_list() if 'dropped_windows' in node.outputs else []

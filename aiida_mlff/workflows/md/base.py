@@ -9,12 +9,19 @@ from aiida import orm
 from aiida.engine import ExitCode, ProcessHandlerReport, process_handler
 
 from aiida_mlff.calculations.md import MdCalculation
+from aiida_mlff.core.md.state import STATUS_BLOWN_UP
 from aiida_mlff.core.options import MD
 from aiida_mlff.core.structures import to_atoms
 from aiida_mlff.workflows.protocols import ProtocolMixin, recursive_merge
 from aiida_mlff.workflows.restart import MlffRestartWorkChain
 
-__all__ = ['MdBaseWorkChain']
+__all__ = ['MdBaseWorkChain', 'blown_replicas']
+
+
+def blown_replicas(outputs) -> list[int]:
+    """The replicas (windows, walkers) that blew up, by the ``status`` output of an MD run (none without one)."""
+    status = outputs.status.get_dict().get('status', []) if 'status' in outputs else []
+    return [r for r, s in enumerate(status) if s == STATUS_BLOWN_UP]
 
 
 class MdBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):

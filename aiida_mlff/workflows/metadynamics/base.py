@@ -18,8 +18,8 @@ from aiida_mlff.core.colvars import CVSpecError, cv_from_spec, cv_spec_errors
 from aiida_mlff.core.enhanced import metadynamics_errors, metadynamics_job_bias
 from aiida_mlff.core.options import MD, METADYNAMICS
 from aiida_mlff.data.potential import PotentialData
-from aiida_mlff.workflows.md.base import MdBaseWorkChain
-from aiida_mlff.workflows.protocols import ProtocolMixin
+from aiida_mlff.workflows.md.base import MdBaseWorkChain, blown_replicas
+from aiida_mlff.workflows.protocols import ProtocolMixin, cv_sampling_builder
 
 __all__ = ['MetadynamicsWorkChain', 'validate_metadynamics']
 
@@ -92,20 +92,7 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
         cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None, cv2=None
     ):
         """A builder filled from a protocol (fast, balanced, stringent); ``overrides`` are metadynamics options."""
-        if isinstance(code, str):
-            code = orm.load_code(code)
-        inputs = cls.get_protocol_inputs(protocol, {'parameters': overrides or {}})
-        builder = cls.get_builder()
-        builder.code = code
-        if potential is not None:
-            builder.potential = potential
-        builder.structure = structure
-        builder.cv = orm.Dict(cv)
-        if cv2 is not None:
-            builder.cv2 = orm.Dict(cv2)
-        builder.parameters = orm.Dict(inputs['parameters'])
-        builder.options = orm.Dict({**inputs['options'], **(options or {})})
-        return builder
+        return cv_sampling_builder(cls, code, potential, structure, cv, protocol, overrides, options, cv2)
 
     @property
     def parameters(self) -> dict:
@@ -147,10 +134,10 @@ class MetadynamicsWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_MD_FAILED.format(
                 message=f'{node.process_label}<{node.pk}> exit {node.exit_status}: {node.exit_message}'
             )
-        status = node.outputs.status.get_dict()
-        blown = [w for w, s in enumerate(status.get('status', [])) if s == 'blown_up']
-        if blown and len(blown) == len(status['status']):
-            return self.exit_codes.ERROR_MD_FAILED.format(message=f'every walker blew up: {status["diagnostic"][0]}')
+        blown = blown_replicas(node.outputs)
+        if blown and len(blown) == len(node.outputs.status['status']):
+            diagnostic = node.outputs.status['diagnostic'][0]
+            return self.exit_codes.ERROR_MD_FAILED.format(message=f'every walker blew up: {diagnostic}')
         if blown:
             self.report(f'walkers {blown} blew up; their frames up to then and their hills are kept')
         p = self.parameters

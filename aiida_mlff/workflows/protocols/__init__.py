@@ -99,3 +99,27 @@ class ProtocolMixin:
             checked = cls._options.validate(known, cls.__name__)
             inputs.update(checked)
         return inputs
+
+
+def cv_sampling_builder(process, code, potential, structure, cv: dict, protocol, overrides, options, cv2):
+    """The builder of a sampling work chain along one or two CVs (``mlff.umbrella``, ``mlff.metadynamics``).
+
+    ``overrides`` are the work chain's options over its protocol's ``parameters``; ``options`` update the
+    protocol's ``metadata.options``; ``potential`` may be None when a composite gives it later.
+    """
+    from aiida import orm
+
+    if isinstance(code, str):
+        code = orm.load_code(code)
+    inputs = process.get_protocol_inputs(protocol, {'parameters': overrides or {}})
+    builder = process.get_builder()
+    builder.code = code
+    if potential is not None:  # a composite gives the potential later
+        builder.potential = potential
+    builder.structure = structure
+    builder.cv = orm.Dict(cv)
+    if cv2 is not None:
+        builder.cv2 = orm.Dict(cv2)
+    builder.parameters = orm.Dict(inputs['parameters'])
+    builder.options = orm.Dict({**inputs['options'], **(options or {})})
+    return builder

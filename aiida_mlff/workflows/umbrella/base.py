@@ -25,8 +25,8 @@ from aiida_mlff.core.options import MD, UMBRELLA
 from aiida_mlff.core.wham import KB_EV
 from aiida_mlff.core.windows import exchange_pairs, midpoint, place_windows
 from aiida_mlff.data.potential import PotentialData
-from aiida_mlff.workflows.md.base import MdBaseWorkChain
-from aiida_mlff.workflows.protocols import ProtocolMixin
+from aiida_mlff.workflows.md.base import MdBaseWorkChain, blown_replicas
+from aiida_mlff.workflows.protocols import ProtocolMixin, cv_sampling_builder
 
 __all__ = ['UmbrellaWorkChain', 'umbrella_windows', 'validate_umbrella']
 
@@ -159,20 +159,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         cls, code, potential, structure, cv: dict, protocol=None, overrides=None, options=None, cv2=None
     ):
         """Return a builder filled from a protocol (fast, balanced, stringent); ``overrides`` are umbrella options."""
-        if isinstance(code, str):
-            code = orm.load_code(code)
-        inputs = cls.get_protocol_inputs(protocol, {'parameters': overrides or {}})
-        builder = cls.get_builder()
-        builder.code = code
-        if potential is not None:  # a composite gives the potential later
-            builder.potential = potential
-        builder.structure = structure
-        builder.cv = orm.Dict(cv)
-        if cv2 is not None:
-            builder.cv2 = orm.Dict(cv2)
-        builder.parameters = orm.Dict(inputs['parameters'])
-        builder.options = orm.Dict({**inputs['options'], **(options or {})})
-        return builder
+        return cv_sampling_builder(cls, code, potential, structure, cv, protocol, overrides, options, cv2)
 
     @property
     def parameters(self) -> dict:
@@ -205,17 +192,13 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         second, kappa2 = second_windows(cv2, p)
         cx, cy = umbrella_grid(first.centers, second.centers)
         self.ctx.kappa2 = kappa2
-        inputs = self._md_inputs([float(c) for c in cx], 'windows_grid')
+        pairs = grid_pairs((len(first.centers), len(second.centers)), (bool(first.closed), bool(second.closed)))
+        inputs = self._md_inputs([float(c) for c in cx], 'windows_grid', pairs)
         parameters = inputs['md']['parameters'].get_dict()
         parameters['biases'].append(
             {'cv': self.inputs.cv2.get_dict(), 'centers': [float(c) for c in cy], 'kappa': kappa2}
         )
         parameters['steer_steps'] = 0  # steering pulls along one CV: the grid's windows start from the structure
-        if p['exchange'] is not None:
-            pairs = grid_pairs((len(first.centers), len(second.centers)), (bool(first.closed), bool(second.closed)))
-            parameters['exchange'] = {'every': int(p['exchange']['every']), 'pairs': [list(q) for q in pairs]}
-        else:
-            parameters.pop('exchange', None)
         inputs['md']['parameters'] = orm.Dict(parameters)
         self.report(f'{len(cx)} windows on a {len(first.centers)} x {len(second.centers)} grid in one MD job')
         return ToContext(grid=self.submit(MdBaseWorkChain, **inputs))
@@ -227,8 +210,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         if outputs is None or 'colvars' not in outputs:
             return self.exit_codes.ERROR_GRID_FAILED.format(message=f'exit {node.exit_status}: {node.exit_message}')
         p = self.parameters
-        status = outputs.status.get_dict().get('status', [])
-        blown = [r for r, s in enumerate(status) if s == 'blown_up']
+        blown = blown_replicas(outputs)
         if blown:
             self.report(f'{len(blown)} windows of the grid blew up and are left out: {blown}')
         self._report_exchange(node)
@@ -250,7 +232,11 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
         """Whether windows are waiting to run."""
         return bool(self.ctx.new_windows)
 
-    def _md_inputs(self, centers: list[float], label: str) -> dict:
+    def _md_inputs(self, centers: list[float], label: str, pairs: list[tuple[int, int]] | None = None) -> dict:
+        """The MD of the windows at ``centers`` (first CV).
+
+        With ``exchange`` on, the replica ``pairs`` may swap (default: neighbours along the CV).
+        """
         md = self.parameters
         cv = self.inputs.cv.get_dict()
         parameters = {key: md[key] for key in MD_KEYS}
@@ -264,7 +250,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
                 parameters['stride'] = 2 * int(parameters['stride'])
         parameters['checkpoint_every'] = max(parameters['stride'], parameters['steps'] // 4)
         parameters['biases'] = [{'cv': cv, 'centers': [float(c) for c in centers], 'kappa': self.ctx.kappa}]
-        pairs = exchange_pairs(self.ctx.cv, centers)
+        pairs = exchange_pairs(self.ctx.cv, centers) if pairs is None else pairs
         if md['exchange'] is not None and pairs:  # REUS: neighbouring windows of this batch swap configurations
             parameters['exchange'] = {'every': int(md['exchange']['every']), 'pairs': [list(p) for p in pairs]}
         metadata = {'call_link_label': label}
@@ -321,8 +307,7 @@ class UmbrellaWorkChain(ProtocolMixin, WorkChain):
             if key in self.ctx.latest:
                 self._report_exchange(node)
             if key in self.ctx.latest:  # a run of the last round: its windows that blew up are left out, rerun
-                status = node.outputs.status.get_dict().get('status', []) if 'status' in node.outputs else []
-                blown = [r for r, s in enumerate(status) if s == 'blown_up']
+                blown = blown_replicas(node.outputs)
                 if blown:
                     self.ctx.exclude[key] = blown
                     centres = node.outputs.colvars.get_array('centers')[:, 0]
