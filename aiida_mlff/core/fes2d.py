@@ -27,7 +27,14 @@ from scipy.interpolate import RectBivariateSpline
 
 from .mbar import _bin_index, _binned_free_energy, _bootstrap_error, _unbiased_log_weights
 from .mbar import _solve as _mbar_solve
-from .wham import _circular_displacement, _displacement, _histogram_edges, _to_free_energy, autocorrelation_time
+from .wham import (
+    _check_samples,
+    _circular_displacement,
+    _displacement,
+    _histogram_edges,
+    _to_free_energy,
+    autocorrelation_time,
+)
 from .wham import _solve as _wham_solve
 
 __all__ = [
@@ -272,12 +279,7 @@ def _setup(colvars, centers, kappa, temperature, bins, periods, ranges) -> _Setu
     data = [np.asarray(c, dtype=float).reshape(-1, 2) for c in colvars]
     n_win = len(data)
     centers = np.asarray(centers, dtype=float).reshape(-1, 2)
-    if len(centers) != n_win:
-        raise ValueError(f'{len(centers)} centres for {n_win} windows')
-    if any(len(d) == 0 for d in data):
-        raise ValueError('every window needs at least one sample')
-    if not all(np.all(np.isfinite(d)) for d in data):
-        raise ValueError('the samples must be finite')
+    _check_samples(data, centers)
     kappa = np.asarray(kappa, dtype=float)
     kappa = np.broadcast_to(kappa if kappa.ndim != 1 or kappa.size != 2 else kappa[None, :], (n_win, 2)).copy()
     periods = _as_pair(periods, 'periods')

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import logsumexp
 
-from .wham import KB_EV, PMF, _block_ids, _displacement, _histogram_edges, _overlap_messages, _to_free_energy
+from .wham import (
+    KB_EV,
+    PMF,
+    _block_ids,
+    _check_samples,
+    _displacement,
+    _histogram_edges,
+    _overlap_messages,
+    _to_free_energy,
+)
 
 if TYPE_CHECKING:
     from pymbar import MBAR
@@ -159,12 +168,7 @@ def mbar(
     data = [np.asarray(c, dtype=float).ravel() for c in colvars]
     n_win = len(data)
     centers = np.asarray(centers, dtype=float).ravel()
-    if len(centers) != n_win:
-        raise ValueError(f'{len(centers)} centres for {n_win} windows')
-    if any(len(d) == 0 for d in data):
-        raise ValueError('every window needs at least one sample')
-    if not all(np.all(np.isfinite(d)) for d in data):
-        raise ValueError('the samples must be finite')
+    _check_samples(data, centers)
     kappa = np.broadcast_to(np.asarray(kappa, dtype=float), (n_win,)).copy()
     kt = KB_EV * temperature
 

@@ -295,6 +295,16 @@ def _block_ids(d: np.ndarray, period: float | None) -> tuple[np.ndarray, int]:
     return np.minimum(np.arange(len(d)) // size, n_blocks - 1), n_blocks
 
 
+def _check_samples(data: Sequence[np.ndarray], centers: np.ndarray, finite: bool = True) -> None:
+    """Raise unless there is one centre per window, every window has a sample and (``finite``) all are finite."""
+    if len(centers) != len(data):
+        raise ValueError(f'{len(centers)} centres for {len(data)} windows')
+    if any(len(d) == 0 for d in data):
+        raise ValueError('every window needs at least one sample')
+    if finite and not all(np.all(np.isfinite(d)) for d in data):
+        raise ValueError('the samples must be finite')
+
+
 def _wrap(x: np.ndarray, period: float | None, lo: float) -> np.ndarray:
     if period is None:
         return x
@@ -409,11 +419,8 @@ def wham(
     data = [np.asarray(c, dtype=float).ravel() for c in colvars]
     n_win = len(data)
     centers = np.asarray(centers, dtype=float).ravel()
-    if len(centers) != n_win:
-        raise ValueError(f'{len(centers)} centres for {n_win} windows')
+    _check_samples(data, centers, finite=False)
     kappa = np.broadcast_to(np.asarray(kappa, dtype=float), (n_win,)).copy()
-    if any(len(d) == 0 for d in data):
-        raise ValueError('every window needs at least one sample')
     kt = KB_EV * temperature
 
     edges, data = _histogram_edges(data, bins, period, range)
