@@ -19,7 +19,8 @@ import numpy as np
 TARGET_KT = 0.1
 
 
-def _campaign(pk: int | None):
+def newest_campaign(pk: int | None, accept, missing: str):
+    """The campaign ``pk``, or the newest campaign of the profile that ``accept(node)`` takes; exit with ``missing``."""
     from aiida import orm
 
     if pk is not None:
@@ -27,9 +28,17 @@ def _campaign(pk: int | None):
     qb = orm.QueryBuilder().append(orm.WorkflowNode, filters={'attributes.process_label': 'CampaignWorkChain'}, tag='c')
     qb.order_by({'c': {'ctime': 'desc'}})
     for (node,) in qb.iterall():
-        if node.is_finished and 'rounds' in node.outputs:
+        if accept(node):
             return node
-    raise SystemExit('no finished campaign with umbrella rounds in this profile: run one first')
+    raise SystemExit(missing)
+
+
+def _campaign(pk: int | None):
+    return newest_campaign(
+        pk,
+        lambda node: node.is_finished and 'rounds' in node.outputs,
+        'no finished campaign with umbrella rounds in this profile: run one first',
+    )
 
 
 def _round_data(umbrella) -> tuple[dict, dict]:

@@ -29,16 +29,13 @@ EV_TO_KCAL_MOL = 23.060547830619
 
 
 def _campaign(pk: int | None):
-    from aiida import orm
+    from bench_estimators import newest_campaign  # benchmarks/ is on the path of a script run from it
 
-    if pk is not None:
-        return orm.load_node(pk)
-    qb = orm.QueryBuilder().append(orm.WorkflowNode, filters={'attributes.process_label': 'CampaignWorkChain'}, tag='c')
-    qb.order_by({'c': {'ctime': 'desc'}})
-    for (node,) in qb.iterall():
-        if node.is_finished_ok and 'potential' in node.outputs:
-            return node
-    raise SystemExit('no converged campaign in this profile: run one first')
+    return newest_campaign(
+        pk,
+        lambda node: node.is_finished_ok and 'potential' in node.outputs,
+        'no converged campaign in this profile: run one first',
+    )
 
 
 def _profile(node) -> tuple[np.ndarray, np.ndarray]:
