@@ -207,10 +207,22 @@ def neighbor_list(batch: AtomsBatch, cutoff: float, full_list: bool = True) -> N
     )
 
 
+def positive_shift(shifts: Tensor) -> Tensor:
+    """(P,) bool: the integer cell shift (P, 3) is lexicographically positive.
+
+    Of an atom's two pairs with its own periodic image (shifts s and -s), exactly one has a positive shift.
+    """
+    x, y, z = shifts[:, 0], shifts[:, 1], shifts[:, 2]
+    return (x > 0) | ((x == 0) & ((y > 0) | ((y == 0) & (z > 0))))
+
+
 def pair_vectors(batch: AtomsBatch, nbrs: Neighbors) -> Tensor:
-    """Pair vectors r_j - r_i + shifts @ cell[batch[i]] [Å], shape (P, 3); differentiable in positions and cell."""
+    """Pair vectors r_j - r_i + shifts @ cell[batch[i]] [Å], shape (P, 3); differentiable in positions and cell.
+
+    The shifts of open systems are zero, so they are added whatever ``pbc`` says: no host read (a GPU need not wait).
+    """
     vectors = batch.positions.index_select(0, nbrs.j) - batch.positions.index_select(0, nbrs.i)
-    if nbrs.n_pairs and bool(batch.pbc.any()):
+    if nbrs.n_pairs:
         if batch.n_systems == 1:
             vectors = vectors + nbrs.shifts @ batch.cell[0]
         else:

@@ -17,6 +17,13 @@ pair-sized work) and :meth:`Descriptor.combine` turns them into features. ``forw
 twice: training) is the two in a row. For energies and forces, ``Potential.evaluate`` instead runs ``accumulate`` on
 a half pair list without a graph, autograd only from the features through the networks, and the hand-written
 chain rule of :meth:`Descriptor.combine_backward` and :meth:`Descriptor.pair_gradients` back to the pair vectors.
+
+Pairs beyond a cutoff must not count, and the cosine cutoff is periodic (not zero beyond rc), so ``accumulate`` selects
+pairs in one of two modes (:func:`use_masked_pairs`): *compacted* (the CPU) keeps the pairs within each cutoff with
+``torch.nonzero`` and ``index_select`` (least work, but it reads the device on the host); *masked* (every other
+device) keeps every pair and sets the cutoff function and its derivative to zero outside ``0 < d < cutoff`` with
+``torch.where``, evaluating those pairs at d = cutoff so that nothing overflows or divides by zero: no host read, so
+an MD step on a GPU need not wait for the device. Both give the same numbers (the kept pairs see the same arithmetic).
 """
 
 from __future__ import annotations
@@ -33,10 +40,25 @@ from torch import Tensor
 
 from .atoms import AtomsBatch, neighbor_list, pair_vectors
 
-__all__ = ['Descriptor', 'DescriptorSpec', 'cosine_cutoff', 'describe']
+__all__ = ['MASKED_PAIRS', 'Descriptor', 'DescriptorSpec', 'cosine_cutoff', 'describe', 'use_masked_pairs']
 
 F64 = torch.float64
 MAX_ORDER = 4  # largest power of cos(theta) needed (zeta <= 4)
+#: Pair selection of :meth:`Descriptor.accumulate` when not given: None masks pairs off the CPU and compacts them on
+#: it; True or False forces masked or compacted pairs everywhere (tests, benchmarks).
+MASKED_PAIRS: bool | None = None
+
+
+def use_masked_pairs(device: torch.device, masked: bool | None = None) -> bool:
+    """Whether pairs beyond the cutoffs are masked (no host read) rather than compacted, for tensors on ``device``.
+
+    ``masked`` if given, else :data:`MASKED_PAIRS` if set, else True off the CPU.
+    """
+    if masked is not None:
+        return masked
+    if MASKED_PAIRS is not None:
+        return MASKED_PAIRS
+    return device.type != 'cpu'
 
 
 def cosine_cutoff(r: Tensor, cutoff: float) -> Tensor:
@@ -153,6 +175,9 @@ class Descriptor(torch.nn.Module):
         self.register_buffer('gauss_expand', expand, persistent=False)
         parity = torch.tensor([(-1.0) ** sum(e) for e in exps], dtype=F64).repeat(spec.n_angular)
         self.register_buffer('mono_parity', parity, persistent=False)  # monomials of -u: (-1)^order
+        weights = [math.sqrt(math.factorial(sum(e)) / math.prod(math.factorial(k) for k in e)) for e in exps]
+        self.register_buffer('mono_exps', torch.tensor(exps, dtype=torch.int64), persistent=False)
+        self.register_buffer('mono_weights', torch.tensor(weights, dtype=F64), persistent=False)
         orders = [sum(e) for e in exps]
         order_sum = torch.zeros(len(orders), self.max_order + 1, dtype=F64)
         order_sum[torch.arange(len(orders)), orders] = 1.0
@@ -227,15 +252,18 @@ class Descriptor(torch.nn.Module):
 
     @staticmethod
     def _gaussian_parts(
-        dist: Tensor, centres: Tensor, eta: float, cutoff: float, shift: float | None
+        dist: Tensor, centres: Tensor, eta: float, cutoff: float, shift: float | None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Factors of ``exp(-eta (d - c_k)^2) f_c(d) = basis[:, k] * pre * fc`` for distances ``d`` < ``cutoff`` [Å].
+        """Factors of ``exp(-eta (d - c_k)^2) f_c(d) = basis[:, k] * pre * fc`` for distances ``d`` <= ``cutoff`` [Å].
 
         With a ``shift`` d0, ``basis`` (P, K) is ``exp(2 eta (c_k - d0) (d - d0) - eta (c_k - d0)^2)`` and ``pre``
         (P,) ``exp(-eta (d - d0)^2)`` (one fused matrix product and one exponential over the (P, K) block);
-        without, ``basis`` is ``exp(-eta (d - c_k)^2)`` and ``pre`` is None. ``fc`` (P,) is the cosine cutoff.
+        without, ``basis`` is ``exp(-eta (d - c_k)^2)`` and ``pre`` is None. ``fc`` (P,) is the cosine cutoff, zero
+        where a (P,) ``mask`` (masked pairs, :meth:`_masked_distances`) is false.
         """
         fc = 0.5 * torch.cos(dist * (math.pi / cutoff)) + 0.5
+        if mask is not None:
+            fc = torch.where(mask, fc, 0.0)
         if shift is None:
             return torch.exp(-eta * (dist.unsqueeze(1) - centres) ** 2), None, fc
         c = centres - shift
@@ -249,14 +277,20 @@ class Descriptor(torch.nn.Module):
 
     @staticmethod
     def _gaussian_slopes(
-        parts: tuple[Tensor, Tensor | None, Tensor], dist: Tensor, eta: float, cutoff: float
+        parts: tuple[Tensor, Tensor | None, Tensor],
+        dist: Tensor,
+        eta: float,
+        cutoff: float,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(P,) a and b with ``d gauss_k / d d = basis_k (a + b c_k)`` (see ``_gaussian_parts``).
+        """(P,) a and b [1/Å] with ``d gauss_k / d d = basis_k (a + b c_k)`` (see ``_gaussian_parts``).
 
-        ``d gauss_k / d d = basis_k pre [f_c' - 2 eta d f_c + 2 eta c_k f_c]``.
+        ``d gauss_k / d d = basis_k pre [f_c' - 2 eta d f_c + 2 eta c_k f_c]``; f_c' is zero where ``mask`` is false.
         """
         _, pre, fc = parts
         dfc = (-0.5 * math.pi / cutoff) * torch.sin(dist * (math.pi / cutoff))
+        if mask is not None:
+            dfc = torch.where(mask, dfc, 0.0)
         a = dfc - (2.0 * eta) * dist * fc
         b = (2.0 * eta) * fc
         if pre is not None:
@@ -290,6 +324,29 @@ class Descriptor(torch.nn.Module):
         """
         return self.combine(*self.accumulate(vectors, i, j, species))
 
+    @staticmethod
+    def _masked_distances(dist: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
+        """Masked mode: (P,) mask of the pairs with ``0 < d < cutoff`` [Å], and distances safe to evaluate.
+
+        Every pair outside the mask gets the distance ``cutoff``, where the Gaussians, the cutoff function and
+        ``vector / d`` are finite; the mask zeroes its weight. Zero-length pairs (padding) take no part.
+        """
+        mask = (dist > 0.0) & (dist < cutoff)
+        return mask, torch.where(mask, dist, cutoff)
+
+    @staticmethod
+    def _compact(dist: Tensor, cutoff: float, *tensors: Tensor | None) -> tuple[Tensor | None, list[Tensor | None]]:
+        """Compacted mode: indices of the pairs with ``d < cutoff`` [Å] and ``tensors`` (P, ...) restricted to them.
+
+        The indices are None when every pair is within the cutoff; None entries of ``tensors`` stay None. Reads the
+        device on the host (``bool`` and ``torch.nonzero``).
+        """
+        within = dist.detach() < cutoff
+        if bool(within.all()):
+            return None, list(tensors)
+        keep = torch.nonzero(within).squeeze(1)
+        return keep, [None if t is None else t.index_select(0, keep) for t in tensors]
+
     def accumulate(
         self,
         vectors: Tensor,
@@ -298,19 +355,22 @@ class Descriptor(torch.nn.Module):
         species: Tensor,
         context: dict | None = None,
         half: bool = False,
+        masked: bool | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-atom sums over neighbours, from which :meth:`combine` makes the features.
 
         Returns ``radial`` (N * n_el, n_radial): G2 Gaussians summed per (atom, neighbour element);
         ``moments`` (N * n_el, n_angular * n_mono): angular Gaussians times unit-vector monomials, summed likewise;
         ``diag`` (N * n_el, n_angular): squared angular Gaussians summed likewise (the j = k terms). Differentiable in
-        ``vectors``. With ``half``, the pairs are a half list (each unordered pair once) and every pair also counts
+        ``vectors`` [Å]. With ``half``, the pairs are a half list (each unordered pair once) and every pair also counts
         for j, with vector -r_ij (monomials of -u are those of u times (-1)^order): the same sums as the full list
         at half the pair work. With a dict ``context`` (use under ``torch.no_grad()``), stores what
         :meth:`pair_gradients` needs to turn gradients of these sums into gradients of the pair vectors without an
-        autograd graph.
+        autograd graph. ``masked`` picks how pairs beyond the cutoffs are left out (:func:`use_masked_pairs`; by
+        default masked off the CPU, compacted on it): masked mode reads nothing on the host.
         """
         spec = self.spec
+        masked = use_masked_pairs(vectors.device, masked)
         n_atoms = species.shape[0]
         n_el = self.n_elements
         dtype, device = vectors.dtype, vectors.device
@@ -318,14 +378,14 @@ class Descriptor(torch.nn.Module):
         dist = torch.linalg.norm(vectors, dim=1)
         slot = i * n_el + species.index_select(0, j)
         slot_r = j * n_el + species.index_select(0, i) if half else None  # the reverse pairs j -> i
-        keep = None
-        within = dist.detach() < spec.cutoff
-        if not bool(within.all()):
-            keep = torch.nonzero(within).squeeze(1)
-            vectors, dist, slot = vectors.index_select(0, keep), dist.index_select(0, keep), slot.index_select(0, keep)
-            slot_r = slot_r.index_select(0, keep) if half else None
+        keep, mask = None, None
+        if masked:
+            mask, dist_r = self._masked_distances(dist, spec.cutoff)
+        else:
+            keep, (vectors, dist, slot, slot_r) = self._compact(dist, spec.cutoff, vectors, dist, slot, slot_r)
+            dist_r = dist
 
-        parts = self._gaussian_parts(dist, self.radial_centres, self.radial_eta, spec.cutoff, self.radial_shift)
+        parts = self._gaussian_parts(dist_r, self.radial_centres, self.radial_eta, spec.cutoff, self.radial_shift, mask)
         basis, pre, fc = parts
         radial = basis * (fc if pre is None else fc * pre).unsqueeze(1)  # (P, K)
         g2 = torch.zeros(n_atoms * n_el, spec.n_radial, dtype=dtype, device=device).index_add(0, slot, radial)
@@ -333,22 +393,42 @@ class Descriptor(torch.nn.Module):
             g2 = g2.index_add(0, slot_r, radial)
         if context is not None:
             context.update(
-                n_pairs=n_pairs, keep=keep, vectors=vectors, dist=dist, slot=slot, slot_r=slot_r, radial_parts=parts
+                n_pairs=n_pairs,
+                keep=keep,
+                mask=mask,
+                vectors=vectors,
+                dist=dist_r,
+                slot=slot,
+                slot_r=slot_r,
+                radial_parts=parts,
             )
+        moments, diag = self._angular_sums(vectors, dist, slot, slot_r, n_atoms, masked, context)
+        return g2, moments, diag
 
-        inner = dist.detach() < spec.angular_cutoff
-        keep_a = None
-        if not bool(inner.all()):
-            keep_a = torch.nonzero(inner).squeeze(1)
-            vectors, dist, slot = (
-                vectors.index_select(0, keep_a),
-                dist.index_select(0, keep_a),
-                slot.index_select(0, keep_a),
+    def _angular_sums(
+        self,
+        vectors: Tensor,
+        dist: Tensor,
+        slot: Tensor,
+        slot_r: Tensor | None,
+        n_atoms: int,
+        masked: bool,
+        context: dict | None,
+    ) -> tuple[Tensor, Tensor]:
+        """``moments`` and ``diag`` of :meth:`accumulate` from the pairs (P, 3) [Å] kept for the radial sums."""
+        spec = self.spec
+        n_el, half = self.n_elements, slot_r is not None
+        dtype, device = vectors.dtype, vectors.device
+        keep_a, mask_a = None, None
+        if masked:
+            mask_a, dist = self._masked_distances(dist, spec.angular_cutoff)
+        else:
+            keep_a, (vectors, dist, slot, slot_r) = self._compact(
+                dist, spec.angular_cutoff, vectors, dist, slot, slot_r
             )
-            slot_r = slot_r.index_select(0, keep_a) if half else None
         unit1 = torch.cat([torch.ones_like(dist).unsqueeze(1), vectors / dist.unsqueeze(1)], dim=1)  # (P', 4)
         parts = self._gaussian_parts(
-            dist, self.angular_centres, self.angular_eta, spec.angular_cutoff, self.angular_shift
+            dist, self.angular_centres, self.angular_eta, spec.angular_cutoff, self.angular_shift, mask_a
         )
         basis, pre, fc = parts
         g = basis * (fc if pre is None else fc * pre).unsqueeze(1)  # (P', S)
@@ -368,6 +448,7 @@ class Descriptor(torch.nn.Module):
         if context is not None:
             context.update(
                 keep_a=keep_a,
+                mask_a=mask_a,
                 unit1=unit1,
                 dist_a=dist,
                 slot_a=slot,
@@ -378,7 +459,32 @@ class Descriptor(torch.nn.Module):
                 factors=factors,
                 mono=mono,
             )
-        return g2, moments, diag
+        return moments, diag
+
+    def kernel_tables(self) -> tuple:
+        """The descriptor's constants in the order the compiled kernels (``kernels/bp_pairs.cpp``) take them.
+
+        Index tables (monomial exponents, element pairs, monomial orders, chirality triples), real tables (Gaussian
+        centres [Å], monomial weights, G5 pair factors and same-element flags, G5 coefficients), the number of
+        elements, and cutoffs [Å] and Gaussian widths [1/Å^2].
+        """
+        spec = self.spec
+        cached = getattr(self, '_kernel_tables', None)
+        dtype = self.radial_centres.dtype
+        if cached is None or cached[1][0].dtype != dtype or cached[1][0].device != self.radial_centres.device:
+            index = [self.mono_exps, self.pair_a, self.pair_b, self.order_sum.argmax(1), self.triples]
+            real = [
+                self.radial_centres,
+                self.angular_centres,
+                self.mono_weights,
+                self.pair_factor,
+                self.pair_same,
+                self.g5_coeff,
+            ]
+            scalars = [float(spec.cutoff), float(spec.angular_cutoff), float(self.radial_eta), float(self.angular_eta)]
+            cached = ([t.contiguous() for t in index], [t.contiguous() for t in real], self.n_elements, scalars)
+            self._kernel_tables = cached
+        return cached
 
     def combine(self, radial: Tensor, moments: Tensor, diag: Tensor) -> Tensor:
         """(N, n_features) raw features from the per-atom sums of :meth:`accumulate`."""
@@ -449,16 +555,17 @@ class Descriptor(torch.nn.Module):
         """(P, M, 3) gradients with respect to the pair vectors, from M gradients of the sums of :meth:`accumulate`.
 
         ``grad_*`` are (M, ...) stacks shaped like the sums (one per committee member); ``context`` is the dict
-        filled by :meth:`accumulate` (for a half list: gradients with respect to the one vector of each pair). The
-        chain rule through the Gaussians, cutoffs and monomials is written out, so no autograd graph over pairs is
-        needed (not differentiable again: training uses autograd).
+        filled by :meth:`accumulate` (for a half list: gradients with respect to the one vector of each pair; masked
+        mode or compacted, zero for the pairs beyond the cutoff). The chain rule through the Gaussians, cutoffs and
+        monomials is written out, so no autograd graph over pairs is needed (not differentiable again: training uses
+        autograd).
         """
         spec = self.spec
         c = context
         dist, vectors, slot = c['dist'], c['vectors'], c['slot']
         half = c['slot_r'] is not None
         # d gauss_k / d d = basis_k (a + b c_k), as one (P, K) block
-        slope_a, slope_b = self._gaussian_slopes(c['radial_parts'], dist, self.radial_eta, spec.cutoff)
+        slope_a, slope_b = self._gaussian_slopes(c['radial_parts'], dist, self.radial_eta, spec.cutoff, c['mask'])
         radial_slopes = c['radial_parts'][0] * torch.addmm(
             slope_a.unsqueeze(1), slope_b.unsqueeze(1), self.radial_centres.unsqueeze(0)
         )
@@ -466,7 +573,9 @@ class Descriptor(torch.nn.Module):
         angular = c['slot_a'].shape[0] > 0
         if angular:
             slot_a, g, unit1, dist_a = c['slot_a'], c['g'], c['unit1'], c['dist_a']
-            slope_a, slope_b = self._gaussian_slopes(c['angular_parts'], dist_a, self.angular_eta, spec.angular_cutoff)
+            slope_a, slope_b = self._gaussian_slopes(
+                c['angular_parts'], dist_a, self.angular_eta, spec.angular_cutoff, c['mask_a']
+            )
             angular_slopes = c['angular_parts'][0] * torch.addmm(
                 slope_a.unsqueeze(1), slope_b.unsqueeze(1), self.angular_centres.unsqueeze(0)
             )

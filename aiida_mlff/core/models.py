@@ -2,9 +2,11 @@
 
 The energy of a system is ``E = sum_i [scale * NN_{Z_i}(x_i) + E0_{Z_i}]`` with ``x_i`` the normalised descriptor
 of atom i (``descriptors.py``), per-element networks ``NN_Z`` and trainable per-element reference energies ``E0``
-[eV]. Forces are ``-dE/dR``: autograd through the networks, then the descriptor's hand-written derivative with
-respect to the pair vectors (the plain autograd path is kept for training and Hessians; both agree to rounding), so
-they are conservative by construction. A committee of M members shares the descriptor and evaluates all member
+[eV]. Forces are ``-dE/dR``, conservative by construction, by one of three paths that agree to rounding: autograd
+through descriptor and networks (training, Hessians: the reference); on the CPU, the compiled kernels of
+``kernels/bp_pairs.cpp`` (descriptor and its chain rule in one pass each over a full list sorted by centre atom) with
+the networks' backward pass written out; elsewhere, the descriptor's torch sums over a half list and its hand-written
+derivative with respect to the pair vectors. A committee of M members shares the descriptor and evaluates all member
 networks in one batched pass (weights stacked along a member axis). Chirality terms enter the networks as
 ``log(1 + chi^2)`` (even in chi, and growing slowly where the training data end), so energies do not change under
 reflection.
@@ -20,12 +22,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors
+from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors, positive_shift
 from .descriptors import Descriptor, DescriptorSpec
 
 __all__ = ['ARCHITECTURES', 'Potential', 'atom_force_deviation', 'register_architecture']
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {'tanh': torch.tanh, 'silu': nn.functional.silu}
+KERNEL_ACTIVATIONS = {'tanh': 0, 'silu': 1}  # their codes in kernels/bp_pairs.cpp
+KERNEL_MAX_ELEMENTS = 64  # MAX_ELEMENTS of kernels/bp_pairs.cpp
 
 #: builder registry: architecture name -> function(elements, cutoff, committee, seed, **hyperparameters)
 ARCHITECTURES: dict[str, Callable[..., Potential]] = {}
@@ -39,6 +43,19 @@ def register_architecture(name: str) -> Callable:
         return func
 
     return wrap
+
+
+def _half_of(neighbors: Neighbors) -> Neighbors | None:
+    """Each pair of a full list once, or None when the list is not symmetric (then it is used as it is).
+
+    A pair is kept as i -> j with i < j; an atom and its own periodic image, with the lexicographically positive shift.
+    """
+    i, j = neighbors.i, neighbors.j
+    first = i < j
+    same = i == j
+    if bool(same.any()):
+        first = first | (same & positive_shift(neighbors.shifts))
+    return neighbors.select(first) if 2 * int(first.sum()) == neighbors.n_pairs else None
 
 
 def atom_force_deviation(member_forces: Tensor, mean: Tensor | None = None) -> Tensor:
@@ -212,8 +229,7 @@ class Potential(nn.Module):
         """
         n_members = self.committee_size
         out = x.new_zeros(n_members, x.shape[0])
-        for e in range(self.descriptor.n_elements):
-            index = torch.nonzero(species == e).squeeze(1)
+        for e, index in enumerate(self._element_rows(species)):
             if index.numel() == 0:
                 continue
             w0 = self.weights[0][:, e]  # (M, F, H)
@@ -301,6 +317,11 @@ class Potential(nn.Module):
     ) -> dict[str, Tensor]:
         """Energies, forces, committee statistics and stress of every system in the batch.
 
+        Three paths give the same numbers (to round-off): with ``create_graph``, autograd through the descriptor
+        (the reference; training on forces); on the CPU, the compiled pair kernels of ``kernels/bp_pairs.cpp`` over
+        a full list (``kernel`` ``'auto'`` or ``'compiled'``); otherwise the descriptor's torch sums over a half list
+        and its hand-written chain rule (``kernel='torch'``, and every other device).
+
         Parameters
         ----------
         batch
@@ -325,35 +346,140 @@ class Potential(nn.Module):
         retain_freed_memory()  # once per process: pair-sized temporaries otherwise page-fault at every call
         if batch.dtype != self.dtype or batch.device != self.device:
             batch = batch.to(device=self.device, dtype=self.dtype)
-        listed_half = neighbors is None and not create_graph  # a half list is all the analytic path needs
-        if neighbors is None:
-            neighbors = neighbor_list(batch, self.cutoff, full_list=not listed_half)
-        elif neighbors.shifts.dtype != self.dtype or neighbors.i.device != self.device:
+        if neighbors is not None and (neighbors.shifts.dtype != self.dtype or neighbors.i.device != self.device):
             neighbors = Neighbors(
                 neighbors.i.to(self.device), neighbors.j.to(self.device), neighbors.shifts.to(self.device, self.dtype)
             )
-        species = self.descriptor.element_index(batch.numbers)
-        half = listed_half
-        if not create_graph and not listed_half:
+        species = self._species(batch.numbers)
+        need_grad = forces or stress
+        module = None if create_graph else self._compiled_kernels()
+        if module is not None:
+            from .kernels import pair_layout
+
+            if neighbors is None:
+                neighbors = neighbor_list(batch, self.cutoff)
+            layout = pair_layout(neighbors, species.shape[0])
+            if layout is not None:  # a full list
+                return self._evaluate_compiled(module, batch, layout, species, need_grad, stress)
+        if create_graph:
+            return self._evaluate_autograd(batch, neighbors, species, need_grad, stress)
+        return self._evaluate_torch(batch, neighbors, species, need_grad, stress)
+
+    def _species(self, numbers: Tensor) -> Tensor:
+        """(N,) element index of every atom, remembered for the last ``numbers`` tensor (MD passes the same one)."""
+        cached = getattr(self, '_species_cache', None)
+        if cached is not None and cached[0] is numbers:
+            return cached[1]
+        species = self.descriptor.element_index(numbers)
+        self._species_cache = (numbers, species, self._element_rows(species))
+        return species
+
+    def _element_rows(self, species: Tensor) -> list[Tensor]:
+        """Indices of the atoms of every element (remembered with :meth:`_species`)."""
+        cached = getattr(self, '_species_cache', None)
+        if cached is not None and cached[1] is species:
+            return cached[2]
+        return [torch.nonzero(species == e).squeeze(1) for e in range(self.descriptor.n_elements)]
+
+    def _compiled_kernels(self):
+        """The compiled pair kernels when this potential may and can use them (CPU), else None."""
+        if getattr(self, 'kernel', 'auto') == 'torch' or self.device.type != 'cpu':
+            return None
+        if self.activation not in KERNEL_ACTIVATIONS or self.descriptor.n_elements > KERNEL_MAX_ELEMENTS:
+            return None  # what the kernels do not cover goes the torch way
+        from .kernels import bp_pairs
+
+        module = bp_pairs()
+        if module is None and getattr(self, 'kernel', 'auto') == 'compiled':
+            raise RuntimeError('kernel="compiled" was asked for, but the compiled kernels are not available')
+        return module
+
+    def _evaluate_compiled(
+        self, module, batch: AtomsBatch, layout, species: Tensor, need_grad: bool, stress: bool
+    ) -> dict[str, Tensor]:
+        """Energies and forces through the compiled descriptor kernels over a full list sorted by centre atom."""
+        shifts = layout.shift_vectors(batch.cell, batch.batch)
+        positions = batch.positions.detach().contiguous()
+        tables = self.descriptor.kernel_tables()
+        with torch.no_grad():
+            raw, moments = module.features(positions, shifts, layout.rowptr, layout.j, layout.keep, species, *tables)
+            atomic, grad_raw = module.networks(raw, species, *self._network_arguments(), need_grad)
+            energies = atomic.new_zeros(atomic.shape[0], batch.n_systems).index_add_(1, batch.batch, atomic)
+        if not need_grad:
+            return self._result(energies)
+        grads, member_forces = module.forces(
+            positions, shifts, layout.rowptr, layout.j, layout.keep, species, *tables, moments, grad_raw
+        )
+
+        def vectors() -> Tensor:
+            return positions.index_select(0, layout.j) - positions.index_select(0, layout.i) + shifts
+
+        return self._forces_and_stress(energies, grads, layout.i, vectors, batch, stress, member_forces)
+
+    def _evaluate_torch(
+        self, batch: AtomsBatch, neighbors: Neighbors | None, species: Tensor, need_grad: bool, stress: bool
+    ) -> dict[str, Tensor]:
+        """Energies and forces from the descriptor's torch sums over a half list and its hand-written chain rule.
+
+        Off the CPU (or with ``descriptors.MASKED_PAIRS``) pairs beyond the cutoffs are masked, not compacted: once
+        the species and the half list of ``neighbors`` are cached, a call reads nothing on the host.
+        """
+        from .descriptors import use_masked_pairs
+
+        half = neighbors is None
+        if neighbors is None:
+            neighbors = neighbor_list(batch, self.cutoff, full_list=False)
+        else:
             # each pair once (the list holds i -> j and j -> i): the descriptor counts it for both atoms. The half
             # list is kept on the list object, so an MD run reuses it until its Verlet list is rebuilt.
             cached = getattr(neighbors, '_half_list', False)
             if cached is False:
-                i, j = neighbors.i, neighbors.j
-                first = i < j
-                same = i == j
-                if bool(same.any()):  # an atom and its own periodic image: keep the lexicographically positive shift
-                    s = neighbors.shifts
-                    positive = (s[:, 0] > 0) | ((s[:, 0] == 0) & ((s[:, 1] > 0) | ((s[:, 1] == 0) & (s[:, 2] > 0))))
-                    first = first | (same & positive)
-                # only a symmetric (full) list halves; any other list is used as it is
-                cached = neighbors.select(first) if 2 * int(first.sum()) == neighbors.n_pairs else None
+                cached = _half_of(neighbors)
                 neighbors._half_list = cached
             if cached is not None:
                 neighbors, half = cached, True
+        masked = use_masked_pairs(batch.positions.device)
+        neighbors, vectors = self._pairs_within_cutoff(batch, neighbors, masked)
+        context = {} if need_grad else None
+        with torch.no_grad():
+            sums = self.descriptor.accumulate(
+                vectors, neighbors.i, neighbors.j, species, context, half=half, masked=masked
+            )
+        energies, raw = self._energies_from_sums(sums, species, batch, need_grad)
+        if not need_grad:
+            return self._result(energies)
+        gradients = self.descriptor.combine_backward(*sums, self._feature_gradients(energies, raw))
+        grads = self.descriptor.pair_gradients(context, *gradients)
+        return self._forces_and_stress(energies, grads, neighbors.i, lambda: vectors, batch, stress, j=neighbors.j)
+
+    def _evaluate_autograd(
+        self, batch: AtomsBatch, neighbors: Neighbors | None, species: Tensor, need_grad: bool, stress: bool
+    ) -> dict[str, Tensor]:
+        """Autograd through the descriptor: the forces stay differentiable (training on forces); the reference."""
+        if neighbors is None:
+            neighbors = neighbor_list(batch, self.cutoff)
+        neighbors, vectors = self._pairs_within_cutoff(batch, neighbors)
+        with torch.set_grad_enabled(True):
+            if need_grad and not vectors.requires_grad:
+                vectors.requires_grad_(True)
+            energies = self.member_energies(vectors, neighbors, species, batch.batch, batch.n_systems)
+        if not need_grad:
+            return self._result(energies, detach=False)
+        grads = self._member_pair_gradients(energies, vectors, True).transpose(0, 1)  # (P, M, 3)
+        return self._forces_and_stress(
+            energies, grads, neighbors.i, lambda: vectors, batch, stress, j=neighbors.j, detach=False
+        )
+
+    def _pairs_within_cutoff(
+        self, batch: AtomsBatch, neighbors: Neighbors, masked: bool = False
+    ) -> tuple[Neighbors, Tensor]:
+        """The pairs of ``neighbors`` closer than the cutoff and their vectors (P, 3) [Å].
+
+        With ``masked``, every pair and its vector, without a host read (the descriptor masks the far pairs).
+        """
         vectors = pair_vectors(batch, neighbors)
-        if not create_graph:
-            vectors = vectors.detach()
+        if masked:
+            return neighbors, vectors
         mask = (vectors.detach() ** 2).sum(1) < self.cutoff**2
         if not bool(mask.all()):
             keep = torch.nonzero(mask).squeeze(1)
@@ -363,64 +489,117 @@ class Potential(nn.Module):
                 neighbors.shifts.index_select(0, keep),
             )
             vectors = vectors.index_select(0, keep)
-        need_grad = forces or stress
-        n_atoms = species.shape[0]
-        if create_graph:
-            # autograd through the descriptor: the forces stay differentiable (training on forces)
-            with torch.set_grad_enabled(True):
-                if need_grad and not vectors.requires_grad:
-                    vectors.requires_grad_(True)
-                energies = self.member_energies(vectors, neighbors, species, batch.batch, batch.n_systems)
-        else:
-            # the descriptor's pair sums without a graph; autograd only over the per-atom part (small), then the
-            # descriptor's analytic chain rule back to the pair vectors
-            context = {} if need_grad else None
-            with torch.no_grad():
-                sums = self.descriptor.accumulate(vectors, neighbors.i, neighbors.j, species, context, half=half)
-                raw = self.descriptor.combine(*sums)
-                if need_grad and self.committee_size > 1:  # one copy per member: one backward pass for all
-                    raw = raw.unsqueeze(1).expand(-1, self.committee_size, -1).contiguous()
-                raw.requires_grad_(need_grad)
-            with torch.set_grad_enabled(need_grad):
-                energies = self.member_energies(None, None, species, batch.batch, batch.n_systems, features=raw)
+        return neighbors, vectors
+
+    def _energies_from_sums(
+        self, sums: tuple[Tensor, Tensor, Tensor], species: Tensor, batch: AtomsBatch, need_grad: bool
+    ) -> tuple[Tensor, Tensor]:
+        """(M, B) member energies from the descriptor's per-atom sums, and the raw features they are a graph of."""
+        with torch.no_grad():
+            raw = self.descriptor.combine(*sums)
+        return self._energies_from_features(raw, species, batch, need_grad)
+
+    def _energies_from_features(
+        self, raw: Tensor, species: Tensor, batch: AtomsBatch, need_grad: bool
+    ) -> tuple[Tensor, Tensor]:
+        """(M, B) member energies from raw features (N, F), and the features they are a graph of.
+
+        A committee gets one copy of the features per member, so that one backward pass gives every member's gradient.
+        """
+        with torch.no_grad():
+            if need_grad and self.committee_size > 1:
+                raw = raw.unsqueeze(1).expand(-1, self.committee_size, -1).contiguous()
+            raw.requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            energies = self.member_energies(None, None, species, batch.batch, batch.n_systems, features=raw)
+        return energies, raw
+
+    def _network_arguments(self) -> tuple:
+        """The networks as the compiled kernel takes them, kept until a parameter changes.
+
+        Weights, biases, normalisation, reference energies, energy scale, the number of features before the chirality
+        terms and the activation.
+        """
+        key = self._parameter_key()
+        cached = getattr(self, '_network_arguments_cache', None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        d = self.descriptor
+        with torch.no_grad():
+            arguments = (
+                [w.detach().contiguous() for w in self.weights],
+                [b.detach().contiguous() for b in self.biases],
+                self.feature_mean.contiguous(),
+                (1.0 / self.feature_std).contiguous(),
+                self.reference_energies.detach().contiguous(),
+                float(self.energy_scale),
+                d.n_g2 + d.n_g5 if d.n_chiral else d.n_features,
+                KERNEL_ACTIVATIONS[self.activation],
+            )
+        self._network_arguments_cache = (key, arguments)
+        return arguments
+
+    def _parameter_key(self) -> tuple:
+        """Identity and version of every parameter and normalisation buffer (training changes them in place)."""
+        tensors = [*self.parameters(), self.feature_mean, self.feature_std, self.energy_scale]
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+    def _feature_gradients(self, energies: Tensor, raw: Tensor) -> Tensor:
+        """(M, N, n_features) gradients of every member's energy with respect to the raw features."""
+        if raw.dim() == 3:
+            return torch.autograd.grad(energies.sum(), raw)[0].transpose(0, 1)
+        return self._member_pair_gradients(energies, raw, False)
+
+    @staticmethod
+    def _result(energies: Tensor, detach: bool = True) -> dict[str, Tensor]:
+        """Energy entries of the result: ``energies`` (M, B), their mean and spread (B,)."""
         n_members = energies.shape[0]
         result = {
             'energies': energies,
             'energy': energies.mean(0),
             'energy_std': energies.std(0, unbiased=False) if n_members > 1 else torch.zeros_like(energies[0]),
         }
-        if not need_grad:
-            return result if create_graph else {k: v.detach() for k, v in result.items()}
-        if create_graph:
-            grads = self._member_pair_gradients(energies, vectors, create_graph).transpose(0, 1)  # (P, M, 3)
-        else:
-            if raw.dim() == 3:
-                grad_raw = torch.autograd.grad(energies.sum(), raw)[0].transpose(0, 1)  # (M, N, n_features)
-            else:
-                grad_raw = self._member_pair_gradients(energies, raw, False)
-            grads = self.descriptor.pair_gradients(context, *self.descriptor.combine_backward(*sums, grad_raw))
-        flat = grads.reshape(-1, n_members * 3)  # (P, M*3): dE_m/d(vectors)
-        member_forces = flat.new_zeros(n_atoms, n_members * 3)
-        member_forces = member_forces.index_add(0, neighbors.i, flat).index_add(0, neighbors.j, -flat)
-        member_forces = member_forces.reshape(n_atoms, n_members, 3).permute(1, 0, 2)
+        return {k: v.detach() for k, v in result.items()} if detach else result
+
+    def _forces_and_stress(
+        self,
+        energies: Tensor,
+        grads: Tensor,
+        i: Tensor,
+        vectors: Callable[[], Tensor],
+        batch: AtomsBatch,
+        stress: bool,
+        member_forces: Tensor | None = None,
+        j: Tensor | None = None,
+        detach: bool = True,
+    ) -> dict[str, Tensor]:
+        """Forces, committee deviations and stress from dE_m/d(pair vector) ``grads`` (P, M, 3) of pairs i -> j.
+
+        ``member_forces`` (M, N, 3) [eV/Å] when already summed, else summed here over the pairs (needs ``j``).
+        """
+        result = self._result(energies, detach=False)
+        n_members, n_atoms = energies.shape[0], batch.positions.shape[0]
+        if member_forces is None:
+            flat = grads.reshape(-1, n_members * 3)  # (P, M*3)
+            member_forces = flat.new_zeros(n_atoms, n_members * 3).index_add(0, i, flat).index_add(0, j, -flat)
+            member_forces = member_forces.reshape(n_atoms, n_members, 3).permute(1, 0, 2)
         result['forces'] = member_forces.mean(0)
+        result['max_force_deviation'] = torch.zeros_like(result['energy'])
         if n_members > 1:
             result['member_forces'] = member_forces
             deviation = atom_force_deviation(member_forces, result['forces'])  # (N,)
-            result['max_force_deviation'] = torch.zeros_like(result['energy']).scatter_reduce(
+            result['max_force_deviation'] = result['max_force_deviation'].scatter_reduce(
                 0, batch.batch, deviation, reduce='amax', include_self=True
             )
-        else:
-            result['max_force_deviation'] = torch.zeros_like(result['energy'])
         if stress:
-            pair_virial = vectors.unsqueeze(2) * grads.mean(1).unsqueeze(1)  # (P, 3, 3)
-            virial = pair_virial.new_zeros(batch.n_systems, 3, 3).index_add(0, batch.batch[neighbors.i], pair_virial)
+            pair_virial = vectors().unsqueeze(2) * grads.mean(1).unsqueeze(1)  # (P, 3, 3)
+            virial = pair_virial.new_zeros(batch.n_systems, 3, 3).index_add(0, batch.batch[i], pair_virial)
             volume = torch.linalg.det(batch.cell).abs()
             periodic = batch.pbc.all(1) & (volume > 0)
             safe = torch.where(periodic, volume, torch.ones_like(volume))
             virial = 0.5 * (virial + virial.transpose(1, 2))
             result['stress'] = torch.where(periodic.view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.nan)
-        return result if create_graph else {k: v.detach() for k, v in result.items()}
+        return {k: v.detach() for k, v in result.items()} if detach else result
 
     @staticmethod
     def _member_pair_gradients(

@@ -6,6 +6,8 @@ found on the PMF); the check relaxes the potential at two angles and compares wi
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from aiida.engine import run_get_node
@@ -13,35 +15,14 @@ from ase.build import molecule
 
 from aiida_mlff.workflows.campaign.base import CampaignWorkChain
 
+from .water_bend import BASE, CV, UMBRELLA, WINDOWS
+
 pytestmark = [pytest.mark.dft, pytest.mark.slow]
 
-WINDOWS = {'start': 95.0, 'stop': 120.0, 'count': 6}  # degrees: part of the angle's range
 OVERRIDES = {
     'name': 'water-bend',
-    'system': {'box': 8.0},
-    'sampling': {'rattle': {'n': 4, 'stdev': 0.03}, 'scan': {'values': [95.0, 105.0, 115.0], 'rattle_stdev': 0.02}},
-    'dft': {'max_concurrent': 2},
-    'training': {
-        'committee': 2,
-        'model': {'cutoff': 3.0, 'angular_cutoff': 3.0, 'hidden': [8], 'chiral': False},
-        'epochs': 60,
-        'polish_steps': 20,
-        'batch_size': 4,
-    },
-    'active_learning': {
-        'max_iterations': 1,
-        'max_candidates': 2,
-        'explore': {'temperatures': [300.0], 'steps': 200, 'stride': 20},
-    },
-    'umbrella': {
-        'windows': WINDOWS,
-        'equilibration_steps': 100,
-        'production_steps': 600,
-        'bins': 20,
-        'bootstrap': 2,
-        'steer_steps': 50,
-        'max_refinements': 0,
-    },
+    **copy.deepcopy(BASE),
+    'umbrella': copy.deepcopy(UMBRELLA),
     # a label budget too small for these targets: one refit round (2 labels), then the budget is spent
     'convergence': {'label_budget': 9, 'max_rounds': 3, 'barrier_error_kcal_mol': 0.01, 'pmf_change_kcal_mol': 0.001},
     'check': {'values': [100.0, 110.0]},
@@ -54,7 +35,7 @@ def test_water_bend_campaign_from_python(mlff_environment, aiida_profile, tmp_pa
         mlff_environment['code'],
         mlff_environment['mlff_code'],
         molecule('H2O'),  # an ase.Atoms: boxed by system.box
-        {'type': 'angle', 'atoms': [1, 0, 2]},
+        CV,
         protocol='fast',
         overrides=OVERRIDES,
     )

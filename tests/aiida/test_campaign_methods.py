@@ -17,27 +17,11 @@ from ase.build import molecule
 
 from aiida_mlff.workflows.campaign.base import CampaignWorkChain
 
+from .water_bend import BASE, CV, UMBRELLA
+
 pytestmark = [pytest.mark.dft, pytest.mark.slow]
 
-CV = {'type': 'angle', 'atoms': [1, 0, 2]}
-BASE = {
-    'system': {'box': 8.0},
-    'sampling': {'rattle': {'n': 4, 'stdev': 0.03}, 'scan': {'values': [95.0, 105.0, 115.0], 'rattle_stdev': 0.02}},
-    'dft': {'max_concurrent': 2},
-    'training': {
-        'committee': 2,
-        'model': {'cutoff': 3.0, 'angular_cutoff': 3.0, 'hidden': [8], 'chiral': False},
-        'epochs': 60,
-        'polish_steps': 20,
-        'batch_size': 4,
-    },
-    'active_learning': {
-        'max_iterations': 1,
-        'max_candidates': 2,
-        'explore': {'temperatures': [300.0], 'steps': 200, 'stride': 20},
-    },
-    'check': {'values': []},
-}
+CAMPAIGN = {**BASE, 'check': {'values': []}}  # no relaxed-scan check
 WALKERS = 4
 METADYNAMICS = {
     'walkers': WALKERS,
@@ -52,15 +36,6 @@ METADYNAMICS = {
     'bins': 20,
     'blocks': 4,
 }
-UMBRELLA = {
-    'windows': {'start': 95.0, 'stop': 120.0, 'count': 6},
-    'equilibration_steps': 100,
-    'production_steps': 600,
-    'bins': 20,
-    'bootstrap': 2,
-    'steer_steps': 50,
-    'max_refinements': 0,
-}
 OUTPUTS = ('dataset', 'potential', 'history', 'pmf', 'barriers', 'rates', 'convergence')
 
 
@@ -71,7 +46,7 @@ def _run(mlff_environment, name: str, overrides: dict):
         molecule('H2O'),
         CV,
         protocol='fast',
-        overrides={**copy.deepcopy(BASE), 'name': name, **overrides},
+        overrides={**copy.deepcopy(CAMPAIGN), 'name': name, **overrides},
     )
     results, node = run_get_node(builder)
     assert node.is_finished, node.exit_message
@@ -137,7 +112,7 @@ def test_metadynamics_campaign(mlff_environment, aiida_profile, tmp_path):
 
 def test_reus_campaign(mlff_environment, aiida_profile, tmp_path):
     """``method: reus``: the umbrella windows exchange configurations (every 100 steps unless given)."""
-    active_learning = {**BASE['active_learning'], 'metadynamics_walkers': 2}  # and explore with metadynamics
+    active_learning = {**CAMPAIGN['active_learning'], 'metadynamics_walkers': 2}  # and explore with metadynamics
     overrides = {
         'free_energy': {'method': 'reus'},
         'umbrella': UMBRELLA,

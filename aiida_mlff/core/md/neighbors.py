@@ -35,16 +35,31 @@ class VerletList:
         self._reference: torch.Tensor | None = None
         self._neighbors: Neighbors | None = None
 
+    def moved_too_far(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """Whether some atom moved more than half the skin since the last build, as a 0-d bool tensor on the device.
+
+        No host read: the caller reads it when it suits (e.g. together with other flags, one synchronisation).
+        None when a build is due regardless (no list yet, or other atoms).
+        """
+        if self._neighbors is None or self._reference is None or self._reference.shape != positions.shape:
+            return None
+        displacement2 = ((positions - self._reference) ** 2).sum(-1).max()  # Å^2
+        return displacement2 > (0.5 * self.skin) ** 2
+
     def needs_rebuild(self, positions: torch.Tensor) -> bool:
         """Return True when no list exists or some atom moved more than half the skin since the last build."""
-        if self._neighbors is None or self._reference is None or self._reference.shape != positions.shape:
-            return True
-        displacement2 = ((positions - self._reference) ** 2).sum(-1).max()
-        return bool(displacement2 > (0.5 * self.skin) ** 2)
+        moved = self.moved_too_far(positions)
+        return True if moved is None else bool(moved)  # one host read
 
-    def update(self, batch: AtomsBatch) -> Neighbors:
-        """Return a valid list for the batch's current positions, rebuilding it only when needed."""
-        if self.needs_rebuild(batch.positions):
+    def update(self, batch: AtomsBatch, rebuild: bool | None = None) -> Neighbors:
+        """Return a valid list for the batch's current positions, rebuilding it only when needed.
+
+        ``rebuild`` is the decision when the caller has already read :meth:`moved_too_far` (True also when that
+        was None); None decides here (one host read).
+        """
+        if rebuild is None:
+            rebuild = self.needs_rebuild(batch.positions)
+        if rebuild:
             self._neighbors = neighbor_list(batch, self.cutoff + self.skin)
             self._reference = batch.positions.detach().clone()
             self.n_builds += 1

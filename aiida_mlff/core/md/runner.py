@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time as _time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -160,6 +161,10 @@ def simulate(
       which BAOAB samples exactly for harmonic modes; the full-step velocities (kept in the state) are narrower by
       about ``(omega dt)^2 / 4`` for a mode of angular frequency omega.
     - Positions are never wrapped into the cell.
+    - Host syncs (what makes a GPU wait): a step reads the host once, in the Verlet-list check (rebuild needed? did
+      a replica stop at the step before?). The checks of a step run on the device; a replica that stops there is
+      put back and frozen on the device at once, its message and flagged frame follow at the next step's read, or
+      at once on record, exchange and last steps. Results are those of reading every step at once.
 
     Returns
     -------
@@ -210,15 +215,29 @@ def simulate(
     vlist = VerletList(float(potential.cutoff), skin)
     last: dict[str, Tensor] = {}
     atom_index: dict[int, Tensor] = {}  # per CV: (B, A) flattened indices of its atoms
+    # Host syncs: the loop keeps per-replica decisions on the device and reads the host once a step, in the Verlet
+    # check of forces_fn (rebuild needed? did a replica stop at the step before?). A step's stops are put on the
+    # device at once (roll-back, `state.active`); their messages and flagged frame follow at that read, or at once
+    # on record, exchange and last steps. `n_running` mirrors `state.active.sum()` on the host.
+    n_running = int(state.active.sum())
+    pending: _StepEvents | None = None  # events of the step before, not yet read
 
     def forces_fn(positions: Tensor) -> Tensor:
+        nonlocal pending
         # runaway atoms: keep their replica at the old positions so the neighbour list and the potential stay sane
         jumped = ((positions - batch.positions) ** 2).sum(-1) > max_step_displacement**2
         runaway = torch.zeros(n_rep, dtype=torch.bool, device=device).index_add_(0, batch.batch, jumped) > 0
         last['runaway'] = runaway
         positions = torch.where(runaway[batch.batch].unsqueeze(-1), batch.positions, positions)
         batch.positions = positions
-        nbrs = vlist.update(batch)
+        events, pending = pending, None
+        rebuild, happened = _read_step_flags(vlist.moved_too_far(positions), events)
+        if happened:
+            conclude(events, at_record=False, happened=True)
+            if n_running == 0:  # every replica stopped at the step before: the caller drops this step
+                last['aborted'] = True
+                return state.forces
+        nbrs = vlist.update(batch, rebuild=rebuild)
         out = potential.evaluate(batch, nbrs, forces=True)
         forces = out['forces'].detach().to(dtype)
         last['energy'] = out['energy'].detach().to(dtype)
@@ -245,9 +264,13 @@ def simulate(
         # from the following step on, exactly as in an uninterrupted run
         state.forces, state.energy, state.bias_energy = saved
     recorder = FrameRecorder(counts.cpu().numpy(), batch.numbers.cpu().numpy(), len(names), record_velocities)
-    no_flags = torch.zeros(n_rep, dtype=torch.bool, device=device)
 
     close_pairs: list = [None, None]  # (Verlet list, its pairs that can come closer than min_distance before a rebuild)
+
+    def stop(replica: int, status: str, message: str) -> None:
+        nonlocal n_running
+        state.stop(replica, status, message)
+        n_running -= 1
 
     def min_distances() -> Tensor:
         nbrs = vlist.neighbors
@@ -267,41 +290,77 @@ def simulate(
     def check_distances() -> None:
         close = state.active & (min_distances() < min_distance)
         for r in torch.nonzero(close).flatten().tolist():
-            state.stop(r, STATUS_BLOWN_UP, f'atoms closer than {min_distance} Å at step {state.step}')
+            stop(r, STATUS_BLOWN_UP, f'atoms closer than {min_distance} Å at step {state.step}')
 
-    def record(v_kin: Tensor, flagged: Tensor) -> None:
-        ke = kinetic_energy(v_kin, state.masses, batch.batch, n_rep)
-        extra = [cv(batch.positions, batch.cell, batch.pbc, offsets) for cv in extra_cvs]
-        cvs = torch.cat([last['cv'], *(e.unsqueeze(-1) for e in extra)], dim=-1) if extra else last['cv']
+    def frame(v_kin: Tensor) -> dict:
+        """What a frame of the current step records, by reference.
+
+        The loop replaces these tensors and never changes them in place, except ``state.active``, which takes the
+        stops of its own step.
+        """
+        return {
+            'step': state.step,
+            'positions': batch.positions,
+            'velocities': v_kin,
+            'potential_energy': state.energy,
+            'bias_energy': state.bias_energy,
+            'cv': last['cv'],
+            'max_force_deviation': last['max_force_deviation'],
+            'energy_std': last['energy_std'],
+            'walker': state.walker,
+            'active': state.active,
+        }
+
+    def record(fr: dict, flagged: Tensor) -> None:
+        ke = kinetic_energy(fr['velocities'], state.masses, batch.batch, n_rep)
+        extra = [cv(fr['positions'], batch.cell, batch.pbc, offsets) for cv in extra_cvs]
+        cvs = torch.cat([fr['cv'], *(e.unsqueeze(-1) for e in extra)], dim=-1) if extra else fr['cv']
         recorder.record(
-            state.step,
-            state.step * timestep,
-            valid=state.active | flagged,
+            fr['step'],
+            fr['step'] * timestep,
+            valid=fr['active'] | flagged,
             flagged=flagged,
-            positions=batch.positions,
-            velocities=v_kin,
-            potential_energy=state.energy,
-            bias_energy=state.bias_energy,
+            positions=fr['positions'],
+            velocities=fr['velocities'],
+            potential_energy=fr['potential_energy'],
+            bias_energy=fr['bias_energy'],
             kinetic_energy=ke,
             temperature=2.0 * ke / (dof * KB),
             colvars=cvs,
-            max_force_deviation=last['max_force_deviation'],
-            energy_std=last['energy_std'],
-            walker=state.walker,
+            max_force_deviation=fr['max_force_deviation'],
+            energy_std=fr['energy_std'],
+            walker=fr['walker'],
         )
 
     def check_deviation() -> Tensor:
+        """Stop the replicas over the force-deviation limit now (the initial frame); their (B,) mask."""
         if max_force_deviation is None:
-            return no_flags
+            return torch.zeros(n_rep, dtype=torch.bool, device=device)
         exceeded = state.active & (last['max_force_deviation'] > max_force_deviation)
         for r in torch.nonzero(exceeded).flatten().tolist():
-            state.stop(
-                r,
-                STATUS_DEVIATION,
-                f'max force deviation {float(last["max_force_deviation"][r]):.4g} eV/Å > '
-                f'{max_force_deviation} eV/Å at step {state.step}',
-            )
+            message = _deviation_message(last['max_force_deviation'], r, max_force_deviation, state.step)
+            stop(r, STATUS_DEVIATION, message)
         return exceeded
+
+    def conclude(events: _StepEvents, at_record: bool, happened: bool | None = None) -> None:
+        """Host side of a step: stop its replicas with their messages and record its frame if due.
+
+        The frame is due on record steps and when a replica exceeded the deviation limit. ``happened``: whether any
+        replica stopped at the step (None: read it now, one host sync).
+        """
+        if happened is None:
+            (happened,) = _read_flags(events.any)
+        flagged = False
+        if happened:
+            for r in torch.nonzero(events.blown).flatten().tolist():
+                stop(r, STATUS_BLOWN_UP, _blown_message(events, r, max_step_displacement))
+            for r in torch.nonzero(events.exceeded).flatten().tolist():
+                stop(r, STATUS_DEVIATION, _deviation_message(events.deviation, r, max_force_deviation, events.step))
+                flagged = True
+        if at_record:
+            check_distances()
+        if at_record or flagged:
+            record(events.frame, events.exceeded)
 
     beta_r = 1.0 / (KB * temperature_r)
     local = torch.arange(batch.positions.shape[0], device=device) - offsets[batch.batch]
@@ -319,87 +378,192 @@ def simulate(
         state.forces = forces_fn(batch.positions)
         state.energy, state.bias_energy = last['energy'], last['bias_energy']
 
-    if fresh:
-        check_distances()
-        record(state.velocities, check_deviation())
-
-    start = _time.perf_counter()
-    for _ in range(steps):
-        if not bool(state.active.any()):
-            break
-        old_pos, old_vel, old_energy = batch.positions, state.velocities, state.energy
+    def integrate(positions: Tensor, velocities: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step of every active replica: positions Å, velocities Å/fs, forces eV/Å, kinetic velocities Å/fs."""
         moving = state.active[batch.batch].unsqueeze(-1)
         if ensemble == 'nve':
             pos, vel, forces = velocity_verlet_step(
-                old_pos, old_vel, state.forces, state.masses, timestep, forces_fn, moving
+                positions, velocities, state.forces, state.masses, timestep, forces_fn, moving
             )
-            v_kin = vel
-        else:
-            pos, vel, forces, v_kin = baoab_step(
-                old_pos,
-                old_vel,
-                state.forces,
-                state.masses,
-                timestep,
-                forces_fn,
-                moving,
-                t_atoms,
-                gamma_atoms,
-                state.generator,
-            )
+            return pos, vel, forces, vel
+        return baoab_step(
+            positions,
+            velocities,
+            state.forces,
+            state.masses,
+            timestep,
+            forces_fn,
+            moving,
+            t_atoms,
+            gamma_atoms,
+            state.generator,
+        )
+
+    limits = (max_energy_jump, max_force_deviation)
+    if fresh:
+        check_distances()
+        record(frame(state.velocities), check_deviation())
+
+    start = _time.perf_counter()
+    for i in range(steps):
+        if n_running == 0:
+            break
+        rng = state.generator.get_state() if ensemble == 'langevin' else None
+        old_pos, old_vel, old_energy = batch.positions, state.velocities, state.energy
+        pos, vel, forces, v_kin = integrate(old_pos, old_vel)
+        if last.pop('aborted', False):  # every replica stopped at the step before: undo this step's start
+            batch.positions = old_pos
+            if rng is not None:
+                state.generator.set_state(rng)
+            break
         state.step += 1
-        energy = last['energy']
-        finite = torch.isfinite(energy) & torch.isfinite(last['bias_energy'])
-        atom_ok = torch.isfinite(forces).all(-1) & torch.isfinite(pos).all(-1)
-        finite &= torch.zeros_like(finite).index_add_(0, batch.batch, ~atom_ok) == 0
-        jump = (energy - old_energy).abs() / counts > max_energy_jump
-        blown = state.active & (~finite | jump | last['runaway'])
-        exceeded = state.active & ~blown
-        if max_force_deviation is not None:
-            exceeded &= last['max_force_deviation'] > max_force_deviation
-        else:
-            exceeded &= False
-        event = bool((blown | exceeded).any())
-        if event and bool(blown.any()):
-            back = blown[batch.batch].unsqueeze(-1)
-            pos = torch.where(back, old_pos, pos)
-            vel = torch.where(back, old_vel, vel)
-            energy = torch.where(blown, old_energy, energy)
-            for r in torch.nonzero(blown).flatten().tolist():
-                if bool(last['runaway'][r]):
-                    why = f'an atom moved more than {max_step_displacement} Å in one step'
-                elif not bool(finite[r]):
-                    why = 'non-finite energy or forces'
-                else:
-                    why = 'potential energy jump'
-                state.stop(
-                    r,
-                    STATUS_BLOWN_UP,
-                    f'{why} at step {state.step}: dE = {float(last["energy"][r] - old_energy[r]):.4g} eV; '
-                    'kept the state of the step before',
-                )
-        batch.positions, state.velocities, state.forces = pos, vel, forces
-        state.energy, state.bias_energy = energy, last['bias_energy']
+        events = _detect_events(state, last, old_energy, pos, forces, counts, limits)
+        back = events.blown[batch.batch].unsqueeze(-1)  # blown up: put back to the step before
+        batch.positions = torch.where(back, old_pos, pos)
+        state.velocities = torch.where(back, old_vel, vel)
+        state.forces = forces
+        state.energy = torch.where(events.blown, old_energy, last['energy'])
+        state.bias_energy = last['bias_energy']
+        state.active = state.active & ~(events.blown | events.exceeded)
         for b, values in zip(biases, last['cv_columns'], strict=True):
             if hasattr(b, 'update'):
                 b.update(state.step, values, state.active)
-        recorded = False
-        if event and bool(exceeded.any()):
-            exceeded = check_deviation()
-            if state.step % stride:
-                record(v_kin, exceeded)
-                recorded = True
-        if not recorded and state.step % stride == 0:
-            check_distances()
-            record(v_kin, exceeded if event else no_flags)
-        if exchange is not None and state.step % exchange.every == 0:
+        events.frame = frame(v_kin)
+        at_record = state.step % stride == 0
+        at_exchange = exchange is not None and state.step % exchange.every == 0
+        if at_record or at_exchange or i == steps - 1:
+            conclude(events, at_record)
+        else:
+            pending = events  # read with the next step's Verlet check
+        if at_exchange:
             swap()
+    if pending is not None:  # not reached: the last step concludes at once
+        conclude(pending, at_record=False)
     wall = _time.perf_counter() - start
     state.bias_states = [b.state_dict() if hasattr(b, 'state_dict') else {} for b in biases]
     state.exchange_state = exchange.state_dict() if exchange is not None else {}
     return recorder.result(
         state, names, n_neighbor_builds=vlist.n_builds, wall_time=wall, exchange=_exchange_summary(exchange)
     )
+
+
+@dataclass
+class _StepEvents:
+    """The replicas that stopped at one step, held on the device until the host reads :attr:`any`.
+
+    Attributes
+    ----------
+    step
+        The step.
+    any
+        0-d bool: did any replica stop.
+    blown, exceeded
+        (B,) bool: blown up (put back to the step before) and over the force-deviation limit (kept, flagged).
+    runaway, finite
+        (B,) bool: an atom moved too far in the step; energies, forces and positions are finite.
+    energy_change
+        (B,) eV, potential energy of the step minus the one before (before any roll-back).
+    deviation
+        (B,) eV/Å, committee force deviation of the step.
+    frame
+        What the step's frame records (filled in by the loop).
+    """
+
+    step: int
+    any: Tensor
+    blown: Tensor
+    exceeded: Tensor
+    runaway: Tensor
+    finite: Tensor
+    energy_change: Tensor
+    deviation: Tensor
+    frame: dict = field(default_factory=dict)
+
+
+def _detect_events(
+    state: MDState, last: dict, old_energy: Tensor, positions: Tensor, forces: Tensor, counts: Tensor, limits: tuple
+) -> _StepEvents:
+    """Which active replicas blew up or exceeded the deviation limit at this step, on the device (no host read).
+
+    Parameters
+    ----------
+    state
+        After the step (``state.step`` counted; ``state.active`` before its stops).
+    last
+        The step's ``energy`` (B,) eV, ``bias_energy`` (B,) eV, ``runaway`` (B,) and ``max_force_deviation`` (B,) eV/Å.
+    old_energy
+        (B,) eV, potential energy of the step before.
+    positions, forces
+        (N, 3) Å and eV/Å of the step.
+    counts
+        (B,) atoms per replica.
+    limits
+        (``max_energy_jump`` eV/atom, ``max_force_deviation`` eV/Å or None).
+    """
+    max_energy_jump, max_force_deviation = limits
+    energy, batch_index = last['energy'], state.batch.batch
+    finite = torch.isfinite(energy) & torch.isfinite(last['bias_energy'])
+    atom_ok = torch.isfinite(forces).all(-1) & torch.isfinite(positions).all(-1)
+    finite &= torch.zeros_like(finite).index_add_(0, batch_index, ~atom_ok) == 0
+    change = energy - old_energy
+    jump = change.abs() / counts > max_energy_jump
+    blown = state.active & (~finite | jump | last['runaway'])
+    exceeded = state.active & ~blown
+    if max_force_deviation is not None:
+        exceeded &= last['max_force_deviation'] > max_force_deviation
+    else:
+        exceeded &= False
+    return _StepEvents(
+        step=state.step,
+        any=(blown | exceeded).any(),
+        blown=blown,
+        exceeded=exceeded,
+        runaway=last['runaway'],
+        finite=finite,
+        energy_change=change,
+        deviation=last['max_force_deviation'],
+    )
+
+
+def _read_flags(*flags: Tensor) -> list[bool]:
+    """Read 0-d bool device tensors on the host with one synchronisation (packed into the bits of one integer)."""
+    if not flags:
+        return []
+    bits = torch.stack([f.reshape(()) for f in flags]).to(torch.int64)
+    packed = int((bits << torch.arange(len(flags), device=bits.device)).sum().item())
+    return [bool(packed >> k & 1) for k in range(len(flags))]
+
+
+def _read_step_flags(moved: Tensor | None, events: _StepEvents | None) -> tuple[bool, bool]:
+    """The one host read of a step: (rebuild the Verlet list, did a replica stop at the step before).
+
+    ``moved`` is :meth:`~.neighbors.VerletList.moved_too_far` (None: rebuild anyway); ``events`` the unread events of
+    the step before, if any.
+    """
+    flags = [f for f in (moved, None if events is None else events.any) if f is not None]
+    values = _read_flags(*flags)
+    rebuild = True if moved is None else values.pop(0)
+    happened = False if events is None else values.pop(0)
+    return rebuild, happened
+
+
+def _blown_message(events: _StepEvents, replica: int, max_step_displacement: float) -> str:
+    """Why a replica blew up at ``events.step`` (a few host reads; only on such a step)."""
+    if bool(events.runaway[replica]):
+        why = f'an atom moved more than {max_step_displacement} Å in one step'
+    elif not bool(events.finite[replica]):
+        why = 'non-finite energy or forces'
+    else:
+        why = 'potential energy jump'
+    return (
+        f'{why} at step {events.step}: dE = {float(events.energy_change[replica]):.4g} eV; '
+        'kept the state of the step before'
+    )
+
+
+def _deviation_message(deviation: Tensor, replica: int, limit: float, step: int) -> str:
+    """A replica's force deviation (B,) eV/Å over the limit at ``step``."""
+    return f'max force deviation {float(deviation[replica]):.4g} eV/Å > {limit} eV/Å at step {step}'
 
 
 def _bias_terms(biases, positions: Tensor, cell, pbc, offsets: Tensor, atom_index: dict) -> tuple:
