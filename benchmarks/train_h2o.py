@@ -26,6 +26,20 @@ from aiida_mlff.core.training import evaluate_metrics, split_indices, train
 from aiida_mlff.core.vibrations import frequencies
 
 DATA = Path(__file__).resolve().parents[1] / 'tests' / 'data'
+#: training options of this benchmark (also used by water_model.py); patience: early stopping, the best weights on
+#: the validation split are kept
+RECIPE = dict(
+    epochs=100000,
+    batch_size=16,
+    learning_rate=1e-2,
+    energy_weight=100.0,
+    forces_weight=1.0,
+    validation_fraction=0.1,
+    patience=300,
+    lr_patience=30,
+    min_learning_rate=1e-5,
+    polish_steps=1000,
+)
 
 
 def main() -> None:
@@ -65,22 +79,7 @@ def main() -> None:
 def _train(args, train_frames):
     pot = Potential.build(['H', 'O'], committee=args.committee, seed=args.seed, hidden=tuple(args.hidden))
     start = time.perf_counter()
-    report = train(
-        pot,
-        train_frames,
-        epochs=100000,
-        batch_size=16,
-        learning_rate=1e-2,
-        energy_weight=100.0,
-        forces_weight=1.0,
-        validation_fraction=0.1,
-        patience=300,  # early stopping; best weights on the validation split are kept
-        lr_patience=30,
-        min_learning_rate=1e-5,
-        polish_steps=1000,
-        time_budget=args.max_time,
-        seed=args.seed,
-    )
+    report = train(pot, train_frames, **RECIPE, time_budget=args.max_time, seed=args.seed)
     elapsed = time.perf_counter() - start
     pot.metadata['training_time_s'] = elapsed
     return pot, report, elapsed
