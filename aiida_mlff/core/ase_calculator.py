@@ -6,6 +6,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from .atoms import AtomsBatch
+from .contract import PotentialLike
 
 __all__ = ['MLFFCalculator']
 
@@ -27,7 +28,7 @@ class MLFFCalculator(Calculator):
         'max_force_deviation',
     )
 
-    def __init__(self, potential, **kwargs) -> None:
+    def __init__(self, potential: PotentialLike, **kwargs) -> None:
         super().__init__(**kwargs)
         self.potential = potential
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, register_architecture
+from .architectures import build as build_architecture
 from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors, positive_shift
 from .descriptors import Descriptor, DescriptorSpec
 
@@ -30,19 +32,6 @@ __all__ = ['ARCHITECTURES', 'Potential', 'atom_force_deviation', 'register_archi
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {'tanh': torch.tanh, 'silu': nn.functional.silu}
 KERNEL_ACTIVATIONS = {'tanh': 0, 'silu': 1}  # their codes in kernels/bp_pairs.cpp
 KERNEL_MAX_ELEMENTS = 64  # MAX_ELEMENTS of kernels/bp_pairs.cpp
-
-#: builder registry: architecture name -> function(elements, cutoff, committee, seed, **hyperparameters)
-ARCHITECTURES: dict[str, Callable[..., Potential]] = {}
-
-
-def register_architecture(name: str) -> Callable:
-    """Decorator registering a builder function under ``name``."""
-
-    def wrap(func: Callable) -> Callable:
-        ARCHITECTURES[name] = func
-        return func
-
-    return wrap
 
 
 def _half_of(neighbors: Neighbors) -> Neighbors | None:
@@ -89,7 +78,7 @@ class Potential(nn.Module):
         Seed of the weight initialisation (member m uses its own stream).
     """
 
-    architecture = 'bp-chiral'
+    architecture = DEFAULT_ARCHITECTURE
 
     def __init__(
         self,
@@ -147,9 +136,9 @@ class Potential(nn.Module):
             ``dtype`` (``torch.float32`` default, or ``'float64'``) and ``device``.
         """
         name = hyperparameters.pop('architecture', cls.architecture)
-        if name not in ARCHITECTURES:
-            raise ValueError(f'unknown architecture {name!r}; registered: {sorted(ARCHITECTURES)}')
-        return ARCHITECTURES[name](elements=elements, cutoff=cutoff, committee=committee, seed=seed, **hyperparameters)
+        return build_architecture(
+            name, elements=elements, cutoff=cutoff, committee=committee, seed=seed, **hyperparameters
+        )
 
     def hyperparameters(self) -> dict:
         """Everything :meth:`build` needs to recreate this architecture (plain data)."""
@@ -625,7 +614,6 @@ class Potential(nn.Module):
         return stacked[0] if single else stacked
 
 
-@register_architecture('bp-chiral')
 def build_bp_chiral(
     elements: Sequence[str],
     cutoff: float = 5.0,
@@ -655,7 +643,3 @@ def build_bp_chiral(
         dtype = getattr(torch, dtype.replace('torch.', ''))
     pot = Potential(spec, committee=committee, hidden=hidden, activation=activation, seed=seed)
     return pot.to(device=device, dtype=dtype)
-
-
-# Analytic reference architectures register themselves on import (kept last: they use ``register_architecture``).
-from . import reference_models  # noqa: E402, F401

@@ -226,12 +226,15 @@ def _model_problem(model: Any) -> str | None:
     """Model hyperparameters are checked against the builder of their architecture (its signature holds them)."""
     import inspect
 
-    from .models import ARCHITECTURES, Potential
+    from .architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, ArchitectureError
 
-    name = model.get('architecture', Potential.architecture)
+    name = model.get('architecture', DEFAULT_ARCHITECTURE)
     if name not in ARCHITECTURES:
         return f'architecture {name!r} is not registered{suggest(name, ARCHITECTURES)} (known: {sorted(ARCHITECTURES)})'
-    parameters = inspect.signature(ARCHITECTURES[name]).parameters
+    try:
+        parameters = inspect.signature(ARCHITECTURES[name]).parameters
+    except ArchitectureError as error:
+        return str(error)
     allowed = set(parameters) - {'elements', 'seed', 'dtype', 'device'}
     unknown = sorted(set(model) - allowed - {'architecture'})
     if unknown:
@@ -269,6 +272,17 @@ SEED = Option(0, kind='integer', low=0, help='random seed')
 MAX_TIMESTEP_FS = 5.0  # beyond this no atomistic MD with hydrogens is stable
 
 # ----------------------------------------------------------------------------------------------------- tasks
+#: options of the tight-binding baseline (``{'method': ..., 'options': {...}}`` in the hyperparameters)
+BASELINE = Schema(
+    {
+        'electronic_temperature': Option(300.0, 'K', low=0, low_open=True, help='Fermi smearing temperature'),
+        'accuracy': Option(1.0, low=0, low_open=True, help='tblite numerical accuracy (smaller is tighter)'),
+        'charge': Option(0, 'e', kind='integer', help='total charge of every structure'),
+        'spin': Option(0, kind='integer', low=0, help='number of unpaired electrons (2S) of every structure'),
+        'max_iterations': Option(250, kind='integer', low=1, help='SCC iterations before a structure fails'),
+    },
+    help='GFN-xTB baseline of a delta-learned potential (tblite)',
+)
 TRAIN = Schema(
     {
         'model': Option({}, kind='mapping', check=_model_problem, help='architecture and its hyperparameters'),
@@ -278,6 +292,12 @@ TRAIN = Schema(
         'weight_decay': Option(1e-6, low=0),
         'energy_weight': Option(10.0, '1/(eV/atom)^2', low=0, help='weight of the per-atom energy error'),
         'forces_weight': Option(1.0, '1/(eV/Å)^2', low=0, help='weight of the force error'),
+        'stress_weight': Option(
+            1.0,
+            '1/(eV/atom)^2',
+            low=0,
+            help='weight of the virial-per-atom error (V * stress / n_atoms [eV/atom]) of frames with stress; 0: off',
+        ),
         'validation_fraction': Option(0.1, low=0, high=1, high_open=True),
         'patience': Option(60, kind='integer', low=1, help='epochs without improvement before stopping'),
         'lr_patience': Option(20, kind='integer', low=1, help='epochs without improvement before halving the rate'),
@@ -332,11 +352,24 @@ def _exchange_problem(value: Any, job: bool = False) -> str | None:
 
 MD = Schema(
     {
-        'ensemble': Option('langevin', kind='choice', choices=('nve', 'langevin')),
+        'ensemble': Option(
+            'langevin', kind='choice', choices=('nve', 'langevin', 'npt'), help='npt: Langevin + cell rescaling'
+        ),
         'timestep': Option(0.5, 'fs', low=0, low_open=True, high=MAX_TIMESTEP_FS),
         'steps': Option(1000, kind='integer', low=0),
         'temperature': Option(300.0, 'K', kind='any', check=_temperatures_problem, help='one value or one per replica'),
         'friction': Option(0.01, '1/fs', low=0, low_open=True),
+        'pressure': Option(1.0, 'bar', help='npt: target pressure of the stochastic cell-rescaling barostat'),
+        'compressibility': Option(
+            4.5e-5, '1/bar', low=0, low_open=True, help='npt: compressibility guess, sets the volume relaxation rate'
+        ),
+        'tau_p': Option(1000.0, 'fs', low=0, low_open=True, help='npt: barostat relaxation time'),
+        'barostat_mode': Option(
+            'isotropic',
+            kind='choice',
+            choices=('isotropic', 'anisotropic'),
+            help='npt: scale the volume only, or each Cartesian axis on its own (diagonal; no shear)',
+        ),
         'stride': Option(10, 'steps', kind='integer', low=1),
         'seed': SEED,
         'device': DEVICE,
@@ -616,6 +649,32 @@ CONVERGENCE = Schema(
     }
 )
 
+
+def _magnetization_problem(value: Mapping) -> str | None:
+    """Problems of ``starting_magnetization``: chemical symbols mapped to numbers in [-1, 1]."""
+    from ase.data import chemical_symbols
+
+    for element, polarisation in value.items():
+        if element not in chemical_symbols[1:]:
+            return f'{element!r} is not a chemical element{suggest(element, chemical_symbols[1:])}'
+        if isinstance(polarisation, bool) or not isinstance(polarisation, int | float) or not -1 <= polarisation <= 1:
+            return f'{element}: must be a number in [-1, 1] (the starting spin polarisation), got {polarisation!r}'
+    return None
+
+
+def _spin_checks(values: dict) -> list[tuple[str, str]]:
+    """Spin options that contradict each other (pw.x would stop, or silently run unpolarised)."""
+    if values['nspin'] == 1:
+        return [
+            (key, f'needs nspin = 2 (spin-polarised), but nspin = 1; got {values[key]!r}')
+            for key in ('starting_magnetization', 'tot_magnetization')
+            if values[key] not in (None, {})
+        ]
+    if not values['starting_magnetization'] and values['tot_magnetization'] is None:
+        return [('nspin', 'nspin = 2 needs starting_magnetization (per element) or tot_magnetization')]
+    return []
+
+
 LABEL = Schema(
     {
         'max_concurrent': Option(4, kind='integer', low=1, help='pw.x jobs running at once'),
@@ -623,5 +682,29 @@ LABEL = Schema(
         'min_distance': Option(0.5, 'Å', low=0, help='closer atoms stop the step before any DFT'),
         'pseudo_family': Option('mlff/espresso-deb/PBE', kind='any', help='label of an aiida-pseudo family'),
         'conv_thr_per_atom': Option(1e-9, 'Ry/atom', low=0, low_open=True, help='SCF threshold per atom'),
-    }
+        'tot_charge': Option(0.0, 'e', help='total charge of every structure (pw.x tot_charge): +1, one electron less'),
+        'nspin': Option(1, kind='integer', low=1, high=2, help='1: spin-unpolarised, 2: spin-polarised (pw.x nspin)'),
+        'starting_magnetization': Option(
+            {},
+            kind='mapping',
+            check=_magnetization_problem,
+            help='element -> starting spin polarisation in [-1, 1] (pw.x starting_magnetization; nspin 2)',
+        ),
+        'tot_magnetization': Option(
+            None,
+            'Bohr magneton',
+            low=0,
+            nullable=True,
+            help='fixed n_up - n_down (pw.x tot_magnetization; nspin 2; needed with fixed occupations)',
+        ),
+        'molecule_vacuum': Option(
+            5.0,
+            'Å',
+            low=0,
+            low_open=True,
+            help='periodic structures with this much vacuum in every periodic direction are molecules in a box: '
+            'Gamma point and no stress',
+        ),
+    },
+    checks=[_spin_checks],
 )

@@ -83,7 +83,8 @@ def load_potential(path: str | Path, device: str | torch.device = 'cpu'):
         The file is not a readable archive, not a potential, from a newer format version, its weights do not match
         the checksum (corrupt), or its weights do not fit the architecture it declares.
     """
-    from .models import ARCHITECTURES, Potential
+    from .architectures import ARCHITECTURES
+    from .architectures import build as build_architecture
 
     path = Path(path)
     if not path.exists():
@@ -123,7 +124,7 @@ def load_potential(path: str | Path, device: str | torch.device = 'cpu'):
     metadata = dict(payload.get('metadata', {}))
     dtype = getattr(torch, metadata.get('dtype', 'float32'))
     try:
-        pot = Potential.build(**hyper, dtype=dtype, device=device)
+        pot = build_architecture(hyper.pop('architecture'), **hyper, dtype=dtype, device=device)
     except (TypeError, ValueError, KeyError) as error:
         raise PotentialFileError(f'{path} declares hyperparameters this version cannot build: {error}') from error
     try:

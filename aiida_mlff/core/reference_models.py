@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from .atoms import AtomsBatch
 from .colvars import dihedral
-from .models import register_architecture
 
 __all__ = ['SurfaceModel', 'TorsionModel', 'torsion_energy']
 
@@ -142,7 +141,6 @@ class TorsionModel(nn.Module):
         return out
 
 
-@register_architecture('torsion-analytic')
 def build_torsion(elements, cutoff=2.0, committee=1, seed=0, **options) -> TorsionModel:
     """Builder of the analytic torsion model (see :class:`TorsionModel`)."""
     return TorsionModel(elements, cutoff=cutoff, committee=committee, seed=seed, **options)
@@ -204,7 +202,6 @@ class SurfaceModel(nn.Module):
         return out
 
 
-@register_architecture('surface-analytic')
 def build_surface(elements, cutoff=1.0, committee=1, seed=0, **options) -> SurfaceModel:
     """Builder of the analytic surface model (see :class:`SurfaceModel`)."""
     return SurfaceModel(elements, cutoff=cutoff, committee=committee, seed=seed, **options)

@@ -7,6 +7,7 @@ import torch
 from ase import Atoms, units
 
 from .atoms import AtomsBatch, neighbor_list
+from .contract import PotentialLike
 
 __all__ = ['frequencies', 'frequencies_from_hessian', 'hessian']
 
@@ -14,7 +15,7 @@ __all__ = ['frequencies', 'frequencies_from_hessian', 'hessian']
 _HBAR_OMEGA = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
 
 
-def hessian(pot, atoms: Atoms) -> np.ndarray:
+def hessian(pot: PotentialLike, atoms: Atoms) -> np.ndarray:
     """(3N, 3N) Hessian d^2E/dR^2 [eV/Å^2] of the committee-mean energy, by double autograd in float64."""
     batch = AtomsBatch.from_atoms(atoms, dtype=torch.float64, device=pot.device)
     original = pot.dtype
@@ -81,7 +82,7 @@ def frequencies_from_hessian(hess: np.ndarray, atoms: Atoms, project: bool = Tru
     return np.sign(eig) * _HBAR_OMEGA * np.sqrt(np.abs(eig)) / units.invcm
 
 
-def frequencies(pot, atoms: Atoms, project: bool = True) -> np.ndarray:
+def frequencies(pot: PotentialLike, atoms: Atoms, project: bool = True) -> np.ndarray:
     """Harmonic frequencies [cm^-1] of ``atoms`` from the potential's autograd Hessian (no relaxation is done).
 
     For molecules (no periodic direction) the 3N-6 (3N-5 if linear) non-trivial frequencies are returned, with

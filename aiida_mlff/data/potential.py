@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiida.orm import SinglefileData
+
+if TYPE_CHECKING:
+    from aiida_mlff.core.contract import StoredPotential
 
 __all__ = ['PotentialData']
 
@@ -65,8 +69,8 @@ class PotentialData(SinglefileData):
         """Largest cutoff, Å."""
         return self.base.attributes.get('cutoff')
 
-    def load_potential(self, device: str = 'cpu'):
-        """Return the :class:`aiida_mlff.core.models.Potential` stored in this node."""
+    def load_potential(self, device: str = 'cpu') -> StoredPotential:
+        """Return the potential stored in this node (any registered architecture; see ``core/contract.py``)."""
         from aiida_mlff.core.potential_io import load_potential
 
         with tempfile.TemporaryDirectory() as tmp:
