@@ -1,19 +1,25 @@
 """Force-matching training of a ``Potential`` (all committee members at once).
 
-Loss per mini-batch::
+Loss per mini-batch of B structures::
 
     w_E * mean_s ((E_pred_s - E_ref_s) / n_atoms_s)^2  +  w_F * mean_atoms |F_pred - F_ref|^2
+      +  w_S * (1/B) sum_{s with stress} (1/9) sum_ab (V_s (sigma_pred_s - sigma_ref_s)_ab / n_atoms_s)^2
 
-in eV^2/atom^2 and eV^2/Å^2, summed over committee members (members have independent weights). The per-element
-reference energies start from a least-squares fit of the energies on composition; feature normalisation and the
-energy scale come from training-set statistics. AdamW, ReduceLROnPlateau on the validation loss, early stopping
-with best-weights restore, seeded shuffling, and a checkpoint that an interrupted run resumes from to the same
-result.
+in eV^2/atom^2, eV^2/Å^2 and eV^2/atom^2 (the last is the error of the virial per atom, V sigma / n_atoms [eV/atom],
+comparable with the per-atom energy error), summed over committee members (members have independent weights).
+Structures without a stress label (molecules, NaN stress) add nothing to the stress term; with ``stress_weight`` 0
+or no stress in the data the stress is not even computed, and training is that of energies and forces alone.
+
+The per-element reference energies start from a least-squares fit of the energies on composition; feature
+normalisation and the energy scale come from training-set statistics. AdamW, ReduceLROnPlateau on the validation
+loss, early stopping with best-weights restore, seeded shuffling, and a checkpoint that an interrupted run resumes
+from to the same result.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -23,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
+from ase.units import GPa
 from torch import Tensor
 
 from .atoms import AtomsBatch, Neighbors, neighbor_list
@@ -38,6 +46,8 @@ CALL_DEFAULTS: dict = {
 }
 #: options of the training task that belong to the job (model, device, dtype), not to :func:`train`
 JOB_ONLY = ('model', 'device', 'dtype')
+#: (rows, columns) of the Voigt components xx, yy, zz, yz, xz, xy (ASE's order) of a 3 x 3 tensor
+VOIGT = ((0, 1, 2, 1, 0, 0), (0, 1, 2, 2, 2, 1))
 
 
 @dataclass
@@ -51,6 +61,7 @@ class _Frame:
     forces: Tensor
     features: Tensor | None = None  # (n, F) raw descriptor
     jacobian: Tensor | None = None  # (P, F, 3) d features[i_p] / d vector_p
+    stress: Tensor | None = None  # (3, 3) eV/Å^3 reference stress (ASE sign), None when the frame has none
 
 
 #: largest total size (floats) of precomputed descriptor Jacobians; beyond it training differentiates the descriptor
@@ -87,6 +98,22 @@ def _precompute(pot, items: Sequence[_Frame], chunk: int = 64) -> None:
             a0, p0 = a0 + n, p0 + p
 
 
+def _reference_stress(atoms: Atoms) -> np.ndarray | None:
+    """(3, 3) stress label [eV/Å^3] of a frame, or None: no calculator stress, a NaN stress or a non-periodic cell.
+
+    Accepts ASE's Voigt order (xx, yy, zz, yz, xz, xy) or a full 3 x 3 tensor in ``atoms.calc.results['stress']``.
+    """
+    results = getattr(atoms.calc, 'results', None) or {}
+    stress = results.get('stress')
+    if stress is None:
+        return None
+    stress = np.asarray(stress, dtype=float)
+    stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
+    if not np.isfinite(stress).all() or not all(atoms.pbc) or abs(atoms.cell.volume) <= 0:
+        return None
+    return stress
+
+
 def _prepare(frames: Sequence[Atoms], cutoff: float, dtype: torch.dtype, device: torch.device) -> list[_Frame]:
     items = []
     for index, atoms in enumerate(frames):
@@ -96,6 +123,7 @@ def _prepare(frames: Sequence[Atoms], cutoff: float, dtype: torch.dtype, device:
         except Exception as error:
             raise ValueError(f'frame {index} carries no energy and forces: {error}') from error
         batch = AtomsBatch.from_atoms(atoms, dtype=dtype, device=device)
+        stress = _reference_stress(atoms)
         items.append(
             _Frame(
                 positions=batch.positions,
@@ -105,6 +133,7 @@ def _prepare(frames: Sequence[Atoms], cutoff: float, dtype: torch.dtype, device:
                 nbrs=neighbor_list(batch, cutoff),
                 energy=energy,
                 forces=torch.as_tensor(forces, dtype=dtype, device=device),
+                stress=None if stress is None else torch.as_tensor(stress, dtype=dtype, device=device),
             )
         )
     return items
@@ -140,9 +169,38 @@ def split_indices(n_frames: int, validation_fraction: float, seed: int) -> tuple
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def _composition_fit(elements: Sequence[str], items: Sequence[_Frame]) -> tuple[np.ndarray, float]:
+    """Per-element reference energies [eV] by least squares on composition, and an energy scale [eV].
+
+    The scale is the larger of the spread of the per-atom residual energies and half the force RMS x 1 Å.
+    """
+    from ase.data import atomic_numbers
+
+    index = {atomic_numbers[s]: e for e, s in enumerate(elements)}
+    composition = np.zeros((len(items), len(elements)))
+    for row, item in enumerate(items):
+        for number in item.numbers.tolist():
+            composition[row, index[number]] += 1
+    energies = np.array([f.energy for f in items])
+    offsets, *_ = np.linalg.lstsq(composition, energies, rcond=None)
+    residual = (energies - composition @ offsets) / composition.sum(1)
+    force_rms = float(torch.cat([f.forces for f in items]).double().pow(2).mean().sqrt())
+    return offsets, max(float(residual.std()), 0.5 * force_rms, 1e-2)
+
+
 @torch.no_grad()
 def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
-    """Least-squares reference energies on composition, per-element feature normalisation and energy scale."""
+    """Least-squares reference energies on composition, per-element feature normalisation and energy scale.
+
+    Architectures without our descriptor (e.g. MACE) get the reference energies and, through their
+    ``set_energy_scale(scale)`` when they have one, the energy scale [eV].
+    """
+    if not hasattr(pot, 'descriptor'):
+        offsets, scale = _composition_fit(pot.elements, items)
+        pot.reference_energies.copy_(torch.as_tensor(offsets, dtype=pot.dtype).expand_as(pot.reference_energies))
+        if hasattr(pot, 'set_energy_scale'):
+            pot.set_energy_scale(scale)
+        return
     n_el = len(pot.elements)
     composition = np.zeros((len(items), n_el))
     energies = np.array([f.energy for f in items])
@@ -178,24 +236,90 @@ def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
     pot.reference_energies.copy_(torch.as_tensor(offsets, dtype=pot.dtype).expand_as(pot.reference_energies))
 
 
-def _precomputed_energies_forces(pot, chunk: Sequence[_Frame], batch: AtomsBatch, nbrs: Neighbors):
-    """(M, B) energies and (M, N, 3) forces from stored features and Jacobians (differentiable in weights)."""
+def _pair_virial(vectors: Tensor, pair: Tensor, system: Tensor, n_systems: int) -> Tensor:
+    """(B, 3, 3) symmetrised virial ``sum_p vector_p (x) dE/dvector_p`` [eV] of pairs (P, 3) [Å] and (P, 3) [eV/Å]."""
+    virial = pair.new_zeros(n_systems, 3, 3).index_add(0, system, vectors.unsqueeze(2) * pair.unsqueeze(1))
+    return 0.5 * (virial + virial.transpose(1, 2))
+
+
+def _precomputed_energies_forces(
+    pot, chunk: Sequence[_Frame], batch: AtomsBatch, nbrs: Neighbors, virial: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(M, B) energies, (M, N, 3) forces and, with ``virial``, (M, B, 3, 3) virials [eV] (else None).
+
+    From stored features and Jacobians; everything is differentiable in the weights. The virial is
+    ``dE/d(strain)``, symmetrised: the model stress times the cell volume.
+    """
+    from .atoms import pair_vectors
+
+    vectors = pair_vectors(batch, nbrs).detach() if virial else None
     raw = torch.cat([f.features for f in chunk]).requires_grad_(True)
     jac = torch.cat([f.jacobian for f in chunk])
     species = pot.descriptor.element_index(batch.numbers)
     atomic = pot.atomic_energies(pot.normalise(pot.transform(raw, species), species), species)
     energies = atomic.new_zeros(atomic.shape[0], batch.n_systems).index_add(1, batch.batch, atomic)
     totals = energies.sum(1)
-    forces = []
+    forces, virials = [], []
     for m in range(energies.shape[0]):
         grad = torch.autograd.grad(totals[m], raw, create_graph=True)[0]  # (N, F)
         pair = torch.einsum('pf,pfc->pc', grad.index_select(0, nbrs.i), jac)  # dE/d vector_p
         f = pair.new_zeros(len(species), 3).index_add(0, nbrs.i, pair).index_add(0, nbrs.j, -pair)
         forces.append(f)
-    return energies, torch.stack(forces)
+        if virial:
+            virials.append(_pair_virial(vectors, pair, batch.batch.index_select(0, nbrs.i), batch.n_systems))
+    return energies, torch.stack(forces), torch.stack(virials) if virial else None
 
 
-def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state: dict, start_time: float):
+def _autograd_energies_forces(
+    pot, batch: AtomsBatch, nbrs: Neighbors, virial: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """As :func:`_precomputed_energies_forces`, through ``pot.evaluate(..., create_graph=True)``.
+
+    The virial is the derivative of every member's energy with respect to a homogeneous strain ``eps`` (B, 3, 3)
+    applied at zero to positions and cell (``r -> r (1 + eps)``), symmetrised.
+    """
+    strain = None
+    if virial:
+        strain = batch.positions.new_zeros(batch.n_systems, 3, 3, requires_grad=True)
+        deform = strain.index_select(0, batch.batch)
+        positions = batch.positions + torch.einsum('na,nab->nb', batch.positions, deform)
+        batch = dataclasses.replace(batch, positions=positions, cell=batch.cell + batch.cell @ strain)
+    out = pot.evaluate(batch, nbrs, forces=True, create_graph=True)
+    energies = out['energies']
+    forces = out['member_forces'] if 'member_forces' in out else out['forces'].unsqueeze(0)
+    if not virial:
+        return energies, forces, None
+    grads = [torch.autograd.grad(energies[m].sum(), strain, create_graph=True)[0] for m in range(energies.shape[0])]
+    virials = torch.stack(grads)
+    return energies, forces, 0.5 * (virials + virials.transpose(2, 3))
+
+
+def _volumes(batch: AtomsBatch) -> Tensor:
+    """(B,) cell volumes [Å^3], 1 where a system has no cell (its stress is never used)."""
+    volume = torch.linalg.det(batch.cell).abs()
+    return torch.where(volume > 0, volume, torch.ones_like(volume))
+
+
+def _predict(
+    pot, chunk: Sequence[_Frame], batch: AtomsBatch, nbrs: Neighbors, stress: bool = False
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(M, B) energies [eV], (M, N, 3) forces [eV/Å] and, with ``stress``, (M, B, 3, 3) stresses [eV/Å^3].
+
+    Every member's prediction, differentiable in the weights (the stress as ``pot.evaluate(..., stress=True)``
+    gives it, ASE's sign: ``(1/V) dE/d(strain)``); stored descriptor Jacobians are used when the frames have them.
+    """
+    if chunk[0].features is not None:
+        energies, forces, virials = _precomputed_energies_forces(pot, chunk, batch, nbrs, virial=stress)
+    else:
+        energies, forces, virials = _autograd_energies_forces(pot, batch, nbrs, virial=stress)
+    if virials is None:
+        return energies, forces, None
+    return energies, forces, virials / _volumes(batch).view(1, -1, 1, 1)
+
+
+def _polish(
+    pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state: dict, start_time: float, w_s: float = 0.0
+):
     """Full-batch L-BFGS from the best AdamW weights; keeps the weights with the lowest validation loss.
 
     Returns those weights and whether ``max_time`` (a walltime) cut the polishing short.
@@ -204,7 +328,7 @@ def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state
 
     def full_loss(items) -> Tensor:
         return sum(
-            _loss(pot, items[b : b + 256], w_e, w_f) * len(items[b : b + 256]) for b in range(0, len(items), 256)
+            _loss(pot, items[b : b + 256], w_e, w_f, w_s) * len(items[b : b + 256]) for b in range(0, len(items), 256)
         ) / len(items)
 
     def closure() -> Tensor:
@@ -242,18 +366,31 @@ def _polish(pot, train_items, monitor, w_e: float, w_f: float, opts: dict, state
     return best, interrupted
 
 
-def _loss(pot, chunk: Sequence[_Frame], w_e: float, w_f: float) -> Tensor:
+def _loss(pot, chunk: Sequence[_Frame], w_e: float, w_f: float, w_s: float = 0.0) -> Tensor:
+    """The loss of a mini-batch (see the module docstring), summed over committee members."""
     batch, nbrs, e_ref, f_ref = _collate(chunk)
-    if chunk[0].features is not None:
-        energies, forces = _precomputed_energies_forces(pot, chunk, batch, nbrs)
-    else:
-        out = pot.evaluate(batch, nbrs, forces=True, create_graph=True)
-        energies = out['energies']
-        forces = out['member_forces'] if 'member_forces' in out else out['forces'].unsqueeze(0)
+    labelled = [k for k, f in enumerate(chunk) if f.stress is not None] if w_s > 0 else []
+    energies, forces, stress = _predict(pot, chunk, batch, nbrs, stress=bool(labelled))
     n_atoms = batch.counts.to(batch.dtype)
     e_err = ((energies - e_ref) / n_atoms) ** 2  # (M, B)
     f_err = ((forces - f_ref) ** 2).sum(-1)  # (M, N)
-    return (w_e * e_err.mean(1) + w_f * f_err.mean(1)).sum()
+    loss = (w_e * e_err.mean(1) + w_f * f_err.mean(1)).sum()
+    if labelled:
+        loss = loss + w_s * _virial_error(stress, chunk, labelled, batch).sum()
+    return loss
+
+
+def _virial_error(stress: Tensor, chunk: Sequence[_Frame], labelled: list[int], batch: AtomsBatch) -> Tensor:
+    """(M,) squared error of the virial per atom [eV^2/atom^2] of the frames with a stress label.
+
+    Mean over the nine components, summed over the labelled frames and divided by all frames of the chunk (so that a
+    full-batch loss does not depend on the chunking).
+    """
+    index = torch.tensor(labelled, device=stress.device)
+    ref = torch.stack([chunk[k].stress for k in labelled])  # (S, 3, 3) eV/Å^3
+    per_atom = (_volumes(batch) / batch.counts.to(batch.dtype)).index_select(0, index)  # Å^3/atom
+    err = ((stress.index_select(1, index) - ref) * per_atom.view(1, -1, 1, 1)) ** 2  # (M, S, 3, 3)
+    return err.mean((2, 3)).sum(1) / len(chunk)
 
 
 def evaluate_metrics(pot, frames: Sequence[Atoms] | Sequence[_Frame], batch_size: int = 64) -> dict:
@@ -264,15 +401,23 @@ def evaluate_metrics(pot, frames: Sequence[Atoms] | Sequence[_Frame], batch_size
     dict
         ``energy_rmse_meV_per_atom``, ``energy_mae_meV_per_atom``, ``force_mae_meV_per_A``,
         ``force_rmse_meV_per_A`` (over force components), ``per_element`` force MAE/RMSE and ``n_structures``.
+        When some frames carry a stress label, also ``stress_mae_eV_per_A3``, ``stress_rmse_eV_per_A3``,
+        ``stress_mae_GPa``, ``stress_rmse_GPa`` (over the six Voigt components of those frames only) and
+        ``n_structures_with_stress``; without stress labels these keys are absent.
     """
     items = frames if frames and isinstance(frames[0], _Frame) else _prepare(frames, pot.cutoff, pot.dtype, pot.device)
-    e_err, f_err, numbers = [], [], []
+    e_err, f_err, s_err, numbers = [], [], [], []
     for start in range(0, len(items), batch_size):
-        batch, nbrs, e_ref, f_ref = _collate(items[start : start + batch_size])
-        out = pot.evaluate(batch, nbrs)
+        chunk = items[start : start + batch_size]
+        batch, nbrs, e_ref, f_ref = _collate(chunk)
+        labelled = [k for k, f in enumerate(chunk) if f.stress is not None]
+        out = pot.evaluate(batch, nbrs, stress=bool(labelled))
         e_err.append(((out['energy'] - e_ref) / batch.counts).double().cpu())
         f_err.append((out['forces'] - f_ref).double().cpu())
         numbers.append(batch.numbers.cpu())
+        if labelled:
+            ref = torch.stack([chunk[k].stress for k in labelled])
+            s_err.append((out['stress'][labelled] - ref)[:, VOIGT[0], VOIGT[1]].double().cpu())
     e_err, f_err, numbers = torch.cat(e_err), torch.cat(f_err), torch.cat(numbers)
     metrics = {
         'n_structures': len(items),
@@ -290,7 +435,21 @@ def evaluate_metrics(pot, frames: Sequence[Atoms] | Sequence[_Frame], batch_size
             'force_mae_meV_per_A': 1000 * float(sel.abs().mean()),
             'force_rmse_meV_per_A': 1000 * float(sel.pow(2).mean().sqrt()),
         }
+    if s_err:
+        metrics.update(_stress_metrics(torch.cat(s_err)))
     return metrics
+
+
+def _stress_metrics(errors: Tensor) -> dict:
+    """MAE and RMSE [eV/Å^3 and GPa] of (S, 6) Voigt stress errors [eV/Å^3], and S."""
+    mae, rmse = float(errors.abs().mean()), float(errors.pow(2).mean().sqrt())
+    return {
+        'n_structures_with_stress': int(errors.shape[0]),
+        'stress_mae_eV_per_A3': mae,
+        'stress_rmse_eV_per_A3': rmse,
+        'stress_mae_GPa': mae / GPa,
+        'stress_rmse_GPa': rmse / GPa,
+    }
 
 
 def train(pot, frames: Sequence[Atoms], **options) -> dict:
@@ -301,11 +460,13 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     pot
         A ``Potential`` (every committee member is trained, from its own initial weights).
     frames
-        ``ase.Atoms`` with energy [eV] and forces [eV/Å] (e.g. a ``SinglePointCalculator``).
+        ``ase.Atoms`` with energy [eV] and forces [eV/Å] (e.g. a ``SinglePointCalculator``), and optionally a
+        stress [eV/Å^3, ASE's sign and Voigt order] in the calculator results: periodic frames with a finite one
+        enter the stress term of the loss (``stress_weight``) and the stress metrics.
     **options
         The options of :data:`aiida_mlff.core.options.TRAIN` (defaults there) except ``model``, ``device`` and
         ``dtype``: ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``energy_weight``,
-        ``forces_weight``, ``validation_fraction``, ``patience``, ``lr_patience``, ``lr_factor``,
+        ``forces_weight``, ``stress_weight``, ``validation_fraction``, ``patience``, ``lr_patience``, ``lr_factor``,
         ``min_learning_rate``, ``max_time`` [s, a walltime: the run stops unfinished with a checkpoint],
         ``time_budget`` [s, the whole training; a finished run], ``seed``, ``checkpoint`` (path, resumed from if
         present), ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precision`` (``'float64'``: optimise in
@@ -375,7 +536,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         state = saved['state']
     else:
         initialise_statistics(pot, train_items)
-    if opts['precompute']:
+    if opts['precompute'] and hasattr(pot, 'descriptor'):  # stored descriptor Jacobians: our BP networks only
         _precompute(pot, train_items)
         _precompute(pot, val_items)
 
@@ -395,7 +556,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         tmp.replace(checkpoint)
 
     monitor = val_items or train_items
-    w_e, w_f = opts['energy_weight'], opts['forces_weight']
+    w_e, w_f, w_s = opts['energy_weight'], opts['forces_weight'], opts['stress_weight']
     finished, stopped_early, epochs_this_call = True, False, 0
     budget = opts['time_budget']
     adam_time = budget * (0.6 if opts['polish_steps'] else 1.0) if budget is not None else None
@@ -418,13 +579,13 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         for begin in range(0, len(order), opts['batch_size']):
             chunk = [train_items[k] for k in order[begin : begin + opts['batch_size']]]
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(pot, chunk, w_e, w_f)
+            loss = _loss(pot, chunk, w_e, w_f, w_s)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(chunk)
         pot.eval()
         val_loss = sum(
-            float(_loss(pot, monitor[b : b + 64], w_e, w_f).detach()) * len(monitor[b : b + 64])
+            float(_loss(pot, monitor[b : b + 64], w_e, w_f, w_s).detach()) * len(monitor[b : b + 64])
             for b in range(0, len(monitor), 64)
         ) / len(monitor)
         scheduler.step(val_loss)
@@ -457,7 +618,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
     if best_weights is not None:
         pot.load_state_dict(best_weights)
     if finished and opts['polish_steps'] and not state.get('polished'):
-        best_weights, interrupted = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time)
+        best_weights, interrupted = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time, w_s)
         if interrupted:  # a walltime during polishing: the resumed run polishes again from the best weights
             finished = False
         else:
