@@ -100,7 +100,8 @@ def test_md_writes_job_and_structures(mlff_environment, prepare, potential_node,
     [
         ({'timestep': -0.5}, 'parameters.timestep: must be a number > 0'),
         ({'temperature': -10.0}, 'parameters.temperature: must be a temperature in K (>= 0)'),
-        ({'ensemble': 'npt'}, "parameters.ensemble: must be one of ['nve', 'langevin']"),
+        ({'ensemble': 'nph'}, "parameters.ensemble: must be one of ['nve', 'langevin', 'npt']"),
+        ({'ensemble': 'npt', 'tau_p': 0.0}, 'parameters.tau_p: must be a number > 0'),
         ({'steps': 10.5}, 'parameters.steps: must be an integer'),
         (
             {'biases': [{'cv': {'type': 'dihedral', 'atoms': [0, 1]}, 'centers': [0.0], 'kappa': 1.0}]},

@@ -135,6 +135,7 @@ def baoab_step(
     temperature: Tensor,
     friction: Tensor,
     generator: torch.Generator,
+    rescale: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Langevin BAOAB step (Leimkuhler and Matthews, Appl. Math. Res. Express 2013, 34).
 
@@ -159,6 +160,9 @@ def baoab_step(
         (N,) 1/fs, per atom.
     generator
         Torch random generator.
+    rescale
+        Optional barostat move ``(positions, velocities) -> (positions, velocities)`` applied right after the first
+        half kick (B C A O A B): it sees the positions at which ``forces`` (and their stress) were evaluated.
 
     Returns
     -------
@@ -169,6 +173,8 @@ def baoab_step(
     """
     inv_m = (ACCELERATION / masses).unsqueeze(-1)
     v = velocities + 0.5 * dt * forces * inv_m
+    if rescale is not None:
+        positions, v = rescale(positions, v)
     x = positions + 0.5 * dt * v
     c = torch.exp(-friction * dt).unsqueeze(-1)
     sigma = torch.sqrt(KB * temperature / masses / KINETIC).unsqueeze(-1)

@@ -19,6 +19,8 @@ from torch import Tensor
 
 from ..atoms import AtomsBatch, pair_vectors
 from ..colvars import CollectiveVariable, HarmonicBias, batch_offsets
+from ..options import MD as MD_OPTIONS
+from .barostat import BAR, cell_rescaling_step, init_cell_rescaling, pressure_tensor, volumes
 from .exchange import ReplicaExchange
 from .integrators import KB, baoab_step, kinetic_energy, maxwell_boltzmann, velocity_verlet_step
 from .neighbors import VerletList
@@ -68,6 +70,10 @@ def simulate(
     steps: int = 1000,
     temperature: float | Sequence[float] = 300.0,
     friction: float | Sequence[float] = 0.01,
+    pressure: float | Sequence[float] = MD_OPTIONS['pressure'].default,
+    compressibility: float | Sequence[float] = MD_OPTIONS['compressibility'].default,
+    tau_p: float = MD_OPTIONS['tau_p'].default,
+    barostat_mode: str = MD_OPTIONS['barostat_mode'].default,
     biases: Sequence[HarmonicBias] | None = None,
     exchange: ReplicaExchange | None = None,
     stride: int = 10,
@@ -96,7 +102,8 @@ def simulate(
         One ``ase.Atoms``, a list of them (the replicas; sizes may differ) or an ``AtomsBatch``. Ignored when
         ``state`` is given.
     ensemble
-        ``'nve'`` (velocity Verlet) or ``'langevin'`` (BAOAB, NVT).
+        ``'nve'`` (velocity Verlet), ``'langevin'`` (BAOAB, NVT) or ``'npt'`` (BAOAB with stochastic cell rescaling,
+        :mod:`~aiida_mlff.core.md.barostat`; every replica periodic in all directions, the potential gives stress).
     timestep
         fs.
     steps
@@ -105,6 +112,15 @@ def simulate(
         K, scalar or one per replica: Langevin target and Maxwell-Boltzmann initial velocities.
     friction
         Langevin friction gamma in 1/fs, scalar or one per replica.
+    pressure
+        NPT target pressure, bar, scalar or one per replica.
+    compressibility
+        NPT: the barostat's guess of the isothermal compressibility, 1/bar (scalar or one per replica); it sets how
+        fast the volume relaxes, not what is sampled.
+    tau_p
+        NPT barostat relaxation time, fs.
+    barostat_mode
+        ``'isotropic'`` (volume only) or ``'anisotropic'`` (each Cartesian axis on its own; no shear).
     biases
         Biases on collective variables: :class:`~aiida_mlff.core.colvars.HarmonicBias` (one centre per replica: all
         umbrella windows in one batch) or any object with the same call (``bias(positions, cell, pbc, offsets) ->
@@ -169,10 +185,16 @@ def simulate(
     Returns
     -------
     MDResult
-        Arrays shaped (frames, replicas, ...), per-replica status and the final state.
+        Arrays shaped (frames, replicas, ...), per-replica status and the final state. ``result.extra`` holds
+        ``'cell'`` (F, R, 3, 3) Å and ``'volume'`` (F, R) Å^3 per frame; NPT also ``'pressure'`` (F, R) bar, the
+        instantaneous pressure ``-trace(stress) / 3 + 2 K / (3 V)`` with the kinetic energy of the recorded
+        (for BAOAB the mid-step) velocities.
     """
-    if ensemble not in ('nve', 'langevin'):
-        raise ValueError(f"ensemble must be 'nve' or 'langevin', got {ensemble!r}")
+    if ensemble not in ('nve', 'langevin', 'npt'):
+        raise ValueError(f"ensemble must be 'nve', 'langevin' or 'npt', got {ensemble!r}")
+    npt = ensemble == 'npt'
+    if npt and exchange is not None:
+        raise ValueError('replica exchange is not supported with ensemble npt')
     if steps < 0 or stride < 1:
         raise ValueError('steps must be >= 0 and stride >= 1')
     device = torch.device(device)
@@ -212,7 +234,14 @@ def simulate(
     _restore_extensions(state, biases, exchange, fresh, counts, offsets)
     dof = 3 * counts.to(dtype) - (3 if (ensemble == 'nve' and remove_com) else 0)
     dof = dof.clamp(min=1)
-    vlist = VerletList(float(potential.cutoff), skin)
+    vlist = VerletList(float(potential.cutoff), skin, variable_cell=npt)
+    baro = None
+    if npt:
+        if not bool(batch.pbc.all()):  # one host read, at set-up
+            raise ValueError('ensemble npt needs every replica periodic in all three directions')
+        p0 = _per_replica(pressure, n_rep, 'pressure', dtype, device)
+        beta_t = _per_replica(compressibility, n_rep, 'compressibility', dtype, device)
+        baro = init_cell_rescaling(p0, beta_t, tau_p, temperature_r, barostat_mode)
     last: dict[str, Tensor] = {}
     atom_index: dict[int, Tensor] = {}  # per CV: (B, A) flattened indices of its atoms
     # Host syncs: the loop keeps per-replica decisions on the device and reads the host once a step, in the Verlet
@@ -231,14 +260,19 @@ def simulate(
         positions = torch.where(runaway[batch.batch].unsqueeze(-1), batch.positions, positions)
         batch.positions = positions
         events, pending = pending, None
-        rebuild, happened = _read_step_flags(vlist.moved_too_far(positions), events)
+        moved = vlist.moved_too_far(positions, batch.cell) if npt else vlist.moved_too_far(positions)
+        rebuild, happened = _read_step_flags(moved, events)
         if happened:
             conclude(events, at_record=False, happened=True)
             if n_running == 0:  # every replica stopped at the step before: the caller drops this step
                 last['aborted'] = True
                 return state.forces
         nbrs = vlist.update(batch, rebuild=rebuild)
-        out = potential.evaluate(batch, nbrs, forces=True)
+        if npt:
+            out = potential.evaluate(batch, nbrs, forces=True, stress=True)
+            last['stress'] = out['stress'].detach().to(dtype)
+        else:
+            out = potential.evaluate(batch, nbrs, forces=True)
         forces = out['forces'].detach().to(dtype)
         last['energy'] = out['energy'].detach().to(dtype)
         zeros = torch.zeros_like(last['energy'])
@@ -257,13 +291,20 @@ def simulate(
         return forces
 
     saved = (state.forces, state.energy, state.bias_energy)
+    saved_stress = state.stress
     state.forces = forces_fn(batch.positions)
     state.energy, state.bias_energy = last['energy'], last['bias_energy']
+    state.stress = last.get('stress')
     if not fresh and all(x is not None for x in saved):
         # the forces the interrupted run would have used next: a bias that changed at the last step (a hill) acts
         # from the following step on, exactly as in an uninterrupted run
         state.forces, state.energy, state.bias_energy = saved
+        if npt and saved_stress is not None:
+            state.stress = saved_stress
     recorder = FrameRecorder(counts.cpu().numpy(), batch.numbers.cpu().numpy(), len(names), record_velocities)
+    cells: list[np.ndarray] = []  # NPT: per recorded frame (R, 3, 3) Å, valid mask (R,), pressure (R,) bar
+    valid_frames: list[np.ndarray] = []
+    pressures: list[np.ndarray] = []
 
     close_pairs: list = [None, None]  # (Verlet list, its pairs that can come closer than min_distance before a rebuild)
 
@@ -277,6 +318,9 @@ def simulate(
         out = torch.full((n_rep,), float('inf'), dtype=dtype, device=device)
         if nbrs is None or nbrs.n_pairs == 0:
             return out
+        if npt:  # the cell deforms between builds: no cached pre-selection
+            d = pair_vectors(batch, nbrs).norm(dim=-1)
+            return out.scatter_reduce(0, batch.batch[nbrs.i], d, reduce='amin', include_self=True)
         if close_pairs[0] is not nbrs:
             # atoms move less than skin / 2 between builds, so pairs now farther than min_distance + skin stay out
             d = pair_vectors(batch, nbrs).norm(dim=-1)
@@ -309,6 +353,8 @@ def simulate(
             'energy_std': last['energy_std'],
             'walker': state.walker,
             'active': state.active,
+            'cell': batch.cell,
+            'stress': state.stress,
         }
 
     def record(fr: dict, flagged: Tensor) -> None:
@@ -331,6 +377,11 @@ def simulate(
             energy_std=fr['energy_std'],
             walker=fr['walker'],
         )
+        if npt:
+            cells.append(fr['cell'].detach().cpu().double().numpy().copy())
+            valid_frames.append((fr['active'] | flagged).cpu().numpy().copy())
+            p_int = pressure_tensor(fr['stress'], fr['velocities'], state.masses, batch.batch, fr['cell'])
+            pressures.append((p_int.diagonal(dim1=-2, dim2=-1).mean(-1) / BAR).detach().cpu().double().numpy())
 
     def check_deviation() -> Tensor:
         """Stop the replicas over the force-deviation limit now (the initial frame); their (B,) mask."""
@@ -378,6 +429,15 @@ def simulate(
         state.forces = forces_fn(batch.positions)
         state.energy, state.bias_energy = last['energy'], last['bias_energy']
 
+    def rescale(positions: Tensor, velocities: Tensor) -> tuple[Tensor, Tensor]:
+        """The barostat move inside BAOAB (after the first half kick): scales positions, velocities and cells."""
+        p_int = pressure_tensor(state.stress, velocities, state.masses, batch.batch, batch.cell)
+        positions, velocities, batch.cell = cell_rescaling_step(
+            baro, positions, velocities, batch.cell, batch.batch, p_int, timestep, state.generator, state.active
+        )
+        batch.positions = positions  # the runaway check of forces_fn compares with the scaled positions
+        return positions, velocities
+
     def integrate(positions: Tensor, velocities: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One step of every active replica: positions Å, velocities Å/fs, forces eV/Å, kinetic velocities Å/fs."""
         moving = state.active[batch.batch].unsqueeze(-1)
@@ -397,6 +457,7 @@ def simulate(
             t_atoms,
             gamma_atoms,
             state.generator,
+            rescale if npt else None,
         )
 
     limits = (max_energy_jump, max_force_deviation)
@@ -408,11 +469,11 @@ def simulate(
     for i in range(steps):
         if n_running == 0:
             break
-        rng = state.generator.get_state() if ensemble == 'langevin' else None
-        old_pos, old_vel, old_energy = batch.positions, state.velocities, state.energy
+        rng = state.generator.get_state() if ensemble != 'nve' else None
+        old_pos, old_vel, old_energy, old_cell = batch.positions, state.velocities, state.energy, batch.cell
         pos, vel, forces, v_kin = integrate(old_pos, old_vel)
         if last.pop('aborted', False):  # every replica stopped at the step before: undo this step's start
-            batch.positions = old_pos
+            batch.positions, batch.cell = old_pos, old_cell
             if rng is not None:
                 state.generator.set_state(rng)
             break
@@ -421,6 +482,9 @@ def simulate(
         back = events.blown[batch.batch].unsqueeze(-1)  # blown up: put back to the step before
         batch.positions = torch.where(back, old_pos, pos)
         state.velocities = torch.where(back, old_vel, vel)
+        if npt:
+            batch.cell = torch.where(events.blown.view(-1, 1, 1), old_cell, batch.cell)
+            state.stress = last['stress']
         state.forces = forces
         state.energy = torch.where(events.blown, old_energy, last['energy'])
         state.bias_energy = last['bias_energy']
@@ -442,9 +506,33 @@ def simulate(
     wall = _time.perf_counter() - start
     state.bias_states = [b.state_dict() if hasattr(b, 'state_dict') else {} for b in biases]
     state.exchange_state = exchange.state_dict() if exchange is not None else {}
+    extra = _cell_arrays(cells, valid_frames, pressures, batch.cell, len(recorder.frames['time']))
     return recorder.result(
-        state, names, n_neighbor_builds=vlist.n_builds, wall_time=wall, exchange=_exchange_summary(exchange)
+        state,
+        names,
+        n_neighbor_builds=vlist.n_builds,
+        wall_time=wall,
+        exchange=_exchange_summary(exchange),
+        extra=extra,
     )
+
+
+def _cell_arrays(cells: list, valid: list, pressures: list, cell: Tensor, n_frames: int) -> dict[str, np.ndarray]:
+    """``cell`` (F, R, 3, 3) Å, ``volume`` (F, R) Å^3 and (NPT) ``pressure`` (F, R) bar (NPT: NaN where not valid).
+
+    ``cells``: per frame (R, 3, 3) arrays, empty for a fixed cell (then ``cell`` (R, 3, 3) is every frame's).
+    """
+    if not cells:
+        fixed = cell.detach().cpu().double().numpy()
+        frames = np.broadcast_to(fixed, (n_frames, *fixed.shape)).copy()
+        return {'cell': frames, 'volume': np.abs(np.linalg.det(frames)) if n_frames else np.zeros((0, len(fixed)))}
+    frames = np.stack(cells)
+    mask = ~np.stack(valid)
+    frames[mask] = np.nan
+    volume = volumes(torch.from_numpy(frames.reshape(-1, 3, 3))).numpy().reshape(mask.shape)
+    pressure = np.stack(pressures)
+    pressure[mask] = np.nan
+    return {'cell': frames, 'volume': volume, 'pressure': pressure}
 
 
 @dataclass

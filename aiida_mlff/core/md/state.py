@@ -29,7 +29,8 @@ class MDState:
     ----------
     batch
         The replicas as one :class:`~aiida_mlff.core.atoms.AtomsBatch`; ``batch.positions`` (N, 3) Å are the current
-        positions (unwrapped: atoms are never wrapped back into the cell).
+        positions (unwrapped: atoms are never wrapped back into the cell); ``batch.cell`` (B, 3, 3) Å the current
+        cells (an NPT run changes them).
     velocities
         (N, 3) Å/fs.
     masses
@@ -46,6 +47,9 @@ class MDState:
     forces, energy, bias_energy
         (N, 3) eV/Å total force (potential + biases) and (B,) eV potential and bias energies at the current positions;
         None until computed.
+    stress
+        (B, 3, 3) eV/Å^3, the potential's stress at the current positions (NPT runs only; else None), so that a
+        continued run's barostat starts from the same pressure.
     walker
         (B,) int64: which starting replica's configuration each replica holds (replica exchange moves them).
     bias_states, exchange_state
@@ -65,6 +69,7 @@ class MDState:
     forces: Tensor | None = None
     energy: Tensor | None = None
     bias_energy: Tensor | None = None
+    stress: Tensor | None = None
     walker: Tensor | None = None
     bias_states: list[dict[str, np.ndarray]] = field(default_factory=list)
     exchange_state: dict[str, np.ndarray] = field(default_factory=dict)
@@ -117,7 +122,7 @@ class MDState:
             'walker': self.walker.cpu().numpy().copy(),
             **{
                 key: getattr(self, key).detach().cpu().numpy().copy()
-                for key in ('forces', 'energy', 'bias_energy')
+                for key in ('forces', 'energy', 'bias_energy', 'stress')
                 if getattr(self, key) is not None
             },
             'n_bias_states': np.array(len(self.bias_states)),
@@ -158,6 +163,7 @@ class MDState:
             forces=t('forces') if 'forces' in state else None,
             energy=t('energy') if 'energy' in state else None,
             bias_energy=t('bias_energy') if 'bias_energy' in state else None,
+            stress=t('stress') if 'stress' in state else None,
             bias_states=[_prefixed(state, f'bias{i}__') for i in range(int(state.get('n_bias_states', 0)))],
             exchange_state=_prefixed(state, 'exchange__'),
         )
