@@ -68,13 +68,130 @@ FILE_UNITS: dict[str, tuple[str, float]] = {'Å': ('Å', 1.0), 'rad': ('deg', 18
 
 
 # ------------------------------------------------------------------------------------------ geometry (torch)
+#: sweeps of the lattice reduction in :func:`_reduced_lattice`. A sweep reduces every pair of cell vectors (Gauss)
+#: and every vector against +-1 combinations of the other two; reduction converges like Euclid's algorithm, so 8
+#: sweeps bring cells sheared by integer combinations of their vectors up to 10^4 (checked) to Minkowski form.
+_REDUCTION_SWEEPS = 8
+#: the 27 integer shifts {-1, 0, 1}^3 searched around the rounded image, the zero shift first (it wins ties)
+_SHIFTS = [(0, 0, 0)] + [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0,) * 3]
+_PAIRS = [(i, j) for i in range(3) for j in range(3) if i != j]
+_SIGNS = [(1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)]
+#: a few reduced lattices, keyed by the identity and version of the cell and pbc tensors (MD passes the same ones)
+_LATTICE_CACHE: dict[tuple, tuple] = {}
+_LATTICE_CACHE_SIZE = 16
+
+
+def _unit(v: Tensor) -> Tensor:
+    """Rows of ``v`` normalised; zero rows stay zero."""
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def _complete_cell(cell: Tensor, pbc: Tensor) -> Tensor:
+    """A full-rank basis (B, 3, 3) [Å] with the periodic rows of ``cell``.
+
+    Open rows are replaced by unit vectors orthogonal to the periodic ones, so a reduction never mixes the two.
+    Branch-free, no host reads.
+    """
+    periodic = pbc.to(cell.dtype)
+    rows = cell * periodic.unsqueeze(-1)
+    n_periodic = pbc.sum(-1).view(-1, 1, 1)
+    index = torch.arange(3, device=cell.device)
+    # two periodic rows: the open row is their normal (rows[i+1] x rows[i+2] is non-zero only at the open row)
+    normals = _unit(torch.linalg.cross(rows.roll(-1, dims=1), rows.roll(-2, dims=1)))
+    two = rows + (1.0 - periodic).unsqueeze(-1) * normals
+    # one periodic row a: the two open rows are u and w, orthonormal and orthogonal to a
+    a = rows.sum(1)
+    axis = (index == a.abs().argmin(-1, keepdim=True)).to(cell.dtype)
+    u = _unit(torch.linalg.cross(a, axis))
+    w = _unit(torch.linalg.cross(a, u))
+    p = periodic.argmax(-1, keepdim=True)
+    one = (
+        rows
+        + (index == (p + 1) % 3).to(cell.dtype).unsqueeze(-1) * u.unsqueeze(1)
+        + (index == (p + 2) % 3).to(cell.dtype).unsqueeze(-1) * w.unsqueeze(1)
+    )
+    eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand_as(cell)
+    return torch.where(n_periodic == 3, rows, torch.where(n_periodic == 2, two, torch.where(n_periodic == 1, one, eye)))
+
+
+def _reduce(basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Lattice reduction of the rows of ``basis`` (B, 3, 3) [Å], a fixed number of sweeps (no host reads).
+
+    Returns
+    -------
+    tuple of Tensor
+        The reduced basis and the integer (stored as floats) unimodular matrix ``U`` with ``reduced = U @ basis``.
+    """
+    b = basis.clone()
+    u = torch.eye(3, dtype=basis.dtype, device=basis.device).repeat(basis.shape[0], 1, 1)
+    signs = torch.tensor(_SIGNS, dtype=basis.dtype, device=basis.device)  # (4, 2)
+    for _ in range(_REDUCTION_SWEEPS):
+        for i, j in _PAIRS:  # Gauss: b_i -= round(b_i.b_j / b_j.b_j) b_j
+            mu = torch.round((b[:, i] * b[:, j]).sum(-1) / (b[:, j] * b[:, j]).sum(-1)).unsqueeze(-1)
+            b[:, i] = b[:, i] - mu * b[:, j]
+            u[:, i] = u[:, i] - mu * u[:, j]
+        for i in range(3):  # b_i against b_i +- b_j +- b_k
+            j, k = (i + 1) % 3, (i + 2) % 3
+            cand_b = b[:, i, None] + signs[:, :1] * b[:, j, None] + signs[:, 1:] * b[:, k, None]  # (B, 4, 3)
+            cand_u = u[:, i, None] + signs[:, :1] * u[:, j, None] + signs[:, 1:] * u[:, k, None]
+            length = cand_b.square().sum(-1)
+            best = length.argmin(-1)
+            rows = torch.arange(b.shape[0], device=b.device)
+            shorter = (length[rows, best] < b[:, i].square().sum(-1) * (1.0 - 1e-10)).unsqueeze(-1)
+            b[:, i] = torch.where(shorter, cand_b[rows, best], b[:, i])
+            u[:, i] = torch.where(shorter, cand_u[rows, best], u[:, i])
+    return b, u
+
+
+def _inverse(rows: Tensor) -> Tensor:
+    """Inverse of (B, 3, 3) matrices by cross products (``torch.linalg`` solvers read the host for error checks)."""
+    crosses = torch.linalg.cross(rows.roll(-1, dims=1), rows.roll(-2, dims=1))  # row i: r_{i+1} x r_{i+2}
+    det = (rows[:, 0] * crosses[:, 0]).sum(-1)
+    return crosses.transpose(-1, -2) / det.view(-1, 1, 1)
+
+
+def _reduced_lattice(cell: Tensor, pbc: Tensor | None) -> tuple[Tensor, ...]:
+    """The reduced lattice of ``cell`` and ``pbc`` and what :func:`minimum_image` needs of it.
+
+    Returns the reduced basis R (B, 3, 3) [Å], its inverse, ``U`` (R = U @ completed cell), the periodic rows of R
+    (B, 3), the 27 neighbour shifts s (B, 27, 3; zero along open rows) and their vectors s @ R [Å]. Computed in
+    float64 on detached copies, and cached for the same (unmodified) cell and pbc tensors.
+    """
+    key = None
+    if not cell.is_inference() and (pbc is None or not pbc.is_inference()):
+        key = (id(cell), cell._version, id(pbc), None if pbc is None else pbc._version, cell.device)
+        hit = _LATTICE_CACHE.get(key)
+        if hit is not None and hit[0] is cell and hit[1] is pbc:
+            return hit[2]
+    c = cell.detach().to(torch.float64).reshape(-1, 3, 3)
+    p = (c.norm(dim=-1) > 0) if pbc is None else pbc.to(c.device).reshape(-1, 3)
+    n_cells = max(c.shape[0], p.shape[0])
+    c, p = c.expand(n_cells, 3, 3), p.expand(n_cells, 3)
+    reduced, u = _reduce(_complete_cell(c, p))
+    # reduced row r is periodic iff it combines periodic rows only (U never mixes periodic and open rows)
+    periodic = (u.abs() * (~p).to(u.dtype).unsqueeze(1)).sum(-1) == 0
+    periodic = periodic.to(u.dtype)
+    near = torch.tensor(_SHIFTS, dtype=u.dtype, device=u.device) * periodic.unsqueeze(1)  # (B, 27, 3)
+    value = (reduced, _inverse(reduced), u, periodic, near, near @ reduced)
+    if key is not None:
+        if len(_LATTICE_CACHE) >= _LATTICE_CACHE_SIZE:
+            _LATTICE_CACHE.pop(next(iter(_LATTICE_CACHE)))
+        _LATTICE_CACHE[key] = (cell, pbc, value)
+    return value
+
+
 def minimum_image(vectors: Tensor, cell: Tensor | None = None, pbc: Tensor | None = None) -> Tensor:
-    """Minimum-image convention for difference vectors.
+    """Minimum-image convention for difference vectors, exact for any (triclinic, partly periodic) cell.
+
+    The cell is Minkowski-reduced (:func:`_reduce`, cached per cell tensor), each vector is rounded to its nearest
+    image in fractional coordinates of the reduced cell, and the shortest of the 27 images around that one is taken.
+    Only periodic directions are wrapped. The chosen lattice shift is a constant of the result, so gradients with
+    respect to ``vectors`` (and ``cell``) are those of ``vectors - n @ cell``. Batched, with no host reads.
 
     Parameters
     ----------
     vectors
-        (B, 3) Å, one difference vector per replica.
+        (B, 3) or (B, P, 3) Å: difference vectors of replica b in ``vectors[b]``.
     cell
         (B, 3, 3) or (3, 3) Å, rows are lattice vectors; None for open boundaries.
     pbc
@@ -83,23 +200,24 @@ def minimum_image(vectors: Tensor, cell: Tensor | None = None, pbc: Tensor | Non
     Returns
     -------
     Tensor
-        (B, 3) Å. Exact for orthorhombic cells; for triclinic cells the fractional-rounding image, which is the
-        minimum image whenever the vector is shorter than half the smallest cell height.
+        The shape of ``vectors``, Å: the shortest ``vectors - n @ cell`` over integer n (n = 0 in open directions).
     """
     if cell is None:
         return vectors
-    cell = cell.to(vectors.dtype).expand(vectors.shape[0], 3, 3)
-    if pbc is None:
-        pbc = cell.norm(dim=-1) > 0
-    pbc = pbc.to(vectors.device).expand(vectors.shape[0], 3)
-    if not bool(pbc.any()):
-        return vectors
-    eye = torch.eye(3, dtype=vectors.dtype, device=vectors.device).expand_as(cell)
-    rows_ok = pbc.unsqueeze(-1)
-    safe = torch.where(rows_ok, cell, eye)  # open directions get a unit vector that is never wrapped
-    frac = torch.linalg.solve(safe.transpose(-1, -2), vectors.unsqueeze(-1)).squeeze(-1)
-    frac = frac - torch.where(pbc, torch.round(frac.detach()), torch.zeros_like(frac))
-    return (frac.unsqueeze(1) @ safe).squeeze(1)
+    lattice = (x.to(vectors.dtype) for x in _reduced_lattice(cell, pbc))
+    reduced, inverse, u, periodic, near, near_vectors = lattice
+    n_cells = reduced.shape[0]
+    v = vectors.reshape(n_cells, -1, 3)  # one cell for all vectors, or one per replica
+    v_fixed = v.detach()
+    n0 = torch.round(v_fixed @ inverse) * periodic.unsqueeze(1)  # (C, M, 3) in the reduced basis
+    rounded = v_fixed - n0 @ reduced
+    # |rounded - s R|^2 - |rounded|^2 for the 27 shifts s: one (C, M, 27) product, the zero shift scores 0
+    score = near_vectors.square().sum(-1).unsqueeze(1) - 2.0 * rounded @ near_vectors.transpose(-1, -2)
+    best = score.argmin(-1, keepdim=True).expand(*score.shape[:2], 3)  # (C, M, 3)
+    n_best = n0 + near.gather(1, best)
+    n_cell = n_best @ u  # integer shifts in the basis of ``cell``; zero along open directions
+    shift = n_cell @ cell.to(vectors.dtype).reshape(-1, 3, 3).expand(n_cells, 3, 3)
+    return (v - shift).reshape(vectors.shape)
 
 
 def _gather(positions: Tensor, index: int, offsets: Tensor | None) -> Tensor:
@@ -127,13 +245,7 @@ def _gather_many(positions: Tensor, index: Tensor, offsets: Tensor | None) -> Te
 def _pair_vectors(positions: Tensor, first: Tensor, second: Tensor, cell, pbc, offsets) -> Tensor:
     """Minimum-image vectors r_second - r_first of P pairs in every replica, (B, P, 3) Å."""
     v = _gather_many(positions, second, offsets) - _gather_many(positions, first, offsets)
-    n_rep, n_pairs = v.shape[:2]
-    if cell is None:
-        return v
-    cell = cell.to(v.dtype).expand(n_rep, 3, 3).unsqueeze(1).expand(n_rep, n_pairs, 3, 3).reshape(-1, 3, 3)
-    if pbc is not None:
-        pbc = pbc.expand(n_rep, 3).unsqueeze(1).expand(n_rep, n_pairs, 3).reshape(-1, 3)
-    return minimum_image(v.reshape(-1, 3), cell, pbc).reshape(n_rep, n_pairs, 3)
+    return minimum_image(v, cell, pbc)
 
 
 def distance(positions: Tensor, i: int, j: int, cell=None, pbc=None, offsets=None) -> Tensor:

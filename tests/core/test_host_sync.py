@@ -13,8 +13,8 @@ read in the Verlet-list check (is a rebuild needed; did a replica stop in the st
 is built on the host (vesin) and the results must equal a run that rebuilds exactly when an atom has moved half
 the skin.
 
-Not counted against the loop, but there per step with a ``HarmonicBias`` on a ``Distance`` in a periodic box: 4
-reads in ``colvars.minimum_image`` (``bool(pbc.any())`` and the error checks of ``torch.linalg.solve``).
+Biases on CVs in periodic boxes read nothing either: ``colvars.minimum_image`` is batched and exact for any cell
+without host reads (``tests/core/test_periodic_cvs.py`` counts them).
 Outside the steady state the loop reads the host on record steps (frame, minimum distances), exchange steps (the
 swap), the last step, a step after one where a replica stopped (messages, the flagged frame) and neighbour-list
 rebuilds.

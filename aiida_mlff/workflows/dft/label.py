@@ -11,12 +11,92 @@ from aiida.engine import ToContext, WorkChain, while_
 from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
 
 from aiida_mlff.calculations.functions import dataset_from_pw, frame_key
-from aiida_mlff.core.options import LABEL
+from aiida_mlff.core.options import LABEL, OptionsError
 from aiida_mlff.core.structures import closest_pair, to_atoms
+from aiida_mlff.core.vacuum import is_molecule_in_box
 from aiida_mlff.data.dataset import TrainingSetData
 from aiida_mlff.workflows.protocols import ProtocolMixin, option_port, recursive_merge
 
-__all__ = ['DftLabelWorkChain', 'pseudo_problem']
+__all__ = ['DftLabelWorkChain', 'magnetization_by_kind', 'pseudo_problem', 'spin_and_charge']
+
+
+def spin_and_charge(options: Mapping, elements: Iterable[str], occupations: str | None) -> dict:
+    """The pw.x ``SYSTEM`` entries of the charge and spin options of ``LABEL`` (checked values, defaults filled in).
+
+    Parameters
+    ----------
+    options
+        ``tot_charge`` [e], ``nspin``, ``starting_magnetization`` (element -> [-1, 1]) and ``tot_magnetization``
+        [Bohr magneton, or None].
+    elements
+        Every chemical symbol of the structures to label.
+    occupations
+        The ``SYSTEM.occupations`` of the pw.x parameters.
+
+    Returns
+    -------
+    dict
+        Only the entries that differ from pw.x's defaults; ``starting_magnetization`` still by element (each
+        structure maps it to its kinds with :func:`magnetization_by_kind`).
+
+    Raises
+    ------
+    OptionsError
+        Naming the field: a starting magnetization for an element that no structure holds, or nspin = 2 with fixed
+        occupations and no ``tot_magnetization`` (pw.x stops on that).
+    """
+    system: dict = {}
+    if options['tot_charge'] != 0:
+        system['tot_charge'] = float(options['tot_charge'])
+    if options['nspin'] != 2:
+        return system
+    system['nspin'] = 2
+    where = DftLabelWorkChain.__name__
+    magnetization = dict(options['starting_magnetization'])
+    absent = sorted(set(magnetization) - set(elements))
+    if absent:
+        raise OptionsError(
+            [
+                f'{where}.starting_magnetization: no structure holds {", ".join(absent)} (they hold '
+                f'{", ".join(sorted(set(elements)))})'
+            ]
+        )
+    if magnetization:
+        system['starting_magnetization'] = {el: float(v) for el, v in magnetization.items()}
+    if options['tot_magnetization'] is not None:
+        system['tot_magnetization'] = float(options['tot_magnetization'])
+    elif occupations == 'fixed':
+        raise OptionsError(
+            [
+                f'{where}.tot_magnetization: nspin = 2 with fixed occupations needs it (pw.x stops otherwise); give '
+                'n_up - n_down, or smearing occupations in the pw parameters'
+            ]
+        )
+    return system
+
+
+def magnetization_by_kind(magnetization: Mapping[str, float], kinds: Iterable[tuple[str, str]]) -> dict[str, float]:
+    """``starting_magnetization`` for pw.x, keyed by the kind names of one structure.
+
+    Parameters
+    ----------
+    magnetization
+        Keys are kind names or chemical symbols (a kind name wins over its symbol); values in [-1, 1].
+    kinds
+        ``(kind name, chemical symbol)`` of each kind of the structure.
+
+    Returns
+    -------
+    dict
+        Kind name -> starting magnetization for every kind that has one; kinds without one are left out (0).
+    """
+    result = {}
+    for name, symbol in kinds:
+        if name in magnetization:
+            result[name] = float(magnetization[name])
+        elif symbol in magnetization:
+            result[name] = float(magnetization[symbol])
+    return result
 
 
 def pseudo_problem(
@@ -140,7 +220,7 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         overrides: dict | None = None,
         options: dict | None = None,
         molecule: bool | None = None,
-        stress: bool = False,
+        stress: bool | None = None,
     ):
         """Return a builder for ``structures`` filled from a protocol.
 
@@ -157,10 +237,16 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         options
             ``metadata.options`` of each PwCalculation (resources, walltime, ...), merged over the protocol's.
         molecule
-            Use the Gamma point only (molecules in a box). Default: True when every structure has no periodic
-            direction or is a molecule in a box (not fully periodic bulk is undecidable: set it yourself for slabs).
+            Use the Gamma point only (molecules in a box). Default: True when every structure is a molecule: no
+            periodic direction, the extra ``molecule`` set, or at least ``molecule_vacuum`` Å of vacuum between
+            images along every periodic direction; otherwise k-points from ``pw.kpoints_distance``.
         stress
-            Compute the stress (periodic solids).
+            Compute the stress (``tstress``). Default: True for periodic cells (every structure fully periodic and
+            not a molecule), False for molecules.
+
+        The charge and spin options of ``LABEL`` (``tot_charge``, ``nspin``, ``starting_magnetization`` by element,
+        ``tot_magnetization``) come in through ``overrides`` and go to the pw.x ``SYSTEM`` namelist; bad values
+        raise :class:`~aiida_mlff.core.options.OptionsError` naming the field.
         """
         if isinstance(code, str):
             code = orm.load_code(code)
@@ -175,9 +261,17 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
             node = obj if isinstance(obj, orm.StructureData) else orm.StructureData(ase=to_atoms(obj))
             nodes[str(key) if isinstance(structures, Mapping) else frame_key(index)] = node
         if molecule is None:
-            molecule = all(not any(n.pbc) or n.base.extras.get('molecule', False) for n in nodes.values())
+            molecule = all(
+                n.base.extras.get('molecule', False) or is_molecule_in_box(n.get_ase(), inputs['molecule_vacuum'])
+                for n in nodes.values()
+            )
+        if stress is None:
+            stress = not molecule and all(all(n.pbc) for n in nodes.values())
         parameters = inputs['pw']['pw']['parameters']
         parameters['CONTROL']['tstress'] = bool(stress)
+        system = parameters.setdefault('SYSTEM', {})
+        elements = {kind.symbol for n in nodes.values() for kind in n.kinds}
+        system.update(spin_and_charge(inputs, elements, system.get('occupations')))
 
         builder = cls.get_builder()
         builder.structures = nodes
@@ -266,6 +360,11 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         if 'ecutwfc' not in system and 'pseudo_family' in self.inputs:
             wfc, rho = family.get_recommended_cutoffs(structure=structure, unit='Ry')
             system['ecutwfc'], system['ecutrho'] = wfc, rho
+        if 'starting_magnetization' in system:  # by element or kind name: by the kinds of this structure
+            kinds = [(kind.name, kind.symbol) for kind in structure.kinds]
+            system['starting_magnetization'] = magnetization_by_kind(system['starting_magnetization'], kinds)
+            if not system['starting_magnetization']:
+                del system['starting_magnetization']
         if 'conv_thr_per_atom' in self.inputs:
             electrons = parameters.setdefault('ELECTRONS', {})
             electrons['conv_thr'] = self.inputs.conv_thr_per_atom.value * len(structure.sites)
