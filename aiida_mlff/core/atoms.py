@@ -196,15 +196,28 @@ def neighbor_list(batch: AtomsBatch, cutoff: float, full_list: bool = True) -> N
             i, j, shifts = calculator.compute(
                 points=points, box=_open_box(points, cutoff), periodic=False, quantities='ijS'
             )
-        all_i.append(np.asarray(i, dtype=np.int64) + start)
-        all_j.append(np.asarray(j, dtype=np.int64) + start)
-        all_s.append(np.asarray(shifts).reshape(-1, 3))
+        # no copies beyond vesin's own: a full list of 10^5 water atoms has ~9e6 pairs, 28 bytes each once stored
+        all_i.append(_global_indices(i, start))
+        all_j.append(_global_indices(j, start))
+        all_s.append(torch.from_numpy(np.ascontiguousarray(shifts).reshape(-1, 3)).to(batch.dtype))
     device = batch.device
-    return Neighbors(
-        i=torch.as_tensor(np.concatenate(all_i), device=device),
-        j=torch.as_tensor(np.concatenate(all_j), device=device),
-        shifts=torch.as_tensor(np.concatenate(all_s), dtype=batch.dtype, device=device),
-    )
+    return Neighbors(i=_joined(all_i).to(device), j=_joined(all_j).to(device), shifts=_joined(all_s).to(device))
+
+
+def _global_indices(local: np.ndarray, start: int) -> Tensor:
+    """The (P,) atom indices from vesin (unsigned) as int64 + ``start``, converted in place where possible."""
+    local = np.ascontiguousarray(local)
+    if local.base is not None:  # a view of memory vesin may reuse: take a copy of our own
+        local = local.copy()
+    index = local.view(np.int64) if local.dtype == np.uint64 else local.astype(np.int64)
+    if start:
+        index += start
+    return torch.from_numpy(index)
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    """The per-system parts end to end (the one part itself for a single system: no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def positive_shift(shifts: Tensor) -> Tensor:
