@@ -34,6 +34,9 @@ def _irreps(channels: int, max_l: int) -> str:
 
 def _member(hyper: dict, n_elements: int, numbers: list[int]) -> nn.Module:
     """One ``ScaleShiftMACE`` of mace-torch from our hyperparameters (weights from the current torch seed)."""
+    # mace first: importing it sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, without which e3nn 0.4.4 (mace-torch's pin)
+    # cannot read its own constants under torch >= 2.6; our potential files pass weights_only=True explicitly
+    import mace  # noqa: F401
     from e3nn import o3
     from mace.modules import RealAgnosticResidualInteractionBlock, ScaleShiftMACE
 
