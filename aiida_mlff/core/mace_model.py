@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .architectures import ArchitectureError
 from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors
-from .models import atom_force_deviation
+from .models import Potential, atom_force_deviation
 
 __all__ = ['MacePotential', 'build_mace']
 
@@ -206,11 +206,7 @@ class MacePotential(nn.Module):
     def _result(batch: AtomsBatch, energies: Tensor, member_forces, stresses, detach: bool) -> dict[str, Tensor]:
         """The contract's dictionary from every member's energies (M, B), forces and stresses."""
         n_members = energies.shape[0]
-        out = {
-            'energies': energies,
-            'energy': energies.mean(0),
-            'energy_std': energies.std(0, unbiased=False) if n_members > 1 else torch.zeros_like(energies[0]),
-        }
+        out = Potential._result(energies, detach=False)  # energies, their mean and spread, as our BP potential
         if member_forces:
             stacked = torch.stack(member_forces)
             out['forces'] = stacked.mean(0)
