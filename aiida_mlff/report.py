@@ -776,6 +776,9 @@ def _dft_sources(dataset) -> dict[str, Any]:
     return result
 
 
+REPLAY_WHEN = ('before', 'after')
+
+
 def _potential_summary(potential) -> dict[str, Any]:
     """Identity, architecture, errors (validation preferred) and calibration of a ``PotentialData``."""
     attributes = potential.base.attributes
@@ -791,6 +794,9 @@ def _potential_summary(potential) -> dict[str, Any]:
     calibration = attributes.get('calibration', None)
     if isinstance(calibration, Mapping):
         summary['calibration'] = dict(calibration)
+    replay = attributes.get('replay', None)
+    if isinstance(replay, Mapping):
+        summary['replay'] = {when: potential_metrics({'validation': replay.get(when)})[1] for when in REPLAY_WHEN}
     return summary
 
 
@@ -1035,6 +1041,11 @@ def _model_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         for key, value in sorted((potential.get('calibration') or {}).items()):
             if isinstance(value, int | float):
                 rows.append((f'calibration {key}', _fmt(float(value)), _node_cell(potential)))
+        for when in REPLAY_WHEN:  # fine-tuned: the parent's own data, before and after (forgetting shown)
+            for key in ('energy_mae_meV_per_atom', 'force_mae_meV_per_A'):
+                value = ((potential.get('replay') or {}).get(when) or {}).get(key)
+                if value is not None:
+                    rows.append((f'replay set {when} fine-tuning: {key}', _fmt(float(value)), _node_cell(potential)))
     for key, entry in (summary.get('parity') or {}).items():
         name = 'validation frames' if key == 'validation' else 'held-out pw.x frames'
         if 'reason' in entry:

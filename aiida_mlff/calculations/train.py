@@ -39,7 +39,18 @@ class TrainCalculation(MlffRunCalculation):
             validator=validate_parameters,
             help='Training options and model hyperparameters (`aiida_mlff.core.options.TRAIN`).',
         )
-        spec.input('parent_potential', valid_type=PotentialData, required=False, help='Start from these weights.')
+        spec.input(
+            'parent_potential',
+            valid_type=PotentialData,
+            required=False,
+            help='Start from these weights (fine-tuning: `statistics` auto keeps their normalisation).',
+        )
+        spec.input(
+            'replay_dataset',
+            valid_type=TrainingSetData,
+            required=False,
+            help='Data of the parent potential: its errors before and after training go to `metrics.replay`.',
+        )
         spec.input(
             'parent_folder',
             valid_type=orm.RemoteData,
@@ -79,6 +90,9 @@ class TrainCalculation(MlffRunCalculation):
             parent = self.inputs.parent_potential
             local_copy_list.append((parent.uuid, parent.filename, files.PARENT_POTENTIAL_FILE))
             job['parent_potential'] = files.PARENT_POTENTIAL_FILE
+        if 'replay_dataset' in self.inputs:
+            self.inputs.replay_dataset.to_extxyz(folder.get_abs_path(files.REPLAY_DATASET_FILE))
+            job['replay_dataset'] = files.REPLAY_DATASET_FILE
         if 'parent_folder' in self.inputs:
             remote = self.inputs.parent_folder
             remote_copy_list.append(

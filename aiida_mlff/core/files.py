@@ -21,6 +21,7 @@ __all__ = [
     'EXIT_UNSTABLE_MD',
     'EXIT_WALLTIME',
     'JOB_FILE',
+    'REPLAY_DATASET_FILE',
     'SUMMARY_FILE',
     'read_json',
     'validate_md_parameters',
@@ -31,6 +32,7 @@ __all__ = [
 JOB_FILE = 'job.json'
 SUMMARY_FILE = 'summary.json'
 DATASET_FILE = 'dataset.extxyz'
+REPLAY_DATASET_FILE = 'replay_dataset.extxyz'  # the parent's data, scored before and after fine-tuning
 POTENTIAL_FILE = 'potential.pt'
 PARENT_POTENTIAL_FILE = 'parent_potential.pt'
 CHECKPOINT_FILE = 'checkpoint.pt'

@@ -311,6 +311,14 @@ TRAIN = Schema(
             choices=('committee', 'last_layer', 'both'),
             help='committee spread, a last-layer Bayesian variance of one model, or both (stored with the potential)',
         ),
+        'statistics': Option(
+            'auto',
+            kind='choice',
+            choices=('auto', 'refit', 'keep'),
+            help='feature normalisation, energy scale and energy offsets: refit them to the data (a new model), or '
+            'keep them and only shift the per-element offsets to the new labels (fine-tuning); auto: keep for a '
+            'potential that was trained already',
+        ),
         'max_time': Option(None, 's', low=0, low_open=True, nullable=True, help='walltime: checkpoint and stop'),
         'time_budget': Option(None, 's', low=0, low_open=True, nullable=True, help='for the whole training'),
         'checkpoint_every': Option(10, 'epochs', kind='integer', low=1),

@@ -374,18 +374,16 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
     elements = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
     configure_threads(params['batch_size'] * max(len(a) for a in frames))
     if job.get('parent_potential'):
-        pot = Potential.load(inside(workdir, job['parent_potential'], 'parent_potential'), device=device).to(dtype)
-        unknown = sorted(set(elements) - set(pot.elements))
-        if unknown:
-            raise BadInputError(f'the parent potential knows {pot.elements}, the dataset also has {unknown}')
+        pot = _parent_potential(job, params, elements, workdir, device, dtype)
     else:
         model = dict(params['model'])
         pot = Potential.build(elements, seed=params['seed'], dtype=dtype, device=device, **model)
+    replay = _replay_frames(job, workdir)
     checkpoint = workdir / files.CHECKPOINT_FILE
     if job.get('resume') and not checkpoint.exists():
         raise BadInputError(f'resume asked for, but {files.CHECKPOINT_FILE} is missing')
     options = {key: value for key, value in params.items() if key not in JOB_ONLY}
-    report = train(pot, frames, checkpoint=checkpoint, **options)
+    report = train(pot, frames, checkpoint=checkpoint, replay=replay, **options)
     curve = report['learning_curve']
     columns = sorted({key for row in curve for key in row})
     files.write_json(workdir / files.LEARNING_CURVE_FILE, {key: [row.get(key) for row in curve] for key in columns})
@@ -393,12 +391,15 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
         'epoch': report['epochs_run'],
         'best_epoch': report['best_epoch'],
         'metrics': {'train': report['train'], 'validation': report['validation']},
+        'statistics': report['statistics'],
         'device': device,
         'n_structures': len(frames),
         'elements': elements,
         'committee_size': pot.committee_size,
         'wall_time': time.monotonic() - started,
     }
+    if 'replay' in report:
+        summary['metrics']['replay'] = report['replay']
     bad = next((row['epoch'] for row in curve if not math.isfinite(row['train_loss'])), None)
     if bad is not None:
         summary.update(exit_status=files.EXIT_NAN_LOSS, epoch=bad, metrics=None)
@@ -414,6 +415,38 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
     return files.EXIT_OK
 
 
+def _parent_potential(job: dict, params: dict, elements: list[str], workdir: Path, device: str, dtype):
+    """The potential a training starts from (fine-tuning): the parent file, resized to the committee asked for."""
+    from .finetune import resize_committee
+    from .models import Potential
+
+    pot = Potential.load(inside(workdir, job['parent_potential'], 'parent_potential'), device=device).to(dtype)
+    unknown = sorted(set(elements) - set(pot.elements))
+    if unknown:
+        raise BadInputError(f'the parent potential knows {pot.elements}, the dataset also has {unknown}')
+    model = params['model']
+    asked = model.get('architecture')
+    if asked is not None and asked != pot.hyperparameters()['architecture']:
+        raise BadInputError(
+            f'model.architecture is {asked!r} but the parent potential is {pot.hyperparameters()["architecture"]!r}'
+        )
+    if model.get('committee') is not None:
+        pot = resize_committee(pot, int(model['committee']), seed=params['seed'])
+    return pot
+
+
+def _replay_frames(job: dict, workdir: Path) -> list | None:
+    """The labelled frames of ``replay_dataset`` (the parent's data, scored before and after), or None."""
+    from ase.io import read
+
+    if not job.get('replay_dataset'):
+        return None
+    frames = read(inside(workdir, job['replay_dataset'], 'replay_dataset'), index=':', format='extxyz')
+    if not frames:
+        raise BadInputError(f'{job["replay_dataset"]} holds no structures')
+    return frames
+
+
 # ----------------------------------------------------------------------------------------------------- main
 #: The fields of a job file by task: ``name: (JSON type, required)``. ``parameters`` are checked by the task itself.
 JOB_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -421,6 +454,7 @@ JOB_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
         'dataset': (str, True),
         'parameters': (dict, False),
         'parent_potential': (str, False),
+        'replay_dataset': (str, False),
         'resume': (bool, False),
     },
     'md': {

@@ -43,6 +43,7 @@ CALL_DEFAULTS: dict = {
     'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
     'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
     'verbose': False,
+    'replay': None,  # labelled frames of the parent's data: their errors before and after (fine-tuning)
 }
 #: options of the training task that belong to the job (model, device, dtype), not to :func:`train`
 JOB_ONLY = ('model', 'device', 'dtype')
@@ -234,6 +235,24 @@ def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
     pot.feature_std.copy_(std.to(pot.dtype))
     pot.energy_scale.fill_(scale)
     pot.reference_energies.copy_(torch.as_tensor(offsets, dtype=pot.dtype).expand_as(pot.reference_energies))
+
+
+def _start(pot, items: Sequence[_Frame], statistics: str) -> str:
+    """Fit the statistics of a new potential, or keep those of a trained one and shift its energy offsets.
+
+    ``statistics``: ``'refit'``, ``'keep'`` or ``'auto'`` (keep for a potential that holds training metrics).
+    Returns what was done (``'refit'`` or ``'keep'``).
+    """
+    from .finetune import is_trained, shift_reference_energies
+
+    mode = statistics if statistics != 'auto' else ('keep' if is_trained(pot) else 'refit')
+    if mode == 'refit':
+        initialise_statistics(pot, items)
+    else:
+        chunks = [items[k : k + 64] for k in range(0, len(items), 64)]
+        batches = [_collate(chunk)[:3] for chunk in chunks]
+        shift_reference_energies(pot, batches, pot.elements)
+    return mode
 
 
 def _pair_virial(vectors: Tensor, pair: Tensor, system: Tensor, n_systems: int) -> Tensor:
@@ -486,6 +505,8 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     """
     from .options import TRAIN
 
+    if hasattr(pot, 'baseline') and hasattr(pot, 'correction'):
+        return _train_delta(pot, frames, options)
     known = (set(TRAIN.keys()) - set(JOB_ONLY)) | set(CALL_DEFAULTS)
     unknown = set(options) - known
     if unknown:
@@ -496,12 +517,32 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     model_dtype = pot.dtype
     # L-BFGS and the late small AdamW steps stall in float32 (loss differences drown in rounding): optimise in float64
     # and hand back a model of the caller's dtype (metrics are those of the model handed back)
+    replay = list(opts['replay'] or [])
+    before = evaluate_metrics(pot, replay) if replay else None
     if opts['precision'] == 'float64':
         pot.double()
     try:
-        return _train(pot, frames, opts, time.perf_counter(), model_dtype)
+        report = _train(pot, frames, opts, time.perf_counter(), model_dtype)
     finally:
         pot.to(model_dtype)
+    if replay:
+        report['replay'] = {'before': before, 'after': evaluate_metrics(pot, replay)}
+        pot.metadata['replay'] = report['replay']
+    return report
+
+
+def _train_delta(pot, frames: Sequence[Atoms], options: dict) -> dict:
+    """Train the correction of a ``baseline + correction`` potential on ``label - baseline``.
+
+    The errors of the correction on the differences are those of the whole potential on the labels (the baseline
+    is exact on its own part), so the report and the metrics need no translation.
+    """
+    from .baselines import subtract_baseline
+
+    options = dict(options)
+    if options.get('replay'):
+        options['replay'] = subtract_baseline(options['replay'], pot.baseline)
+    return train(pot.correction, subtract_baseline(frames, pot.baseline), **options)
 
 
 def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dtype: torch.dtype) -> dict:
@@ -535,7 +576,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         best_weights = saved['best_weights']
         state = saved['state']
     else:
-        initialise_statistics(pot, train_items)
+        state['statistics'] = _start(pot, train_items, opts['statistics'])
     if opts['precompute'] and hasattr(pot, 'descriptor'):  # stored descriptor Jacobians: our BP networks only
         _precompute(pot, train_items)
         _precompute(pot, val_items)
@@ -635,7 +676,8 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         'finished': finished,
         'stopped_early': stopped_early,
         'training_time_s': state['elapsed'],
-        'options': {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()},
+        'options': {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if k != 'replay'},
+        'statistics': state.get('statistics', 'refit'),
     }
     pot.metadata['metrics'] = {'train': report['train'], 'validation': report['validation']}
     pot.metadata['training'] = {

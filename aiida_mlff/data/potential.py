@@ -47,6 +47,8 @@ class PotentialData(SinglefileData):
         attributes.set('committee_size', int(pot.committee_size))
         attributes.set('hyperparameters', _jsonable(hyper))
         attributes.set('metrics', _jsonable(metadata.get('metrics', {})))
+        if metadata.get('replay'):  # fine-tuned: errors on the parent's data before and after (forgetting)
+            attributes.set('replay', _jsonable(metadata['replay']))
         for key in METADATA_KEYS:  # the calibrations; the last-layer posterior itself stays in the file
             if key.startswith('calibration') and metadata.get(key) is not None:
                 attributes.set(key, _jsonable(metadata[key]))

@@ -69,6 +69,8 @@ def test_the_demo_is_valid_and_keeps_only_what_it_sets():
         ('states', {'a': [10]}, 'states: a: needs [low, high]'),
         ('reference.experiment', {}, "reference.experiment: unknown option; did you mean 'experiment_kcal_mol'?"),
         ('umbrela', {}, "umbrela: unknown option; did you mean 'umbrella'?"),
+        ('training.initial_potential', 'nowhere.pt', 'training.initial_potential: must be a potential file or the pk'),
+        ('training.replay_dataset', 3.5, 'training.replay_dataset: must be an extxyz dataset file or the pk/UUID'),
     ],
 )
 def test_bad_fields_are_named(path, value, message):
@@ -335,3 +337,66 @@ def test_the_composite_checks_the_method_inputs(mlff_environment):
     builder.free_energy = orm.Dict({'method': 'umbrella'})
     with pytest.raises(ValueError, match=r'umbrella: free_energy\.method umbrella needs the umbrella inputs'):
         run_get_node(builder)
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+def _parent_files(folder: Path) -> tuple[Path, Path]:
+    """A small trained BP potential file and its training data (pw.x water frames) in ``folder``."""
+    import ase.io
+    import torch
+
+    from aiida_mlff.core.models import Potential
+    from aiida_mlff.core.training import train
+
+    frames = ase.io.read(Path(__file__).parents[1] / 'data' / 'h2o_pbe_30ry.extxyz', index=':8')
+    pot = Potential.build(['H', 'O'], cutoff=3.0, angular_cutoff=2.5, hidden=[4], n_radial=3, n_angular=2)
+    train(pot.to(torch.float64), frames[:4], epochs=2, batch_size=4, polish_steps=0)
+    train(pot, frames[4:], epochs=2, batch_size=4, polish_steps=0, replay=frames[:4])  # fine-tuned itself
+    ase.io.write(folder / 'water.extxyz', frames, format='extxyz')
+    return pot.save(folder / 'parent.pt'), folder / 'water.extxyz'
+
+
+def test_a_campaign_fine_tunes_from_a_file_or_a_node(mlff_environment, tmp_path):
+    import hashlib
+
+    from aiida.engine import calcfunction
+
+    from aiida_mlff.data.dataset import TrainingSetData
+    from aiida_mlff.data.potential import PotentialData
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain, fine_tuning_inputs
+
+    parent, water = _parent_files(tmp_path)
+    config = demo()
+    config['system']['molecule'] = 'H2O2'
+    config['training'].update(initial_potential='parent.pt', replay_dataset='water.extxyz')
+    (tmp_path / 'campaign.yaml').write_text(yaml.safe_dump(config))
+    loaded = load_campaign(tmp_path / 'campaign.yaml')  # files are relative to the campaign file
+    assert loaded['training']['initial_potential'] == str(parent.resolve())
+    builder = CampaignWorkChain.get_builder_from_config(mlff_environment['code'], mlff_environment['mlff_code'], loaded)
+    train = builder.active_learning.train.train
+    assert isinstance(train.parent_potential, PotentialData)
+    assert train.parent_potential.base.attributes.get('content_hash') == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert isinstance(train.replay_dataset, TrainingSetData)
+    assert train.replay_dataset.n_structures == 8
+    assert 'initial_potential' not in train.parameters.get_dict()
+
+    # a node: the replay set defaults to the dataset its provenance holds (here: through a calcfunction)
+    dataset = TrainingSetData.from_extxyz(water).store()
+
+    @calcfunction
+    def trained_on(dataset):
+        return PotentialData(parent)
+
+    node = trained_on(dataset)
+    found = fine_tuning_inputs({'initial_potential': node.pk})
+    assert found['parent_potential'].uuid == node.uuid
+    assert found['replay_dataset'].uuid == dataset.uuid
+    with pytest.raises(CampaignConfigError, match=r'training\.initial_potential: node .* is a TrainingSetData'):
+        fine_tuning_inputs({'initial_potential': dataset.uuid})
+    # the report shows a fine-tuned potential's errors on its parent's data before and after
+    from aiida_mlff.report import _model_rows, _potential_summary
+
+    summary = _potential_summary(node)
+    assert summary['replay']['before']['n_structures'] == 4
+    rows = {row[0]: row[1] for row in _model_rows({'potential': summary})}
+    assert 'replay set after fine-tuning: force_mae_meV_per_A' in rows

@@ -13,6 +13,7 @@ The build takes about a minute once per machine and torch version (cached in ``T
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sysconfig
@@ -50,7 +51,10 @@ def bp_pairs():
 
         source = Path(__file__).with_name('bp_pairs.cpp')
         suffix, flags = _vector_flags()
-        name = f'aiida_mlff_bp_pairs{suffix}'
+        # one build folder per checkout: torch's ninja file names the source by its path, so two checkouts sharing
+        # a folder would rebuild each other's module on every first use
+        tag = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:8]
+        name = f'aiida_mlff_bp_pairs{suffix}_{tag}'
         _prepare_build(name)
         module = load(
             name=name,

@@ -41,8 +41,10 @@ from aiida_mlff.workflows import PROGRESS_EXTRA
 from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
 from aiida_mlff.workflows.campaign.config import (
     CAMPAIGN,
+    FINE_TUNING,
     FREE_ENERGY,
     SAMPLING,
+    CampaignConfigError,
     box_structure,
     build_structure,
     check_cv_span,
@@ -918,11 +920,70 @@ def _active_learning_inputs(pw_code, mlff_code, structure, config: dict) -> dict
         protocol=config['active_learning']['protocol'],
         overrides=overrides,
         label_overrides=label_overrides,
-        train_overrides={'train': {'parameters': _given(config['training'], 'committee')}},
+        train_overrides={'train': {'parameters': _given(config['training'], 'committee', *FINE_TUNING)}},
         label_protocol=config['dft']['protocol'],
         train_protocol=config['training']['protocol'],
     )
     inputs = builder._inputs(prune=True)
     for key in ('seeds', 'structures', 'dataset', 'umbrella'):
         inputs.pop(key, None)
+    inputs['train']['train'].update(fine_tuning_inputs(config['training']))
     return inputs
+
+
+def fine_tuning_inputs(training: dict) -> dict:
+    """``parent_potential`` and ``replay_dataset`` of every training from ``training.initial_potential``.
+
+    A file becomes a ``PotentialData`` (its SHA-256 in ``content_hash``); a pk/UUID must be a ``PotentialData``.
+    The replay set is ``training.replay_dataset`` (an extxyz file or a ``TrainingSetData``), else the dataset the
+    initial potential was trained on when its provenance holds it. Raises :class:`CampaignConfigError`.
+    """
+    source = training.get('initial_potential')
+    if source is None:
+        return {}
+    inputs = {'parent_potential': _node_or_file(source, PotentialData, 'training.initial_potential')}
+    replay = training.get('replay_dataset')
+    if replay is not None:
+        inputs['replay_dataset'] = _node_or_file(replay, TrainingSetData, 'training.replay_dataset')
+    else:
+        dataset = _training_dataset(inputs['parent_potential'])
+        if dataset is not None:
+            inputs['replay_dataset'] = dataset
+    return inputs
+
+
+def _node_or_file(value, node_class, field: str):
+    """A stored node of ``node_class`` from a pk/UUID, or a new one from a file."""
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    if isinstance(value, str) and Path(value).is_file():
+        try:
+            node = PotentialData(value) if node_class is PotentialData else TrainingSetData.from_extxyz(value)
+        except Exception as error:
+            raise CampaignConfigError([f'{field}: {value} cannot be read: {error}']) from error
+        return node.store()
+    try:
+        node = orm.load_node(value)
+    except (NotExistent, MultipleObjectsError, ValueError) as error:
+        raise CampaignConfigError([f'{field}: no node {value!r} in this profile ({error})']) from error
+    if not isinstance(node, node_class):
+        raise CampaignConfigError([f'{field}: node {value!r} is a {type(node).__name__}, not a {node_class.__name__}'])
+    return node
+
+
+def _training_dataset(potential: PotentialData, depth: int = 3):
+    """The dataset the training that created ``potential`` read (through combined committees), or None."""
+    from aiida.common.links import LinkType
+
+    creator = potential.creator
+    if creator is None or depth == 0:
+        return None
+    inputs = {link.link_label: link.node for link in creator.base.links.get_incoming(link_type=LinkType.INPUT_CALC)}
+    if isinstance(inputs.get('dataset'), TrainingSetData):
+        return inputs['dataset']
+    for label in sorted(inputs):
+        if isinstance(inputs[label], PotentialData):
+            found = _training_dataset(inputs[label], depth - 1)
+            if found is not None:
+                return found
+    return None

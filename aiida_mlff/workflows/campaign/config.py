@@ -13,6 +13,7 @@ CV values (windows, states, scans) are in the CV's file unit: degrees for angles
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,48 @@ UMBRELLA_SECTION = Schema(
     fill=False,
 )
 
+_UUID = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
+
+
+def _file_or_node_problem(what: str):
+    """A check of a value naming a file or a node (pk or UUID) that holds ``what``."""
+
+    def problem(value) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return None
+        if isinstance(value, str) and (_UUID.match(value) or Path(value).is_file()):
+            return None
+        return f'must be {what} file or the pk/UUID of its node, got {value!r} (no such file)'
+
+    return problem
+
+
+#: fields of the training section that name inputs (nodes or files), not options of the training job
+FINE_TUNING = ('initial_potential', 'replay_dataset')
 TRAINING = Schema(
-    {'protocol': _protocol(), 'committee': ACTIVE_LEARNING['committee'], **TRAIN.fields}, TRAIN.checks, fill=False
+    {
+        'protocol': _protocol(),
+        'committee': ACTIVE_LEARNING['committee'],
+        'initial_potential': Option(
+            None,
+            kind='any',
+            nullable=True,
+            check=_file_or_node_problem('a potential'),
+            help='fine-tune from this potential (a file, relative to the campaign, whose SHA-256 is recorded, or a '
+            'PotentialData pk/UUID) instead of training from scratch; every training of the campaign starts from it',
+        ),
+        'replay_dataset': Option(
+            None,
+            kind='any',
+            nullable=True,
+            check=_file_or_node_problem('an extxyz dataset'),
+            help="the initial potential's own data, scored before and after each fine-tuning (forgetting); default: "
+            'the dataset its provenance holds, none for a file',
+        ),
+        **TRAIN.fields,
+    },
+    TRAIN.checks,
+    fill=False,
 )
 
 CAMPAIGN = Schema(
@@ -232,6 +273,12 @@ def _resolve_paths(raw: dict, folder: Path) -> None:
     system = raw.get('system')
     if isinstance(system, dict) and isinstance(system.get('file'), str):
         system['file'] = str((folder / system['file']).resolve())
+    training = raw.get('training')
+    if isinstance(training, dict):
+        for key in FINE_TUNING:
+            value = training.get(key)
+            if isinstance(value, str) and not _UUID.match(value) and (folder / value).is_file():
+                training[key] = str((folder / value).resolve())
     path = (raw.get('sampling') or {}).get('path') if isinstance(raw.get('sampling'), dict) else None
     if isinstance(path, dict):
         for key in ('from', 'to'):
