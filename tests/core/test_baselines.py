@@ -33,7 +33,7 @@ from aiida_mlff.core.baselines import (
 from aiida_mlff.core.contract import StoredPotential
 from aiida_mlff.core.options import TRAIN, OptionsError
 from aiida_mlff.core.potential_io import load_potential
-from aiida_mlff.core.training import train
+from aiida_mlff.core.training import evaluate_metrics, split_indices, train
 
 DATA = Path(__file__).parents[1] / 'data' / 'h2o_pbe_30ry.extxyz'
 SMALL = {'cutoff': 3.5, 'angular_cutoff': 3.0, 'n_radial': 4, 'n_angular': 2, 'hidden': [8]}
@@ -269,7 +269,12 @@ def test_delta_model_beats_the_baseline_and_a_plain_model_on_held_out_dft_water(
     hyper = {**SMALL, 'hidden': [16]}
     options = {'epochs': 30, 'batch_size': 8, 'validation_fraction': 0.25, 'seed': 1, 'polish_steps': 0}
     pot = build_xtb_delta(['H', 'O'], dtype=torch.float64, correction=hyper)
-    train(pot.correction, subtract_baseline(fit, pot.baseline), **options)
+    report = train(pot, fit, **options)  # the correction learns label - baseline
+    # the report's errors (correction on the differences) are the whole potential's on the labels
+    _, validation = split_indices(len(fit), options['validation_fraction'], options['seed'])
+    whole = evaluate_metrics(pot, [fit[k] for k in validation])
+    for key in ('force_mae_meV_per_A', 'energy_mae_meV_per_atom'):
+        assert whole[key] == pytest.approx(report['validation'][key], rel=1e-6)
     plain = build('bp-chiral', elements=['H', 'O'], dtype=torch.float64, **hyper)
     train(plain, fit, **options)
     maes = {'baseline': _force_mae(pot.baseline, held_out), 'delta': _force_mae(pot, held_out)}
