@@ -166,3 +166,15 @@ def test_written_pw_input_has_charge_and_spin(mlff_environment, prepare):
     assert float(system['tot_magnetization'].replace('d', 'e')) == 1.0
     assert 'K_POINTS gamma' in text
     assert 'tstress = .false.' in text
+
+
+def test_active_learning_labels_a_periodic_system_with_kpoints_and_stress(pw_code):
+    """The labelling of active learning follows its seeds: a crystal gets k-points and stress, a molecule Gamma."""
+    from aiida_mlff.workflows.active_learning.base import ActiveLearningWorkChain
+
+    crystal = ActiveLearningWorkChain.get_builder_from_protocol(pw_code, pw_code, [bulk('Si', 'diamond', a=5.43)])
+    assert 'kpoints_distance' in crystal.label.pw
+    assert crystal.label.pw.pw.parameters['CONTROL']['tstress'] is True
+    water = ActiveLearningWorkChain.get_builder_from_protocol(pw_code, pw_code, [in_box('H2O')])
+    assert water.label.pw.pw.settings.get_dict() == {'gamma_only': True}
+    assert water.label.pw.pw.parameters['CONTROL']['tstress'] is False

@@ -165,7 +165,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
 
         seed_nodes = nodes(seeds, 'seed_')
         label = DftLabelWorkChain.get_builder_from_protocol(
-            pw_code, seed_nodes, protocol=label_protocol or protocol, overrides=label_overrides, molecule=True
+            pw_code, seed_nodes, protocol=label_protocol or protocol, overrides=label_overrides
         )
         train = TrainBaseWorkChain.get_builder_from_protocol(
             mlff_code, None, protocol=train_protocol or protocol, overrides=train_overrides
