@@ -240,7 +240,7 @@ def _add_member_energies(workdir: Path, potential, structures, device: str, dtyp
             Atoms(
                 numbers=structures[r].numbers,
                 positions=positions[f, r, mask[r]],
-                cell=structures[r].cell,
+                cell=arrays['frame_cells'][f, r] if 'frame_cells' in arrays else structures[r].cell,
                 pbc=structures[r].pbc,
             )
             for f, r in part
@@ -271,6 +271,11 @@ def _result_arrays(result) -> dict[str, np.ndarray]:
     }
     for key in ('potential_energy', 'bias_energy', 'kinetic_energy', 'total_energy', 'temperature'):
         arrays[key] = getattr(result, key)
+    # the cell of every frame (F, R, 3, 3) Å and its volume (F, R) Å^3: they move under NPT; NPT adds the
+    # instantaneous pressure (F, R) bar
+    for key, name in (('cell', 'frame_cells'), ('volume', 'volume'), ('pressure', 'pressure')):
+        if key in result.extra:
+            arrays[name] = result.extra[key]
     return arrays
 
 
@@ -289,12 +294,13 @@ def _final_structures(result, structures):
 
     frames = []
     positions = result.final_state.batch.positions.detach().cpu().numpy()
+    cells = result.final_state.batch.cell.detach().cpu().double().numpy()  # NPT: the cell the run ended in
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in structures])])
     for r, structure in enumerate(structures):
         atoms = Atoms(
             numbers=structure.numbers,
             positions=positions[offsets[r] : offsets[r + 1]],
-            cell=structure.cell,
+            cell=cells[r],
             pbc=structure.pbc,
         )
         frames.append(atoms)

@@ -49,7 +49,10 @@ class MdParser(Parser):
                 continue
             trajectory = orm.TrajectoryData()
             symbols = [chemical_symbols[z] for z in arrays['numbers'][r, mask]]
-            cells = np.repeat(arrays['cells'][r][None], int(valid.sum()), axis=0)
+            if 'frame_cells' in arrays:  # the cell of every frame (it moves under NPT)
+                cells = arrays['frame_cells'][valid, r]
+            else:
+                cells = np.repeat(arrays['cells'][r][None], int(valid.sum()), axis=0)
             trajectory.set_trajectory(
                 symbols,
                 positions[valid],
@@ -65,7 +68,11 @@ class MdParser(Parser):
         thermo.set_array('step', arrays['step'])
         for key in THERMO_KEYS:
             thermo.set_array(key, arrays[key])
-        thermo.base.attributes.set('units', {'time': 'fs', 'temperature': 'K', 'energy': 'eV'})
+        for key in ('volume', 'pressure'):  # (F, R) Å^3 and, under NPT, bar
+            if key in arrays:
+                thermo.set_array(key, arrays[key])
+        units = {'time': 'fs', 'temperature': 'K', 'energy': 'eV', 'volume': 'Å^3', 'pressure': 'bar'}
+        thermo.base.attributes.set('units', units)
         self.out('thermo', thermo)
 
         if arrays['colvars'].shape[-1] > 0:

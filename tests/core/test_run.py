@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -206,3 +207,34 @@ def test_job_file_that_is_a_folder_or_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'does not exist' in err
     assert 'Traceback' not in err
+
+
+def test_npt_job_records_the_cell_of_every_frame(tmp_path):
+    """An NPT job writes each frame's cell, volume and pressure, and ends in the cell it reached."""
+    from aiida_mlff.core.solvate import solvate
+
+    pot = Potential.build(['H', 'O'], seed=0, dtype=torch.float64, **TINY)
+    pot.save(tmp_path / files.POTENTIAL_FILE)
+    box = solvate(molecule('H2O'), n_waters=7, density=1.0, seed=0)
+    write(tmp_path / files.STRUCTURES_FILE, [box], format='extxyz')
+    params = {
+        'ensemble': 'npt',
+        'steps': 20,
+        'stride': 5,
+        'timestep': 0.5,
+        'tau_p': 20.0,
+        'device': 'cpu',
+        'dtype': 'float64',
+        'temperature': 300.0,
+    }
+    job = {'task': 'md', 'potential': files.POTENTIAL_FILE, 'structures': files.STRUCTURES_FILE, 'parameters': params}
+    result = mlff_run(tmp_path, 'md', job)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / files.TRAJECTORY_FILE) as data:
+        cells, volume, pressure = data['frame_cells'], data['volume'], data['pressure']
+    assert cells.shape == (5, 1, 3, 3)
+    np.testing.assert_allclose(volume, np.abs(np.linalg.det(cells)), rtol=1e-10)
+    assert abs(volume[-1, 0] / volume[0, 0] - 1) > 1e-6  # the cell moved
+    assert np.isfinite(pressure).all()
+    final = ase.io.read(tmp_path / files.FINAL_STRUCTURES_FILE)
+    np.testing.assert_allclose(final.cell.array, cells[-1, 0], atol=1e-8)
