@@ -202,16 +202,17 @@ def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
         if hasattr(pot, 'set_energy_scale'):
             pot.set_energy_scale(scale)
         return
+    from .atoms import pair_vectors
+
     n_el = len(pot.elements)
     composition = np.zeros((len(items), n_el))
     energies = np.array([f.energy for f in items])
     feats = [[] for _ in range(n_el)]
-    for row, item in enumerate(items):
-        batch, nbrs, _, _ = _collate([item])
+    for start in range(0, len(items), 64):  # the descriptor of 64 frames at a time
+        batch, nbrs, _, _ = _collate(items[start : start + 64])
         species = pot.descriptor.element_index(batch.numbers)
-        composition[row] = np.bincount(species.cpu().numpy(), minlength=n_el)
-        from .atoms import pair_vectors
-
+        system = batch.batch.cpu().numpy()
+        np.add.at(composition, (start + system, species.cpu().numpy()), 1.0)
         raw = pot.descriptor(pair_vectors(batch, nbrs), nbrs.i, nbrs.j, species)
         x = pot.transform(raw, species).double()
         for e in range(n_el):
