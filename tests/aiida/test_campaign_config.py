@@ -78,6 +78,15 @@ def test_bad_fields_are_named(path, value, message):
     assert any(message in e for e in errors), errors
 
 
+def test_a_campaign_chooses_its_architecture():
+    """MACE and the xTB baseline are a training.model away; their own hyperparameters are checked."""
+    models = ({'architecture': 'mace', 'channels': 8}, {'architecture': 'xtb-delta', 'correction': {'hidden': [8]}})
+    for model in models:
+        assert validate_campaign(changed('training.model', model))['training']['model'] == model
+    errors = errors_of(changed('training.model', {'architecture': 'mace', 'hidden': [8]}))
+    assert any("unknown hyperparameter 'hidden' of mace" in e for e in errors), errors
+
+
 def test_every_bad_field_at_once():
     config = changed('training.epoch', 10)
     config['umbrella']['timestep'] = 50.0
