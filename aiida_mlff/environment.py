@@ -147,14 +147,23 @@ def find_pw() -> str | None:
 
 
 def _ensure_code(label: str, computer_label: str, find, missing: str, plugin: str, description: str, prepend_text: str):
-    """Return ``(code, created)``: the code ``label@computer_label``, created from ``find()`` if it is missing."""
+    """Return ``(code, created)``: the code ``label@computer_label``, created from ``find()`` if it is missing.
+
+    A code whose executable is gone from this machine (a moved checkout, a recreated venv) is relabelled
+    ``<label>-missing-<pk>`` (calculations that used it keep it) and replaced by a new one from ``find()``.
+    """
     from aiida import orm
     from aiida.common.exceptions import NotExistent
 
     try:
-        return orm.load_code(f'{label}@{computer_label}'), False
+        existing = orm.load_code(f'{label}@{computer_label}')
     except NotExistent:
-        pass
+        existing = None
+    if existing is not None:
+        gone = isinstance(existing, orm.InstalledCode) and not Path(str(existing.filepath_executable)).exists()
+        if not gone or find() is None:
+            return existing, False
+        existing.label = f'{label}-missing-{existing.pk}'
     executable = find()
     if executable is None:
         raise FileNotFoundError(missing)

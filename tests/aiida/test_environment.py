@@ -62,3 +62,22 @@ def test_missing_pw_executable_is_reported(aiida_profile, monkeypatch):
     monkeypatch.setattr(environment, 'find_pw', lambda: None)
     with pytest.raises(FileNotFoundError, match=r'pw\.x was not found'):
         environment.ensure_pw_code(label='pw-missing')
+
+
+def test_a_code_whose_executable_is_gone_is_replaced(aiida_profile):
+    """A moved checkout leaves a code pointing nowhere: setup relabels it and makes a new one from this install."""
+    from aiida import orm
+
+    computer, _ = environment.ensure_computer()
+    stale = orm.InstalledCode(
+        label='mlff-run-moved',
+        computer=computer,
+        filepath_executable='/nowhere/.venv/bin/mlff-run',
+        default_calc_job_plugin='mlff.train',
+    ).store()
+    code, created = environment.ensure_mlff_code(label='mlff-run-moved')
+    assert created
+    assert code.pk != stale.pk
+    assert str(code.filepath_executable) == environment.find_mlff_run()
+    assert stale.label == f'mlff-run-moved-missing-{stale.pk}'
+    assert environment.ensure_mlff_code(label='mlff-run-moved') == (code, False)
