@@ -30,7 +30,7 @@ from ase.units import Bohr, Hartree, kB
 from torch import Tensor
 
 from .options import BASELINE as BASELINE_OPTIONS
-from .options import OptionsError
+from .options import XTB_SMALL_SYSTEM_ATOMS, OptionsError
 
 __all__ = [
     'BASELINE_OPTIONS',
@@ -99,7 +99,8 @@ class XtbBaseline:
         ``'GFN2-xTB'`` (default) or ``'GFN1-xTB'``.
     **options
         :data:`BASELINE_OPTIONS`: ``electronic_temperature`` [K], ``accuracy``, ``charge`` [e], ``spin`` (unpaired
-        electrons), ``max_iterations``.
+        electrons), ``max_iterations``, ``threads`` (OpenMP threads per structure; 0: one below
+        ``XTB_SMALL_SYSTEM_ATOMS`` atoms, torch's thread count above).
 
     Raises
     ------
@@ -117,6 +118,7 @@ class XtbBaseline:
         self.options = {**BASELINE_OPTIONS.defaults(), **BASELINE_OPTIONS.validate(options, 'baseline.options')}
         self.version = tblite_version()
         self._calculators: OrderedDict[tuple, Any] = OrderedDict()
+        self._threadpools = None  # threadpoolctl's controller of the OpenMP runtimes, made at the first single point
 
     def spec(self) -> dict:
         """``{'method': ..., 'options': {...}}``: plain data that rebuilds this baseline."""
@@ -149,6 +151,20 @@ class XtbBaseline:
             calc.update(positions=positions / Bohr)
         return key, calc
 
+    def threads_for(self, n_atoms: int) -> int:
+        """OpenMP threads of one single point of ``n_atoms`` atoms (the ``threads`` option; 0: by size)."""
+        if self.options['threads'] > 0:
+            return int(self.options['threads'])
+        return 1 if n_atoms < XTB_SMALL_SYSTEM_ATOMS else torch.get_num_threads()
+
+    def _openmp_limit(self, n_atoms: int):
+        """A context that runs tblite's OpenMP regions on :meth:`threads_for` threads, restored afterwards."""
+        from threadpoolctl import ThreadpoolController
+
+        if self._threadpools is None:  # after tblite's library is loaded, so that its OpenMP runtime is seen
+            self._threadpools = ThreadpoolController()
+        return self._threadpools.limit(limits=self.threads_for(n_atoms), user_api='openmp')
+
     def single_point(
         self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, name: str = 'structure'
     ) -> tuple[float, np.ndarray, np.ndarray | None]:
@@ -162,7 +178,8 @@ class XtbBaseline:
         formula = Atoms(numbers=numbers).get_chemical_formula()
         try:
             key, calc = self._calculator(numbers, positions, cell, pbc)
-            result = calc.singlepoint()
+            with self._openmp_limit(len(numbers)):
+                result = calc.singlepoint()
         except Exception as error:  # tblite raises its own RuntimeError / ValueError subclasses
             verb = 'did not converge' if 'converge' in str(error).lower() else 'failed'
             raise BaselineError(

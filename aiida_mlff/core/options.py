@@ -273,6 +273,9 @@ MAX_TIMESTEP_FS = 5.0  # beyond this no atomistic MD with hydrogens is stable
 
 # ----------------------------------------------------------------------------------------------------- tasks
 #: options of the tight-binding baseline (``{'method': ..., 'options': {...}}`` in the hyperparameters)
+# below this many atoms the GFN-xTB baseline runs a structure on one OpenMP thread (BASELINE option threads = 0):
+# tblite's parallel regions cost more than they save on a few atoms, and on a loaded machine their barriers spin
+XTB_SMALL_SYSTEM_ATOMS = 100
 BASELINE = Schema(
     {
         'electronic_temperature': Option(300.0, 'K', low=0, low_open=True, help='Fermi smearing temperature'),
@@ -280,6 +283,13 @@ BASELINE = Schema(
         'charge': Option(0, 'e', kind='integer', help='total charge of every structure'),
         'spin': Option(0, kind='integer', low=0, help='number of unpaired electrons (2S) of every structure'),
         'max_iterations': Option(250, kind='integer', low=1, help='SCC iterations before a structure fails'),
+        'threads': Option(
+            0,
+            kind='integer',
+            low=0,
+            help='OpenMP threads of tblite per structure; 0: one thread for structures of fewer than '
+            f"{XTB_SMALL_SYSTEM_ATOMS} atoms (threads cost more than they give there), torch's thread count above",
+        ),
     },
     help='GFN-xTB baseline of a delta-learned potential (tblite)',
 )

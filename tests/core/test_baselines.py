@@ -131,6 +131,43 @@ def test_batch_follows_dtype_and_has_no_stress_without_periodicity(baseline):
     assert baseline.spec()['method'] == 'GFN2-xTB'
 
 
+def _openmp_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'openmp')
+
+
+def test_openmp_threads_follow_the_structure_size_and_are_restored():
+    """Small structures run tblite on one OpenMP thread (the ``threads`` option overrides), whatever the process set,
+    and the process's thread count is back after the call; the results do not depend on the thread count."""
+    from threadpoolctl import threadpool_limits
+
+    by_size, two = XtbBaseline(accuracy=0.01), XtbBaseline(accuracy=0.01, threads=2)
+    assert [by_size.threads_for(4), by_size.threads_for(500)] == [1, torch.get_num_threads()]
+    assert [two.threads_for(4), two.threads_for(500)] == [2, 2]
+    frame = _rattled('H2O2')
+    results = {}
+    for name, base in (('by size', by_size), ('two', two)):
+        seen = []
+        real = base._calculator
+
+        def spying(*args, _real=real, _seen=seen):
+            key, calc = _real(*args)
+            run = calc.singlepoint
+            calc.singlepoint = lambda: (_seen.append(_openmp_threads()), run())[1]
+            return key, calc
+
+        base._calculator = spying
+        with threadpool_limits(limits=3, user_api='openmp'):
+            results[name] = base.evaluate(frame)
+            assert _openmp_threads() == 3  # restored
+        assert seen == [1 if name == 'by size' else 2]
+    for key in ('energy', 'forces'):
+        torch.testing.assert_close(results['by size'][key], results['two'][key], rtol=0, atol=1e-9)
+    with pytest.raises(OptionsError, match=r'baseline\.options\.threads'):
+        XtbBaseline(threads=-1)
+
+
 def test_clear_errors_for_missing_tblite_failed_scc_and_bad_options(monkeypatch):
     with pytest.raises(BaselineError, match=r'did not converge on structure 0 \(H2O2\)'):
         XtbBaseline(max_iterations=1).evaluate([_rattled('H2O2'), _rattled('H2O')])
