@@ -8,10 +8,10 @@ H2O2 is labelled here with the same pw.x settings (PBE, 30 Ry, the same pseudopo
 - the held-out rigid torsion scan (-180 to 180 degrees in 30-degree steps), never trained on.
 
 For every label count n in ``--labels``, the same n pool frames train a model from scratch and fine-tune the parent
-(same architecture, same wall-time budget each), and fine-tunes it with 32 of the parent's water frames mixed
-in (rehearsal against forgetting). Printed: the scan's energy RMSE relative to its minimum [meV] and
-force MAE [meV/Å] on the scan, and the parent's water error (its replay set) before and after fine-tuning. "Labels
-saved" compares the fewest labels each way needs to reach a scan energy RMSE (``--target`` meV, default: what
+(same architecture, same wall-time budget each), and fine-tunes it with rehearsal (``replay_fraction``: as many
+of the parent's water frames as new training frames, drawn afresh every epoch, their forces in the loss).
+Printed: the scan's energy RMSE relative to its minimum [meV] and force MAE [meV/Å] on the scan, and the
+parent's water error (its replay set) before and after fine-tuning. "Labels saved" compares the fewest labels each way needs to reach a scan energy RMSE (``--target`` meV, default: what
 fine-tuning reaches with the fewest labels).
 
 Usage: ``python benchmarks/bench_finetune.py [--labels 4 8 16 32] [--budget 60] [--workdir /tmp/mlff_h2o2_pw]``;
@@ -44,8 +44,8 @@ MODEL = dict(cutoff=5.0, angular_cutoff=3.5, hidden=(32, 32))  # train_h2o's con
 #: weights on the validation split are kept
 SCRATCH = dict(learning_rate=1e-2, energy_weight=100.0, patience=10**6, lr_patience=30, polish_steps=300)
 FINE = dict(SCRATCH, learning_rate=2e-3)
-WATER_MIX = 32  # water frames trained alongside the new labels in 'fine-tune+water' (rehearsal against forgetting)
-METHODS = ('scratch', 'fine-tune', 'fine-tune+water')
+REPLAY_FRACTION = 1.0  # 'rehearsal': water frames per new training frame in every epoch (train's replay_fraction)
+METHODS = ('scratch', 'fine-tune', 'rehearsal')
 
 
 def _pw_module():
@@ -121,10 +121,17 @@ def run_one(method: str, n: int, pool: list[Atoms], parent_path: Path, water: li
         report = train(pot, frames, epochs=100000, time_budget=budget, seed=1, validation_fraction=0.1, **SCRATCH)
     else:
         pot = Potential.load(parent_path)
-        if method == 'fine-tune+water':
-            frames = frames + water[:: max(1, len(water) // WATER_MIX)][:WATER_MIX]
+        fraction = REPLAY_FRACTION if method == 'rehearsal' else 0.0
         report = train(
-            pot, frames, epochs=100000, time_budget=budget, seed=1, validation_fraction=0.1, replay=water, **FINE
+            pot,
+            frames,
+            epochs=100000,
+            time_budget=budget,
+            seed=1,
+            validation_fraction=0.1,
+            replay=water,
+            replay_fraction=fraction,
+            **FINE,
         )
     row = {'method': method, 'labels': n, 'seconds': time.perf_counter() - start, 'statistics': report['statistics']}
     if 'replay' in report:

@@ -329,6 +329,13 @@ TRAIN = Schema(
             'keep them and only shift the per-element offsets to the new labels (fine-tuning); auto: keep for a '
             'potential that was trained already',
         ),
+        'replay_fraction': Option(
+            0.0,
+            low=0,
+            help="frames of the replay set (the parent's data) mixed into every epoch, per new training frame, drawn "
+            'afresh each epoch (the L-BFGS polish keeps one draw): rehearsal against forgetting when fine-tuning; '
+            '0: the replay set is only scored',
+        ),
         'max_time': Option(None, 's', low=0, low_open=True, nullable=True, help='walltime: checkpoint and stop'),
         'time_budget': Option(None, 's', low=0, low_open=True, nullable=True, help='for the whole training'),
         'checkpoint_every': Option(10, 'epochs', kind='integer', low=1),

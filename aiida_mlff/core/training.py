@@ -43,7 +43,7 @@ CALL_DEFAULTS: dict = {
     'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
     'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
     'verbose': False,
-    'replay': None,  # labelled frames of the parent's data: their errors before and after (fine-tuning)
+    'replay': None,  # labelled frames of the parent's data: errors before and after, rehearsal (replay_fraction)
 }
 #: options of the training task that belong to the job (model, device, dtype), not to :func:`train`
 JOB_ONLY = ('model', 'device', 'dtype')
@@ -63,6 +63,9 @@ class _Frame:
     features: Tensor | None = None  # (n, F) raw descriptor
     jacobian: Tensor | None = None  # (P, F, 3) d features[i_p] / d vector_p
     stress: Tensor | None = None  # (3, 3) eV/Å^3 reference stress (ASE sign), None when the frame has none
+    # False for rehearsed frames of a parent's data: their energies may be on another reference, so only their
+    # forces (and stress) enter the loss
+    energy_in_loss: bool = True
 
 
 #: largest total size (floats) of precomputed descriptor Jacobians; beyond it training differentiates the descriptor
@@ -328,7 +331,7 @@ def _predict(
     Every member's prediction, differentiable in the weights (the stress as ``pot.evaluate(..., stress=True)``
     gives it, ASE's sign: ``(1/V) dE/d(strain)``); stored descriptor Jacobians are used when the frames have them.
     """
-    if chunk[0].features is not None:
+    if all(item.features is not None for item in chunk):
         energies, forces, virials = _precomputed_energies_forces(pot, chunk, batch, nbrs, virial=stress)
     else:
         energies, forces, virials = _autograd_energies_forces(pot, batch, nbrs, virial=stress)
@@ -393,6 +396,8 @@ def _loss(pot, chunk: Sequence[_Frame], w_e: float, w_f: float, w_s: float = 0.0
     energies, forces, stress = _predict(pot, chunk, batch, nbrs, stress=bool(labelled))
     n_atoms = batch.counts.to(batch.dtype)
     e_err = ((energies - e_ref) / n_atoms) ** 2  # (M, B)
+    if not all(item.energy_in_loss for item in chunk):
+        e_err = e_err * torch.tensor([item.energy_in_loss for item in chunk], dtype=e_err.dtype, device=e_err.device)
     f_err = ((forces - f_ref) ** 2).sum(-1)  # (M, N)
     loss = (w_e * e_err.mean(1) + w_f * f_err.mean(1)).sum()
     if labelled:
@@ -527,7 +532,12 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
     finally:
         pot.to(model_dtype)
     if replay:
-        report['replay'] = {'before': before, 'after': evaluate_metrics(pot, replay)}
+        report['replay'] = {
+            'before': before,
+            'after': evaluate_metrics(pot, replay),
+            'fraction': opts['replay_fraction'],
+            'per_epoch': report['replay_per_epoch'],
+        }
         pot.metadata['replay'] = report['replay']
     return report
 
@@ -578,8 +588,9 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         state = saved['state']
     else:
         state['statistics'] = _start(pot, train_items, opts['statistics'])
+    replay_items, n_replay = _rehearsal(pot, opts, len(train_items))
     if opts['precompute'] and hasattr(pot, 'descriptor'):  # stored descriptor Jacobians: our BP networks only
-        _precompute(pot, train_items)
+        _precompute(pot, train_items + replay_items)  # one set: they share mini-batches
         _precompute(pot, val_items)
 
     def save_checkpoint() -> None:
@@ -616,15 +627,18 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
             break
         epoch_start = time.perf_counter()
         pot.train()
-        order = torch.randperm(len(train_items), generator=generator).tolist()
+        epoch_items = train_items + _draw(replay_items, n_replay, generator)
+        order = torch.randperm(len(epoch_items), generator=generator).tolist()
         total = 0.0
         for begin in range(0, len(order), opts['batch_size']):
-            chunk = [train_items[k] for k in order[begin : begin + opts['batch_size']]]
+            chunk = [epoch_items[k] for k in order[begin : begin + opts['batch_size']]]
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(pot, chunk, w_e, w_f, w_s)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(chunk)
+            if adam_time is not None and time.perf_counter() - start_time > adam_time:
+                break  # checked after every mini-batch: an epoch of a large model can outlast the budget
         pot.eval()
         val_loss = sum(
             float(_loss(pot, monitor[b : b + 64], w_e, w_f, w_s).detach()) * len(monitor[b : b + 64])
@@ -642,7 +656,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         state['history'].append(
             {
                 'epoch': state['epoch'],
-                'train_loss': total / len(train_items),
+                'train_loss': total / len(epoch_items),
                 'validation_loss': val_loss,
                 'learning_rate': optimizer.param_groups[0]['lr'],
                 'time_s': state['elapsed'],
@@ -650,7 +664,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         )
         if opts['verbose'] and state['epoch'] % 10 == 0:
             print(
-                f'epoch {state["epoch"]:5d} train {total / len(train_items):.3e} val {val_loss:.3e} '
+                f'epoch {state["epoch"]:5d} train {total / len(epoch_items):.3e} val {val_loss:.3e} '
                 f'lr {optimizer.param_groups[0]["lr"]:.1e} {state["elapsed"]:.0f} s',
                 flush=True,
             )
@@ -660,7 +674,8 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
     if best_weights is not None:
         pot.load_state_dict(best_weights)
     if finished and opts['polish_steps'] and not state.get('polished'):
-        best_weights, interrupted = _polish(pot, train_items, monitor, w_e, w_f, opts, state, start_time, w_s)
+        polish_items = train_items + _draw(replay_items, n_replay, torch.Generator().manual_seed(opts['seed'] + 1))
+        best_weights, interrupted = _polish(pot, polish_items, monitor, w_e, w_f, opts, state, start_time, w_s)
         if interrupted:  # a walltime during polishing: the resumed run polishes again from the best weights
             finished = False
         else:
@@ -679,6 +694,7 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         'training_time_s': state['elapsed'],
         'options': {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if k != 'replay'},
         'statistics': state.get('statistics', 'refit'),
+        'replay_per_epoch': n_replay,
     }
     pot.metadata['metrics'] = {'train': report['train'], 'validation': report['validation']}
     pot.metadata['training'] = {
@@ -690,6 +706,30 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
     }
     report['calibration'] = _fit_uncertainty(pot, frames, train_idx, val_idx, opts['uncertainty'])
     return report
+
+
+def _rehearsal(pot, opts: dict, n_train: int) -> tuple[list[_Frame], int]:
+    """The prepared replay frames and how many of them join every epoch (``replay_fraction`` x ``n_train``).
+
+    Rehearsed frames bring their forces (and stress) into the loss, not their energies: the parent's labels may come
+    from another energy reference, which the fine-tuning has just moved the per-element offsets away from.
+    """
+    fraction = opts['replay_fraction']
+    if not fraction:
+        return [], 0
+    if not opts['replay']:
+        raise ValueError("replay_fraction > 0 needs replay frames (the parent's data): none were given")
+    items = _prepare(opts['replay'], pot.cutoff, pot.dtype, pot.device)
+    for item in items:  # the parent's energies may be on another reference (code, pseudopotentials, cutoff)
+        item.energy_in_loss = False
+    return items, min(len(items), max(1, round(fraction * n_train)))
+
+
+def _draw(items: list[_Frame], count: int, generator: torch.Generator) -> list[_Frame]:
+    """``count`` of ``items`` without repetition (none when ``count`` is 0: the generator is left untouched)."""
+    if not count:
+        return []
+    return [items[k] for k in torch.randperm(len(items), generator=generator)[:count].tolist()]
 
 
 def _fit_uncertainty(pot, frames: Sequence[Atoms], train_idx, val_idx, method: str) -> dict:

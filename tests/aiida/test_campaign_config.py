@@ -71,6 +71,8 @@ def test_the_demo_is_valid_and_keeps_only_what_it_sets():
         ('umbrela', {}, "umbrela: unknown option; did you mean 'umbrella'?"),
         ('training.initial_potential', 'nowhere.pt', 'training.initial_potential: must be a potential file or the pk'),
         ('training.replay_dataset', 3.5, 'training.replay_dataset: must be an extxyz dataset file or the pk/UUID'),
+        ('training.replay_fraction', -0.5, 'training.replay_fraction: must be a number >= 0'),
+        ('training.replay_fraction', 0.5, 'training.replay_fraction: rehearsal replays the data of training.initial'),
     ],
 )
 def test_bad_fields_are_named(path, value, message):
@@ -402,6 +404,10 @@ def test_a_campaign_fine_tunes_from_a_file_or_a_node(mlff_environment, tmp_path)
     assert found['replay_dataset'].uuid == dataset.uuid
     with pytest.raises(CampaignConfigError, match=r'training\.initial_potential: node .* is a TrainingSetData'):
         fine_tuning_inputs({'initial_potential': dataset.uuid})
+    # rehearsal needs a replay set: a file has no provenance to find one in
+    with pytest.raises(CampaignConfigError, match=r'training\.replay_fraction: no replay set'):
+        fine_tuning_inputs({'initial_potential': str(parent), 'replay_fraction': 0.5})
+    assert 'replay_dataset' in fine_tuning_inputs({'initial_potential': node.pk, 'replay_fraction': 0.5})
     # the report shows a fine-tuned potential's errors on its parent's data before and after
     from aiida_mlff.report import _model_rows, _potential_summary
 

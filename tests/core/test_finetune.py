@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import ase.io
@@ -124,7 +125,8 @@ def test_fine_tuning_keeps_the_statistics_and_reports_the_replay_errors():
     # the offsets took the reference change: the fine-tuned model fits the shifted labels at once
     assert report['train']['energy_mae_meV_per_atom'] < 5.0
     replay = report['replay']
-    assert set(replay) == {'before', 'after'}
+    assert set(replay) == {'before', 'after', 'fraction', 'per_epoch'}
+    assert replay['per_epoch'] == 0  # scored only
     assert replay['before']['n_structures'] == 16
     # forgetting shown: the replay set's energies are now 1 eV/atom off (the old reference), forces as before
     assert replay['after']['energy_mae_meV_per_atom'] > 900
@@ -133,6 +135,38 @@ def test_fine_tuning_keeps_the_statistics_and_reports_the_replay_errors():
     refit = train(parent, new, statistics='refit', **{**options, 'epochs': 1})
     assert refit['statistics'] == 'refit'
     assert not torch.equal(parent.feature_mean, mean)
+
+
+def _scaled(frames, factor: float):
+    """Frames whose energy and forces are ``factor`` times their labels (another "functional")."""
+    out = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(
+            copy, energy=factor * atoms.get_potential_energy(), forces=factor * atoms.get_forces()
+        )
+        out.append(copy)
+    return out
+
+
+def test_rehearsal_mixes_the_replay_set_in_and_forgets_less():
+    """Fine-tuning on labels that contradict the parent's (forces x 1.3 on other water geometries) with and without
+    ``replay_fraction``: rehearsal keeps the parent's data in the loss, so its replay error after is lower."""
+    water = ase.io.read(DATA / 'h2o_pbe_30ry.extxyz', index=':40')
+    options = dict(batch_size=8, polish_steps=20, learning_rate=1e-2, seed=0, validation_fraction=0.2)
+    parent = Potential.build(['H', 'O'], seed=0, dtype=torch.float64, **TINY)
+    train(parent, water[:24], epochs=40, **options)
+    new = _scaled(water[24:], 1.3)
+    errors = {}
+    for fraction in (0.0, 1.0):
+        child = copy.deepcopy(parent)
+        report = train(child, new, replay=water[:24], replay_fraction=fraction, epochs=40, **options)
+        errors[fraction] = report['replay']['after']['force_mae_meV_per_A']
+        assert report['replay']['fraction'] == fraction
+        assert report['replay']['per_epoch'] == round(fraction * 13)  # 16 new frames, 13 of them train
+    assert errors[1.0] < 0.7 * errors[0.0], errors
+    with pytest.raises(ValueError, match='replay_fraction > 0 needs replay frames'):
+        train(copy.deepcopy(parent), new, replay_fraction=0.5, epochs=1, **options)
 
 
 def test_mlff_run_fine_tunes_a_parent_file_into_a_committee(tmp_path):
@@ -150,6 +184,11 @@ def test_mlff_run_fine_tunes_a_parent_file_into_a_committee(tmp_path):
     assert summary['committee_size'] == 3
     assert summary['statistics'] == 'keep'
     assert summary['metrics']['replay']['before']['n_structures'] == 12
+    rehearsal = train_job(epochs=1, polish_steps=0, replay_fraction=0.5)
+    rehearsal['parent_potential'] = files.PARENT_POTENTIAL_FILE  # and no replay_dataset
+    result = mlff_run(tmp_path, 'train', rehearsal)
+    assert result.returncode == files.EXIT_BAD_INPUT
+    assert 'replay_fraction > 0 needs a replay_dataset' in files.read_json(tmp_path / files.SUMMARY_FILE)['error']
     job['parameters']['model'] = {'architecture': 'mace'}
     result = mlff_run(tmp_path, 'train', job)
     assert result.returncode == files.EXIT_BAD_INPUT

@@ -949,6 +949,13 @@ def fine_tuning_inputs(training: dict) -> dict:
         dataset = _training_dataset(inputs['parent_potential'])
         if dataset is not None:
             inputs['replay_dataset'] = dataset
+    if (training.get('replay_fraction') or 0) > 0 and 'replay_dataset' not in inputs:
+        raise CampaignConfigError(
+            [
+                'training.replay_fraction: no replay set: the provenance of training.initial_potential holds no '
+                'dataset (a file has none); give training.replay_dataset'
+            ]
+        )
     return inputs
 
 

@@ -355,9 +355,19 @@ def validate_campaign(raw: dict, structure=None) -> dict:
         windows = _check_windows(config, cv, errors)
         check_cv_values(config.get('states'), config.get('transitions'), cv, windows, errors)
     _check_sampling(config, atoms, errors)
+    _check_rehearsal(config['training'], errors)
     if errors:
         raise CampaignConfigError(errors)
     return config
+
+
+def _check_rehearsal(training: dict, errors: list[str]) -> None:
+    """Rehearsal (``replay_fraction``) replays the initial potential's data: there must be an initial potential."""
+    fraction = training.get('replay_fraction')
+    if isinstance(fraction, int | float) and fraction > 0 and training.get('initial_potential') is None:
+        errors.append(
+            'training.replay_fraction: rehearsal replays the data of training.initial_potential, which is not given'
+        )
 
 
 def _given_structure(config: dict, structure, errors: list[str]):
