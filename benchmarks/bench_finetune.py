@@ -8,11 +8,11 @@ H2O2 is labelled here with the same pw.x settings (PBE, 30 Ry, the same pseudopo
 - the held-out rigid torsion scan (-180 to 180 degrees in 30-degree steps), never trained on.
 
 For every label count n in ``--labels``, the same n pool frames train a model from scratch and fine-tune the parent
-(same architecture, same wall-time budget each), and fine-tunes it with rehearsal (``replay_fraction``: as many
-of the parent's water frames as new training frames, drawn afresh every epoch, their forces in the loss).
-Printed: the scan's energy RMSE relative to its minimum [meV] and force MAE [meV/Å] on the scan, and the
-parent's water error (its replay set) before and after fine-tuning. "Labels saved" compares the fewest labels each way needs to reach a scan energy RMSE (``--target`` meV, default: what
-fine-tuning reaches with the fewest labels).
+(same architecture, same wall-time budget each), and fine-tunes it with rehearsal (``replay_fraction``: as many of the
+parent's water frames as new training frames, drawn afresh every epoch, their forces in the loss). Printed: the scan's
+energy RMSE relative to its minimum [meV] and force MAE [meV/Å] on the scan, and the parent's water error (its replay
+set) before and after fine-tuning. "Labels saved" compares the fewest labels each way needs to reach a scan energy
+RMSE (``--target`` meV, default: what fine-tuning reaches with the fewest labels).
 
 Usage: ``python benchmarks/bench_finetune.py [--labels 4 8 16 32] [--budget 60] [--workdir /tmp/mlff_h2o2_pw]``;
 about 12 s of one core per H2O2 pw.x frame the first time.
