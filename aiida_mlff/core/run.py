@@ -386,7 +386,7 @@ def run_train(job: dict[str, Any], workdir: Path) -> int:
         pot = Potential.build(elements, seed=params['seed'], dtype=dtype, device=device, **model)
     replay = _replay_frames(job, workdir)
     if params.get('replay_fraction', 0) > 0 and replay is None:
-        raise BadInputError('training.replay_fraction > 0 needs a replay_dataset (the parent potential\'s data)')
+        raise BadInputError("training.replay_fraction > 0 needs a replay_dataset (the parent potential's data)")
     checkpoint = workdir / files.CHECKPOINT_FILE
     if job.get('resume') and not checkpoint.exists():
         raise BadInputError(f'resume asked for, but {files.CHECKPOINT_FILE} is missing')
