@@ -99,8 +99,9 @@ class XtbBaseline:
         ``'GFN2-xTB'`` (default) or ``'GFN1-xTB'``.
     **options
         :data:`BASELINE_OPTIONS`: ``electronic_temperature`` [K], ``accuracy``, ``charge`` [e], ``spin`` (unpaired
-        electrons), ``max_iterations``, ``threads`` (OpenMP threads per structure; 0: one below
-        ``XTB_SMALL_SYSTEM_ATOMS`` atoms, torch's thread count above).
+        electrons), ``max_iterations``, ``boundary`` (``'isolated'``: molecules without periodic images),
+        ``threads`` (OpenMP threads per structure; 0: one below ``XTB_SMALL_SYSTEM_ATOMS`` atoms, torch's count
+        above).
 
     Raises
     ------
@@ -126,8 +127,8 @@ class XtbBaseline:
 
     def _calculator(self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
         """A tblite calculator for this composition and boundary condition, moved to ``positions`` [Å]."""
-        periodic = bool(pbc.any())
-        key = (numbers.tobytes(), tuple(bool(p) for p in pbc))
+        periodic = self.is_periodic(pbc)
+        key = (numbers.tobytes(), tuple(bool(p) for p in pbc) if periodic else 'isolated')
         lattice = cell / Bohr if periodic else None
         calc = self._calculators.pop(key, None)
         if calc is None:
@@ -150,6 +151,10 @@ class XtbBaseline:
         else:
             calc.update(positions=positions / Bohr)
         return key, calc
+
+    def is_periodic(self, pbc: np.ndarray) -> bool:
+        """Whether a structure with these periodic directions is computed with its images (option ``boundary``)."""
+        return bool(np.any(pbc)) and self.options['boundary'] == 'structure'
 
     def threads_for(self, n_atoms: int) -> int:
         """OpenMP threads of one single point of ``n_atoms`` atoms (the ``threads`` option; 0: by size)."""
@@ -190,7 +195,7 @@ class XtbBaseline:
             self._calculators.popitem(last=False)
         energy = float(result['energy']) * Hartree
         forces = -np.asarray(result['gradient']) * (Hartree / Bohr)
-        full = bool(np.all(pbc)) and abs(np.linalg.det(cell)) > 0
+        full = self.is_periodic(pbc) and bool(np.all(pbc)) and abs(np.linalg.det(cell)) > 0
         virial = np.asarray(result['virial']) * Hartree if full else None
         return energy, forces, virial
 

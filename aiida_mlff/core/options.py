@@ -283,6 +283,14 @@ BASELINE = Schema(
         'charge': Option(0, 'e', kind='integer', help='total charge of every structure'),
         'spin': Option(0, kind='integer', low=0, help='number of unpaired electrons (2S) of every structure'),
         'max_iterations': Option(250, kind='integer', low=1, help='SCC iterations before a structure fails'),
+        'boundary': Option(
+            'structure',
+            kind='choice',
+            choices=('structure', 'isolated'),
+            help="'structure': each structure's own periodicity; 'isolated': every structure as a molecule without "
+            'periodic images (no lattice sums and no stress), for molecules in vacuum boxes, where the images only '
+            'add cost',
+        ),
         'threads': Option(
             0,
             kind='integer',

@@ -168,6 +168,28 @@ def test_openmp_threads_follow_the_structure_size_and_are_restored():
         XtbBaseline(threads=-1)
 
 
+def test_isolated_boundary_computes_a_boxed_molecule_without_images():
+    """``boundary: isolated`` gives a molecule in a periodic box exactly its vacuum values (no stress); the default
+    computes the images, which differ a little for a polar molecule in a 7 Å box."""
+    boxed = _rattled('H2O2')
+    boxed.set_cell([7.0, 7.0, 7.0])
+    boxed.center()
+    boxed.pbc = True
+    vacuum = boxed.copy()
+    vacuum.pbc = False
+    isolated, periodic = XtbBaseline(accuracy=0.01, boundary='isolated'), XtbBaseline(accuracy=0.01)
+    alone = isolated.evaluate(vacuum, stress=True)
+    out = isolated.evaluate(boxed, stress=True)
+    for key in ('energy', 'forces'):
+        torch.testing.assert_close(out[key], alone[key], rtol=0, atol=1e-9)
+    assert torch.isnan(out['stress']).all()
+    with_images = periodic.evaluate(boxed, stress=True)
+    assert 1e-6 < abs(float(with_images['energy'][0] - out['energy'][0])) < 0.05  # eV: the images' interaction
+    assert torch.isfinite(with_images['stress']).all()
+    with pytest.raises(OptionsError, match=r'baseline\.options\.boundary'):
+        XtbBaseline(boundary='open')
+
+
 def test_clear_errors_for_missing_tblite_failed_scc_and_bad_options(monkeypatch):
     with pytest.raises(BaselineError, match=r'did not converge on structure 0 \(H2O2\)'):
         XtbBaseline(max_iterations=1).evaluate([_rattled('H2O2'), _rattled('H2O')])
