@@ -17,7 +17,9 @@ time, exit status, convergence verdict and reason, pw.x labels used, every named
 barrier with its error, and the relaxed-scan error; a failed run keeps its row, with '-' where outputs are missing.
 Targets, over the seeds: for every transition and direction, max - min of the barrier <= 0.5 kcal/mol; the relaxed
 scan within 0.5 kcal/mol of pw.x for every seed; every run within ``--minutes``; every run finished ok. No report
-is written in this mode. ``--json PATH`` also writes the tables as JSON (in either mode). Exit status 0 only when
+is written in this mode. ``--json PATH`` also writes the tables as JSON (in either mode). ``--set KEY=YAML``
+(repeatable) changes one field of the file first, e.g. the model:
+``--set "training.model={architecture: xtb-delta, correction: {...}}"``. Exit status 0 only when
 every target is met and every run finished ok.
 """
 
@@ -51,7 +53,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument('--minutes', type=float, default=20.0, help='wall-time target per run, minutes (default: 20)')
     parser.add_argument('--seeds', type=int, default=None, help='run the campaign this many times, one seed each')
     parser.add_argument('--json', type=Path, default=None, metavar='PATH', help='also write the tables as JSON here')
+    parser.add_argument(
+        '--set',
+        action='append',
+        default=[],
+        metavar='KEY=YAML',
+        help='change one field of the file, e.g. --set "training.model={architecture: xtb-delta}" (repeatable)',
+    )
     args = parser.parse_args(argv)
+    for item in args.set:
+        if '=' not in item or not item.split('=', 1)[0]:
+            parser.error(f'--set needs KEY=VALUE, got {item!r}')
     if args.seeds is not None and args.seeds < 1:
         parser.error('--seeds needs at least 1')
     return args
@@ -63,19 +75,49 @@ def main(*argv: str) -> int:
     from aiida_mlff.environment import load_mlff_profile
 
     load_mlff_profile()
+    config = load_with_changes(args.campaign, args.set)
     if args.seeds is None:
-        return run_once(args.campaign, args.minutes, args.json)
-    return run_seeds(args.campaign, args.seeds, args.minutes, args.json)
+        return run_once(args.campaign, args.minutes, args.json, config)
+    return run_seeds(args.campaign, args.seeds, args.minutes, args.json, config)
 
 
-def run_once(path: str, limit: float, json_path: Path | None = None) -> int:
-    """One campaign from the file as it is: its numbers, its report and the targets, one table."""
+def load_with_changes(path: str, changes: list[str]) -> dict:
+    """The validated campaign of ``path`` with ``KEY=YAML`` changes (dotted keys) applied to the file's mapping.
+
+    The changed file is written next to the original for the validation (so that relative paths hold) and removed.
+    """
+    import yaml
+
+    from aiida_mlff.workflows.campaign.config import load_campaign
+
+    if not changes:
+        return load_campaign(path)
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for change in changes:
+        key, value = change.split('=', 1)
+        *parents, last = key.split('.')
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+        print(f'changed: {key} = {node[last]!r}')
+    changed = Path(path).with_name(f'.{Path(path).stem}-changed-{os.getpid()}.yaml')
+    changed.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        return load_campaign(changed)
+    finally:
+        changed.unlink()
+
+
+def run_once(path: str, limit: float, json_path: Path | None = None, config: dict | None = None) -> int:
+    """One campaign (``config``, default: the file as it is): its numbers, its report and the targets, one table."""
     from aiida.engine import run_get_node
 
     from aiida_mlff.workflows.campaign.base import CampaignWorkChain
     from aiida_mlff.workflows.campaign.config import load_campaign
 
-    builder = CampaignWorkChain.get_builder_from_config('pw@localhost', 'mlff-run@localhost', load_campaign(path))
+    config = config if config is not None else load_campaign(path)
+    builder = CampaignWorkChain.get_builder_from_config('pw@localhost', 'mlff-run@localhost', config)
     start = time.perf_counter()
     _, node = run_get_node(builder)
     minutes = (time.perf_counter() - start) / 60
@@ -148,11 +190,11 @@ def _report_rows(node) -> list[tuple]:
 
 
 # ---------------------------------------------------------------------------------------------- several seeds
-def run_seeds(path: str, n_seeds: int, limit: float, json_path: Path | None = None) -> int:
+def run_seeds(path: str, n_seeds: int, limit: float, json_path: Path | None = None, config: dict | None = None) -> int:
     """Run the campaign once per seed, one run after another, then print the per-seed and the summary tables."""
     from aiida_mlff.workflows.campaign.config import load_campaign
 
-    config = load_campaign(path)
+    config = config if config is not None else load_campaign(path)
     first = int(config['active_learning'].get('seed', 0))
     seeds = [first + k for k in range(n_seeds)]
     machine = {'cpu_count': os.cpu_count(), 'loadavg_start': list(os.getloadavg())}

@@ -98,18 +98,13 @@ def shift_reference_energies(pot, batches: Sequence[tuple], elements: Sequence[s
     ``batches``: ``(batch, neighbors, reference energies (B,) [eV])`` tuples; ``elements``: the potential's
     element order. Each member is shifted by its own residuals. Returns the (M, n_elements) shifts [eV].
     """
-    from ase.data import atomic_numbers
+    from .training import composition_matrix
 
-    index = {atomic_numbers[s]: e for e, s in enumerate(elements)}
     rows, residuals = [], []
     for batch, nbrs, energies in batches:
         out = pot.evaluate(batch, nbrs, forces=False)
         residuals.append((energies.unsqueeze(0) - out['energies']).double().cpu().numpy())
-        numbers = batch.numbers.cpu().numpy()
-        system = batch.batch.cpu().numpy()
-        composition = np.zeros((int(system.max()) + 1, len(elements)))
-        np.add.at(composition, (system, [index[int(z)] for z in numbers]), 1.0)
-        rows.append(composition)
+        rows.append(composition_matrix(elements, batch.numbers.cpu(), batch.batch.cpu(), batch.n_systems))
     composition = np.concatenate(rows)
     residual = np.concatenate(residuals, axis=1)  # (M, S)
     shifts, *_ = np.linalg.lstsq(composition, residual.T, rcond=None)  # (n_elements, M)

@@ -173,18 +173,25 @@ def split_indices(n_frames: int, validation_fraction: float, seed: int) -> tuple
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def composition_matrix(elements: Sequence[str], numbers, system, n_systems: int) -> np.ndarray:
+    """(n_systems, n_elements) atom counts: ``numbers`` (N,) atomic numbers, ``system`` (N,) their system index."""
+    from ase.data import atomic_numbers
+
+    index = {atomic_numbers[s]: e for e, s in enumerate(elements)}
+    columns = [index[int(z)] for z in np.asarray(numbers).tolist()]
+    composition = np.zeros((n_systems, len(elements)))
+    np.add.at(composition, (np.asarray(system), columns), 1.0)
+    return composition
+
+
 def _composition_fit(elements: Sequence[str], items: Sequence[_Frame]) -> tuple[np.ndarray, float]:
     """Per-element reference energies [eV] by least squares on composition, and an energy scale [eV].
 
     The scale is the larger of the spread of the per-atom residual energies and half the force RMS x 1 Å.
     """
-    from ase.data import atomic_numbers
-
-    index = {atomic_numbers[s]: e for e, s in enumerate(elements)}
-    composition = np.zeros((len(items), len(elements)))
-    for row, item in enumerate(items):
-        for number in item.numbers.tolist():
-            composition[row, index[number]] += 1
+    numbers = np.concatenate([item.numbers.cpu().numpy() for item in items])
+    system = np.repeat(np.arange(len(items)), [len(item.numbers) for item in items])
+    composition = composition_matrix(elements, numbers, system, len(items))
     energies = np.array([f.energy for f in items])
     offsets, *_ = np.linalg.lstsq(composition, energies, rcond=None)
     residual = (energies - composition @ offsets) / composition.sum(1)
@@ -199,8 +206,8 @@ def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
     Architectures without our descriptor (e.g. MACE) get the reference energies and, through their
     ``set_energy_scale(scale)`` when they have one, the energy scale [eV].
     """
+    offsets, scale = _composition_fit(pot.elements, items)
     if not hasattr(pot, 'descriptor'):
-        offsets, scale = _composition_fit(pot.elements, items)
         pot.reference_energies.copy_(torch.as_tensor(offsets, dtype=pot.dtype).expand_as(pot.reference_energies))
         if hasattr(pot, 'set_energy_scale'):
             pot.set_energy_scale(scale)
@@ -208,23 +215,14 @@ def initialise_statistics(pot, items: Sequence[_Frame]) -> None:
     from .atoms import pair_vectors
 
     n_el = len(pot.elements)
-    composition = np.zeros((len(items), n_el))
-    energies = np.array([f.energy for f in items])
     feats = [[] for _ in range(n_el)]
     for start in range(0, len(items), 64):  # the descriptor of 64 frames at a time
         batch, nbrs, _, _ = _collate(items[start : start + 64])
         species = pot.descriptor.element_index(batch.numbers)
-        system = batch.batch.cpu().numpy()
-        np.add.at(composition, (start + system, species.cpu().numpy()), 1.0)
         raw = pot.descriptor(pair_vectors(batch, nbrs), nbrs.i, nbrs.j, species)
         x = pot.transform(raw, species).double()
         for e in range(n_el):
             feats[e].append(x[species == e])
-    offsets, *_ = np.linalg.lstsq(composition, energies, rcond=None)
-    residual = (energies - composition @ offsets) / composition.sum(1)
-    forces = torch.cat([f.forces for f in items]).double()
-    force_rms = float(forces.pow(2).mean().sqrt())
-    scale = max(float(residual.std()), 0.5 * force_rms * 1.0, 1e-2)  # eV; force_rms [eV/Å] x ~1 Å
     mean = torch.zeros(n_el, pot.descriptor.n_features, dtype=torch.float64)
     std = torch.ones_like(mean)
     for e in range(n_el):
