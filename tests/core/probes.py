@@ -1,11 +1,13 @@
-"""Helpers shared by core tests: counting host reads, and potentials with non-trivial parameters."""
+"""Helpers shared by core tests: counting host reads, potentials with non-trivial parameters, finite-strain stress."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from ase import Atoms
 from torch.profiler import ProfilerActivity, profile
 
 from aiida_mlff.core.models import Potential
@@ -44,3 +46,24 @@ def randomise(pot: Potential, seed: int, energy_scale: float | None = None) -> P
         if energy_scale is not None:
             pot.energy_scale.fill_(energy_scale)
     return pot
+
+
+def finite_strain_stress(energy: Callable[[Atoms], float], atoms: Atoms, h: float = 1e-5) -> np.ndarray:
+    """(3, 3) stress [eV/Å^3, ASE's sign] by central differences of ``energy`` [eV] under symmetric strain ``h``.
+
+    Component ab: ``(E(+h) - E(-h)) / (2 h V)`` with the cell strained by ``h/2`` in ab and ba, atoms scaled along.
+    """
+    volume = atoms.get_volume()
+    stress = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            energies = []
+            for sign in (1.0, -1.0):
+                strain = np.eye(3)
+                strain[a, b] += sign * h / 2
+                strain[b, a] += sign * h / 2
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+                energies.append(energy(strained))
+            stress[a, b] = stress[b, a] = (energies[0] - energies[1]) / (2 * h) / volume
+    return stress

@@ -12,6 +12,8 @@ from scipy.spatial.transform import Rotation
 from aiida_mlff.core.atoms import AtomsBatch, neighbor_list
 from aiida_mlff.core.models import Potential
 
+from .probes import finite_strain_stress
+
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
@@ -98,20 +100,7 @@ def test_periodic_stress_is_strain_derivative(pot):
     atoms.set_cell(atoms.cell + np.array([[0.0, 0.2, 0.1], [0.1, 0.0, -0.2], [0.0, 0.1, 0.0]]), scale_atoms=True)
     out = pot.evaluate(AtomsBatch.from_atoms(atoms), stress=True)
     stress = out['stress'][0].numpy()
-    volume = atoms.get_volume()
-    h = 1e-5
-    fd = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(3):
-            energies = []
-            for sign in (1, -1):
-                strain = np.eye(3)
-                strain[a, b] += sign * h
-                strained = atoms.copy()
-                strained.set_cell(atoms.cell @ strain, scale_atoms=True)
-                energies.append(_energy(pot, strained))
-            fd[a, b] = (energies[0] - energies[1]) / (2 * h) / volume
-    fd = 0.5 * (fd + fd.T)
+    fd = finite_strain_stress(lambda strained: _energy(pot, strained), atoms, h=1e-5)
     assert np.abs(stress).max() > 1e-4
     assert np.allclose(stress, fd, rtol=1e-6, atol=1e-9)
 
