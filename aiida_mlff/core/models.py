@@ -116,7 +116,7 @@ class Potential(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
     def build(
-        cls, elements: Sequence[str], cutoff: float = 5.0, committee: int = 1, seed: int = 0, **hyperparameters
+        cls, elements: Sequence[str], cutoff: float | None = None, committee: int = 1, seed: int = 0, **hyperparameters
     ) -> Potential:
         """Create a potential.
 
@@ -125,7 +125,8 @@ class Potential(nn.Module):
         elements
             Chemical symbols the potential handles.
         cutoff
-            Radial cutoff [Å].
+            Radial cutoff [Å]; None: the architecture's default (5 Å for ``bp-chiral`` and ``mace``; for
+            ``xtb-delta`` the cutoff its ``correction`` names, else the correction's default).
         committee
             Number of committee members.
         seed
@@ -136,9 +137,9 @@ class Potential(nn.Module):
             ``dtype`` (``torch.float32`` default, or ``'float64'``) and ``device``.
         """
         name = hyperparameters.pop('architecture', cls.architecture)
-        return build_architecture(
-            name, elements=elements, cutoff=cutoff, committee=committee, seed=seed, **hyperparameters
-        )
+        if cutoff is not None:
+            hyperparameters['cutoff'] = cutoff
+        return build_architecture(name, elements=elements, committee=committee, seed=seed, **hyperparameters)
 
     def hyperparameters(self) -> dict:
         """Everything :meth:`build` needs to recreate this architecture (plain data)."""

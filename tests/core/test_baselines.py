@@ -31,6 +31,7 @@ from aiida_mlff.core.baselines import (
     subtract_baseline,
 )
 from aiida_mlff.core.contract import StoredPotential
+from aiida_mlff.core.models import Potential
 from aiida_mlff.core.options import TRAIN, OptionsError
 from aiida_mlff.core.potential_io import load_potential
 from aiida_mlff.core.training import evaluate_metrics, split_indices, train
@@ -281,6 +282,9 @@ def test_builder_checks_its_hyperparameters():
         build_xtb_delta(['H', 'O'], cutoff=3.5, correction={'cutoff': 4.0})
     pot = build_xtb_delta(['H', 'O'], correction={'cutoff': 4.0, 'hidden': [4]}, dtype=torch.float64)
     assert pot.cutoff == 4.0
+    # as mlff-run builds it (Potential.build with the job's model): the correction's cutoff is not overridden
+    model = {'architecture': 'xtb-delta', 'correction': {'cutoff': 4.0, 'hidden': [4]}}
+    assert Potential.build(['H', 'O'], committee=2, **model).cutoff == 4.0
     assert pot.to(torch.float32) is pot  # a module: MD and vibrations move it like any other potential
     assert pot.dtype == torch.float32
     assert pot.evaluate(AtomsBatch.from_atoms(_rattled('H2O')))['forces'].dtype == torch.float32
