@@ -60,10 +60,14 @@ def time_ours(pot, box: Atoms, steps: int, equilibration: int, seed: int = 0) ->
     start = time.perf_counter()
     result = simulate(pot, None, steps=steps, stride=steps, state=warm.final_state, **kwargs)
     wall = time.perf_counter() - start
-    temperature = float(np.asarray(result.temperature)[-1, 0])
+    temperatures = np.asarray(result.temperature)  # K, (frames, 1): no frame when the replica stopped before one
+    temperature = float(temperatures[-1, 0]) if len(temperatures) else float('nan')
     ok = list(result.status) == ['ok']
+    done = int(result.final_state.step) - int(warm.final_state.step)  # the loop ends when its replica stops
     return {
         'rate': len(box) * steps / wall if ok else None,
+        'rate_done': len(box) * done / wall if done > 0 else None,  # over the steps run, also when it stopped
+        'steps_done': done,
         'wall_s': wall,
         'steps': steps,
         'status': list(result.status),
