@@ -89,6 +89,27 @@ def test_a_campaign_chooses_its_architecture():
     assert any("unknown hyperparameter 'hidden' of mace" in e for e in errors), errors
 
 
+def test_a_model_of_another_architecture_replaces_the_protocols(mlff_environment):
+    """The train protocol's widths belong to BP: a campaign's xtb-delta or MACE model is taken as it is, while a BP
+    model is still completed by the protocol."""
+    from aiida_mlff.workflows.campaign.base import CampaignWorkChain
+
+    def train_model(model: dict) -> dict:
+        config = validate_campaign(changed('training.model', model))
+        builder = CampaignWorkChain.get_builder_from_config(
+            mlff_environment['code'], mlff_environment['mlff_code'], config
+        )
+        return builder.active_learning.train.train.parameters.get_dict()['model']
+
+    delta = {'architecture': 'xtb-delta', 'cutoff': 3.5, 'correction': {'hidden': [8]}}
+    assert train_model(delta) == delta
+    mace = {'architecture': 'mace', 'channels': 8}
+    assert train_model(mace) == mace
+    bp = train_model({'n_radial': 4})
+    assert bp['n_radial'] == 4
+    assert bp['hidden'] == [16, 16]  # the fast protocol's
+
+
 def test_every_bad_field_at_once():
     config = changed('training.epoch', 10)
     config['umbrella']['timestep'] = 50.0

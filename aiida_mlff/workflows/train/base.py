@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 from aiida import orm
@@ -30,6 +31,27 @@ class TrainBaseWorkChain(ProtocolMixin, MlffRestartWorkChain):
         spec.exit_code(
             320, 'ERROR_LEARNING_RATE_EXHAUSTED', message='The loss stayed NaN down to the smallest learning rate.'
         )
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The protocol's inputs with ``overrides`` merged; a model of another architecture replaces the protocol's.
+
+        The protocol's model hyperparameters (widths, descriptor sizes) belong to its architecture (``bp-chiral``
+        unless it names one): merged into a model of another architecture they would be unknown hyperparameters.
+        """
+        from aiida_mlff.core.architectures import DEFAULT_ARCHITECTURE
+
+        model = (((overrides or {}).get('train') or {}).get('parameters') or {}).get('model')
+        ours = super().get_protocol_inputs(protocol)['train']['parameters'].get('model') or {}
+        if not isinstance(model, dict) or model.get('architecture', DEFAULT_ARCHITECTURE) == ours.get(
+            'architecture', DEFAULT_ARCHITECTURE
+        ):
+            return super().get_protocol_inputs(protocol, overrides)
+        overrides = copy.deepcopy(overrides)
+        overrides['train']['parameters'].pop('model')
+        inputs = super().get_protocol_inputs(protocol, overrides)
+        inputs['train']['parameters']['model'] = copy.deepcopy(model)
+        return inputs
 
     @classmethod
     def get_builder_from_protocol(
