@@ -13,7 +13,7 @@ EXPECTED = 'a PotentialData (mlff.potential) node'
 
 @click.group('potential')
 def cmd_potential():
-    """Trained potentials (mlff.potential): list, show, export."""
+    """Trained potentials (mlff.potential): list, show, export; import a MACE model file."""
 
 
 #: columns of ``potential list`` after the identity: (heading, where the number comes from, key)
@@ -141,3 +141,41 @@ def cmd_potential_export(ctx, node, output, force):
     path = potential.export(output_path(output, force=force))
     click.echo(f'Wrote PotentialData<{potential.pk}> to {path}')
     click.echo(f"Load it with: Potential.load('{path}').calculator()  (from aiida_mlff.core.models import Potential)")
+
+
+@cmd_potential.command('import-mace')
+@click.argument('model_file', type=click.Path(exists=True, dir_okay=False))
+@click.argument('output', type=click.Path(dir_okay=False, writable=True))
+@click.option(
+    '--committee',
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help='Members: the model, and beyond one, copies of it with seeded noise (as fine-tuning grows a committee).',
+)
+@click.option('--seed', type=int, default=0, show_default=True, help='Seed of the noise of the copies.')
+@click.option('--dtype', type=click.Choice(['float32', 'float64']), default=None, help="Default: the model's.")
+@click.option('-f', '--force', is_flag=True, help='Overwrite OUTPUT if it exists.')
+def cmd_potential_import_mace(model_file, output, committee, seed, dtype, force):
+    """Convert the MACE model MODEL_FILE (a mace-torch `.model` file) into the potential file OUTPUT.
+
+    OUTPUT is an aiida-mlff potential file of architecture `mace` that gives the MACE model's energies, forces and
+    stress, with the SHA-256 of MODEL_FILE in its metadata (`imported_from`). Give it as `training.initial_potential`
+    of a campaign to fine-tune the model. A `.model` file is a pickle: reading it runs code the file names, so only
+    convert files you trust (OUTPUT itself loads weights-only, like every potential file). Needs mace-torch; no
+    profile.
+    """
+    from aiida_mlff.core.architectures import ArchitectureError
+    from aiida_mlff.core.foreign import ForeignModelError, import_mace_model
+
+    path = output_path(output, force=force)
+    try:
+        potential = import_mace_model(model_file, committee=committee, seed=seed, dtype=dtype)
+    except (ForeignModelError, ArchitectureError) as error:
+        raise click.ClickException(str(error)) from error
+    potential.save(path)
+    source = potential.metadata['imported_from']
+    click.echo(
+        f'Wrote {path}: architecture mace, elements {",".join(potential.elements)}, cutoff {potential.cutoff:g} Å, '
+        f'{potential.committee_size} member(s), {potential.dtype} (from {source["file"]}, sha256 {source["sha256"]})'
+    )

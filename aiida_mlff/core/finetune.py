@@ -27,8 +27,13 @@ _MEMBER_KEY = re.compile(r'^(.*?members\.)(\d+)(\..*)$')
 
 
 def is_trained(pot) -> bool:
-    """Whether ``pot`` went through :func:`aiida_mlff.core.training.train` (its metadata holds metrics)."""
-    return bool(getattr(pot, 'metadata', {}).get('metrics'))
+    """Whether ``pot`` holds learnt weights and statistics, which fine-tuning keeps.
+
+    True when it went through :func:`aiida_mlff.core.training.train` (its metadata holds metrics) or was imported
+    from a model another program trained (metadata ``imported_from``, see :mod:`aiida_mlff.core.foreign`).
+    """
+    metadata = getattr(pot, 'metadata', {})
+    return bool(metadata.get('metrics') or metadata.get('imported_from'))
 
 
 def _member_source(key: str, new_shape: tuple, old: dict[str, Tensor], size: int, old_size: int):

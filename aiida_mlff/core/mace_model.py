@@ -38,15 +38,16 @@ def _member(hyper: dict, n_elements: int, numbers: list[int]) -> nn.Module:
     # cannot read its own constants under torch >= 2.6; our potential files pass weights_only=True explicitly
     import mace  # noqa: F401
     from e3nn import o3
-    from mace.modules import RealAgnosticResidualInteractionBlock, ScaleShiftMACE
+    from mace.modules import ScaleShiftMACE
 
+    transform = hyper['distance_transform']
     return ScaleShiftMACE(
         r_max=float(hyper['cutoff']),
         num_bessel=int(hyper['n_bessel']),
         num_polynomial_cutoff=int(hyper['polynomial_cutoff']),
         max_ell=int(hyper['max_ell']),
-        interaction_cls=RealAgnosticResidualInteractionBlock,
-        interaction_cls_first=RealAgnosticResidualInteractionBlock,
+        interaction_cls=_interaction_class(hyper['interaction']),
+        interaction_cls_first=_interaction_class(hyper['interaction_first']),
         num_interactions=int(hyper['interactions']),
         num_elements=n_elements,
         hidden_irreps=o3.Irreps(_irreps(int(hyper['channels']), int(hyper['max_l']))),
@@ -59,7 +60,18 @@ def _member(hyper: dict, n_elements: int, numbers: list[int]) -> nn.Module:
         radial_MLP=[int(w) for w in hyper['radial_mlp']],
         atomic_inter_scale=1.0,
         atomic_inter_shift=0.0,
+        pair_repulsion=bool(hyper['pair_repulsion']),
+        distance_transform='None' if transform is None else str(transform),
     )
+
+
+def _interaction_class(name: str) -> type:
+    """mace-torch's interaction block class called ``name`` (a ValueError lists the known names)."""
+    from mace.modules import interaction_classes
+
+    if name not in interaction_classes:
+        raise ValueError(f'mace-torch has no interaction block {name!r} (known: {sorted(interaction_classes)})')
+    return interaction_classes[name]
 
 
 class MacePotential(nn.Module):
@@ -148,8 +160,12 @@ class MacePotential(nn.Module):
             raise ValueError(f'atomic numbers {missing} are not in this model (elements {self.elements})')
         return lookup[numbers]
 
-    def _graph(self, batch: AtomsBatch, neighbors: Neighbors) -> dict[str, Tensor]:
-        """mace-torch's input dictionary for the pairs of ``neighbors`` inside the cutoff (edges i -> j)."""
+    def graph(self, batch: AtomsBatch, neighbors: Neighbors) -> dict[str, Tensor]:
+        """mace-torch's input dictionary for the pairs of ``neighbors`` inside the cutoff (edges i -> j).
+
+        Positions [Å], shifts [Å] and cell [Å] in the model's dtype; what every member (and an imported mace-torch
+        model, :mod:`aiida_mlff.core.foreign`) is called with.
+        """
         keep = pair_vectors(batch, neighbors).detach().norm(dim=-1) < self.cutoff
         i, j, shifts = neighbors.i[keep], neighbors.j[keep], neighbors.shifts[keep]
         cell = batch.cell.to(self.dtype)
@@ -187,7 +203,7 @@ class MacePotential(nn.Module):
     def _evaluate(
         self, batch: AtomsBatch, neighbors: Neighbors, forces: bool, stress: bool, create_graph: bool
     ) -> dict[str, Tensor]:
-        graph = self._graph(batch, neighbors)
+        graph = self.graph(batch, neighbors)
         species = self._species(batch.numbers)
         offsets = self.reference_energies[:, species]  # (M, N)
         energies, member_forces, stresses = [], [], []
@@ -241,6 +257,10 @@ def build_mace(
     radial_mlp: Sequence[int] = (32, 32, 32),
     readout: int = 16,
     avg_neighbors: float = 10.0,
+    interaction_first: str = 'RealAgnosticResidualInteractionBlock',
+    interaction: str = 'RealAgnosticResidualInteractionBlock',
+    pair_repulsion: bool = False,
+    distance_transform: str | None = None,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = 'cpu',
 ) -> MacePotential:
@@ -248,7 +268,11 @@ def build_mace(
 
     Cutoff [Å]; ``channels`` copies of the orders up to ``max_l`` as hidden features, spherical harmonics up to
     ``max_ell``, body order ``correlation + 1``, ``interactions`` message passes, ``avg_neighbors`` the normalisation
-    of the messages. Raises ArchitectureError when mace-torch is not installed.
+    of the messages. ``interaction_first`` and ``interaction``: mace-torch's interaction block classes (by name) of the
+    first and the later message passes; ``pair_repulsion`` adds MACE's ZBL pair repulsion, ``distance_transform``
+    (``'Agnesi'``, ``'Soft'`` or None) transforms the distances before the radial basis. These four follow mace-torch's
+    own options, so that a model mace-torch trained can be imported (:func:`aiida_mlff.core.foreign.import_mace_model`).
+    Raises ArchitectureError when mace-torch is not installed.
     """
     _require_mace()
     pot = MacePotential(
@@ -266,6 +290,10 @@ def build_mace(
         radial_mlp=[int(w) for w in radial_mlp],
         readout=int(readout),
         avg_neighbors=float(avg_neighbors),
+        interaction_first=str(interaction_first),
+        interaction=str(interaction),
+        pair_repulsion=bool(pair_repulsion),
+        distance_transform=None if distance_transform in (None, 'None') else str(distance_transform),
     )
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.replace('torch.', ''))
