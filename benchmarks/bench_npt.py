@@ -10,11 +10,16 @@
    scaled affinely); the NVT pressure of a recorded frame is ``-trace(stress) / 3`` of the potential plus the exact
    kinetic mean ``N kT / V`` (Langevin thermalises all 3N degrees of freedom). Target: ratio within 20 %.
 
-The potential is the BP model of ``water_model.py`` (trained on FlexibleWater, i.e. charge-free SPC/Fw frames at 1.0
-and 1.2 g/cm^3; cached in the temp dir). Nothing here tunes the barostat or the model: what comes out is reported.
+The potential is the BP model of ``water_model.py``, cached in the temp dir: ``--reference flexible`` (default)
+trained on FlexibleWater, i.e. charge-free SPC/Fw frames at 1.0 and 1.2 g/cm^3, which is NOT a liquid at 1 bar (its
+density there means nothing); ``--reference charged`` trained with stress labels on ChargedFlexibleWater (SPC/Fw with
+its charges, damped shifted force Coulomb; 0.9-1.2 g/cm^3, 300-600 K), a liquid at 1 bar. ``--referee`` runs the
+analytic referee itself (only the charged one has a stress): the difference to the model's density is the model's
+error. Nothing here tunes the barostat or the model: what comes out is reported.
 
-Usage: ``python benchmarks/bench_npt.py [--quick] [--replicas 3] [--molecules 64] [--ps 20] [--equil-ps 5]
-[--nvt-ps 5] [--threads 2] [--potential PATH]``. The last line is ``RESULT {json}``.
+Usage: ``python benchmarks/bench_npt.py [--quick] [--reference flexible|charged] [--referee] [--replicas 3]
+[--molecules 64] [--ps 20] [--equil-ps 5] [--nvt-ps 5] [--threads 2] [--potential PATH]``. The last line is
+``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -44,14 +49,23 @@ AMU_PER_A3 = 1.0 / 0.602214076  # g/cm^3 of 1 amu/Å^3
 DEFAULT_TRAIN_SECONDS = 240.0  # s
 
 
-def load_potential(path: Path | None, threads: int, seconds: float):
-    """The water BP model of ``water_model.stable_water_potential``, from ``path`` or a temp-dir cache."""
+def load_potential(path: Path | None, threads: int, seconds: float, reference: str = 'flexible', referee=False):
+    """The water BP model of ``water_model.stable_water_potential``, from ``path`` or a temp-dir cache; or the analytic
+    referee itself (``referee``), which must have a stress. Returns the potential and its file (the class name for a
+    referee).
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from water_model import stable_water_potential
+    from water_model import REFERENCES, stable_water_potential
 
+    if referee:
+        if reference != 'charged':
+            raise SystemExit(f'--referee: the {reference!r} referee has no stress, NPT needs one (use charged)')
+        cls = REFERENCES[reference][0]
+        return cls(), cls.__name__
     if path is None:
-        path = Path(tempfile.gettempdir()) / f'aiida_mlff_water_bp_{int(seconds)}s.pt'
-    return stable_water_potential(path, seconds=seconds, threads=threads), path
+        name = 'aiida_mlff_water_bp' + ('' if reference == 'flexible' else f'_{reference}')
+        path = Path(tempfile.gettempdir()) / f'{name}_{int(seconds)}s.pt'
+    return stable_water_potential(path, seconds=seconds, threads=threads, reference=reference), path
 
 
 def machine() -> dict:
@@ -276,6 +290,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--potential', type=Path, default=None, help='BP potential file (default: train and cache)')
+    parser.add_argument(
+        '--reference', choices=('flexible', 'charged'), default='flexible', help='referee the BP model is trained on'
+    )
+    parser.add_argument('--referee', action='store_true', help='run the analytic referee itself (charged only)')
     parser.add_argument('--train-seconds', type=float, default=DEFAULT_TRAIN_SECONDS)
     args = parser.parse_args()
     quick = args.quick
@@ -296,7 +314,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pot, path = load_potential(args.potential, args.threads, args.train_seconds)
+    pot, path = load_potential(args.potential, args.threads, args.train_seconds, args.reference, args.referee)
     start_machine = machine()
     print(f'potential {path} ({time.perf_counter() - t0:.0f} s); machine {start_machine}', flush=True)
     print(f'barostat: tau_p {MD["tau_p"].default:g} fs, compressibility guess {MD["compressibility"].default:g} 1/bar')

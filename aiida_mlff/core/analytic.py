@@ -3,12 +3,16 @@
 - :class:`FlexibleWater`: harmonic O-H bonds and H-O-H angle with the SPC/Fw force constants (Wu, Tepper and Voth,
   J. Chem. Phys. 124, 024503 (2006)), and a Lennard-Jones O-O interaction between molecules, smoothly switched off
   between ``r_on`` and ``cutoff``. No charges: a dense, stable, fully flexible molecular fluid, not real water.
+- :class:`ChargedFlexibleWater`: SPC/Fw itself (the same bonds, angle and O-O Lennard-Jones, plus the SPC/Fw point
+  charges) with the intermolecular Coulomb energy as the damped shifted force (DSF) sum of Fennell and Gezelter
+  (J. Chem. Phys. 124, 234104 (2006)); energy, forces and stress, a liquid at 1 bar: the referee for NPT.
 - :class:`LennardJones`: all pairs, the same switching.
 - :class:`HarmonicBonds`: harmonic bonds and angles by atom index, the same in every replica (forces by autograd).
 - :class:`SumPotential`: the sum of potentials (e.g. a random-weight ML model kept in shape by bonds, for benchmarks).
 
-Forces are written out analytically (no autograd), so a step costs a handful of tensor operations. Both accept a
-batch of any number of systems (open or periodic) and any float dtype or device. Units: Å, eV, eV/Å, amu.
+Forces (and the stress of :class:`ChargedFlexibleWater`) are written out analytically (no autograd), so a step costs
+a handful of tensor operations. They accept a batch of any number of systems (open or periodic) and any float dtype or
+device. Units: Å, eV, eV/Å, eV/Å^3, amu.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import math
 
 import numpy as np
 import torch
-from ase import Atoms
+from ase import Atoms, units
 from torch import Tensor
 
 from .atoms import AtomsBatch, Neighbors, neighbor_list, pair_vectors
 
-__all__ = ['FlexibleWater', 'HarmonicBonds', 'LennardJones', 'SumPotential', 'water_box']
+__all__ = ['ChargedFlexibleWater', 'FlexibleWater', 'HarmonicBonds', 'LennardJones', 'SumPotential', 'water_box']
 
 KCAL_MOL = 0.0433641043  # eV per kcal/mol
+COULOMB = units.Hartree * units.Bohr  # eV Å per e^2, 1 / (4 pi epsilon_0) = 14.3996 eV Å
 
 
 def _switch(r: Tensor, r_on: float, r_off: float) -> tuple[Tensor, Tensor]:
@@ -235,6 +240,180 @@ class FlexibleWater:
         e_intra, f_intra = self._intramolecular(batch)
         e_lj, f_lj = _lj_energy_forces(batch, oo, self.epsilon, self.sigma, self.r_on, self.cutoff)
         return _outputs(batch, e_intra + e_lj, f_intra + f_lj)
+
+
+def _dsf_pairs(r: Tensor, alpha: float, cutoff: float) -> tuple[Tensor, Tensor]:
+    """Damped shifted force Coulomb kernel per unit charge product: energy [eV/e^2] and its r-derivative [eV/Å/e^2].
+
+    ``v(r) = k (erfc(a r) / r - erfc(a R) / R + (erfc(a R) / R^2 + 2 a / sqrt(pi) exp(-a^2 R^2) / R) (r - R))``
+    for ``r < R`` (Fennell and Gezelter 2006, eq. 19 without the constant self term): the energy and the force go to
+    zero at the cutoff ``R``. The caller zeroes pairs at or beyond it.
+    """
+    two_over_sqrt_pi = 2.0 / math.sqrt(math.pi)
+    erfc_c = math.erfc(alpha * cutoff)
+    force_c = erfc_c / cutoff**2 + two_over_sqrt_pi * alpha * math.exp(-((alpha * cutoff) ** 2)) / cutoff
+    erfc_r = torch.erfc(alpha * r)
+    energy = erfc_r / r - erfc_c / cutoff + force_c * (r - cutoff)
+    derivative = -erfc_r / r**2 - two_over_sqrt_pi * alpha * torch.exp(-((alpha * r) ** 2)) / r + force_c
+    return COULOMB * energy, COULOMB * derivative
+
+
+class ChargedFlexibleWater:
+    """SPC/Fw water (Wu, Tepper and Voth 2006) with damped shifted force (DSF) electrostatics: energy, forces, stress.
+
+    Bonds, angle and the O-O Lennard-Jones take the SPC/Fw parameters (the defaults of :class:`FlexibleWater`), the
+    charges are SPC/Fw's (``q_O = -0.82 e``, ``q_H = +0.41 e``). Between molecules, every atom pair closer than
+    ``cutoff`` (periodic images included) interacts by the DSF Coulomb sum of Fennell and Gezelter (J. Chem. Phys.
+    124, 234104 (2006)): ``erfc``-damped, with energy and force shifted to zero at the cutoff, so MD conserves energy
+    without an Ewald sum. Defaults ``alpha = 0.2 / Å``, ``cutoff = 9 Å``: the combination Fennell and Gezelter found
+    to reproduce Ewald forces and energies of liquid water closely (their recommended alpha is 0.2-0.25 / Å at
+    9-12 Å); the constant self term of their eq. 19 is left out (it moves no atom and no cell). The O-O
+    Lennard-Jones is switched off (C2) between ``r_on`` and ``cutoff`` (its tail there is below 1e-4 eV).
+
+    Exclusions: the three atoms of one molecule do not see each other's charges or Lennard-Jones (their bonded terms
+    replace them). A pair counts as intramolecular when both atoms belong to the same molecule (atoms come O, H, H per
+    molecule, so the molecule is the global index // 3) and are closer than ``exclusion`` (3 Å; O-H and H-H are 1-1.7
+    Å, while the periodic images of a molecule in a box wider than about 5 Å are farther): those images are ordinary
+    intermolecular partners, as in an Ewald sum.
+
+    The stress is ``(1/V) dE/d(strain)`` (ASE's sign): ``(1/V) sum_pairs phi'(r) r (x) r / r`` over the pairs and
+    ``-(1/V) sum_H F_H (x) d_OH`` for the bonded terms (minimum-image O-H vectors).
+
+    Parameters
+    ----------
+    charge_o
+        Oxygen charge [e]; each H carries ``-charge_o / 2``.
+    alpha
+        DSF damping [1/Å].
+    cutoff
+        DSF and Lennard-Jones cutoff [Å].
+    r_on
+        Start of the Lennard-Jones switch [Å].
+    exclusion
+        Intramolecular exclusion distance [Å] (see above).
+    k_bond, r0, k_angle, theta0, epsilon, sigma
+        As in :class:`FlexibleWater` (eV/Å^2, Å, eV/rad^2, degrees, eV, Å); defaults SPC/Fw.
+    """
+
+    committee_size = 1
+
+    def __init__(
+        self,
+        charge_o: float = -0.82,
+        alpha: float = 0.2,
+        cutoff: float = 9.0,
+        r_on: float = 8.0,
+        exclusion: float = 3.0,
+        k_bond: float = 1059.162 * KCAL_MOL,
+        r0: float = 1.012,
+        k_angle: float = 75.90 * KCAL_MOL,
+        theta0: float = 113.24,
+        epsilon: float = 0.1554 * KCAL_MOL,
+        sigma: float = 3.165492,
+    ) -> None:
+        self.charge_o, self.alpha, self.cutoff = float(charge_o), float(alpha), float(cutoff)
+        self.r_on, self.exclusion = float(r_on), float(exclusion)
+        self.epsilon, self.sigma = float(epsilon), float(sigma)
+        # the bonded terms (and the O, H, H order check) are FlexibleWater's; its Lennard-Jones is not used
+        self._bonded = FlexibleWater(k_bond, r0, k_angle, theta0, epsilon, sigma, cutoff=cutoff, r_on=r_on)
+        self.elements = ['H', 'O']
+        self._half = _PairCache()
+
+    def charges(self, numbers: Tensor, dtype: torch.dtype) -> Tensor:
+        """(N,) charges [e] of atoms with atomic numbers ``numbers`` (8 or 1)."""
+        q_o = torch.full(numbers.shape, self.charge_o, dtype=dtype, device=numbers.device)
+        return torch.where(numbers == 8, q_o, -0.5 * q_o)
+
+    def _oh_vectors(self, batch: AtomsBatch) -> tuple[Tensor, Tensor]:
+        """(n_mol, 3) minimum-image O->H1 and O->H2 vectors [Å]."""
+        topology = self._bonded._check(batch)
+        pos = batch.positions
+        d1, d2 = pos[1::3] - pos[0::3], pos[2::3] - pos[0::3]
+        if topology is None:
+            return d1, d2
+        pbc, inv, cell = topology
+
+        def mic(d: Tensor) -> Tensor:
+            frac = torch.bmm(d.unsqueeze(1), inv).squeeze(1)
+            frac = frac - torch.where(pbc, torch.round(frac), torch.zeros_like(frac))
+            return torch.bmm(frac.unsqueeze(1), cell).squeeze(1)
+
+        return mic(d1), mic(d2)
+
+    def _half_list(self, batch: AtomsBatch, nbrs: Neighbors) -> dict:
+        """The pairs of a full list counted once, with their charge products [e^2], O-O subset and per-system slices.
+
+        Kept: i < j, and of an atom's pairs with its own images the half whose first nonzero shift is positive.
+        """
+        i, j, shifts = nbrs.i, nbrs.j, nbrs.shifts
+        later = torch.where(shifts[:, 1] != 0, shifts[:, 1], shifts[:, 2])
+        first = torch.where(shifts[:, 0] != 0, shifts[:, 0], later)
+        keep = (i < j) | ((i == j) & (first > 0))
+        i, j, shifts = i[keep], j[keep], shifts[keep]
+        numbers = batch.numbers
+        q = self.charges(numbers, batch.positions.dtype)
+        owner = batch.batch[i]
+        counts = torch.bincount(owner, minlength=batch.n_systems).tolist()  # pairs come sorted by system
+        return {
+            'i': i,
+            'j': j,
+            'shifts': shifts,
+            'owner': owner,
+            'bounds': np.cumsum([0, *counts]).tolist(),
+            'qq': q[i] * q[j],
+            'same_molecule': torch.div(i, 3, rounding_mode='floor') == torch.div(j, 3, rounding_mode='floor'),
+            'oo': torch.nonzero((numbers[i] == 8) & (numbers[j] == 8)).squeeze(-1),
+        }
+
+    def _pairs(self, batch: AtomsBatch, pairs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pair vectors (P, 3) [Å], distances (P,) [Å], energies phi (P,) [eV] and phi'(r) (P,) [eV/Å] of a half list.
+
+        The vectors are r_j - r_i. Excluded (intramolecular) pairs and pairs at or beyond the cutoff get zero.
+        """
+        pos, cell, bounds = batch.positions, batch.cell, pairs['bounds']
+        shift = torch.cat([pairs['shifts'][bounds[s] : bounds[s + 1]] @ cell[s] for s in range(batch.n_systems)])
+        d = pos.index_select(0, pairs['j']) - pos.index_select(0, pairs['i']) + shift
+        r = d.norm(dim=-1)
+        keep = ~(pairs['same_molecule'] & (r < self.exclusion)) & (r < self.cutoff)
+        safe = torch.where(keep, r, torch.full_like(r, self.cutoff))
+        e_c, de_c = _dsf_pairs(safe, self.alpha, self.cutoff)
+        zero = torch.zeros_like(r)
+        phi = torch.where(keep, pairs['qq'] * e_c, zero)
+        dphi = torch.where(keep, pairs['qq'] * de_c, zero)
+        oo = pairs['oo']
+        e_lj, de_lj = _lj_pairs(safe[oo], self.epsilon, self.sigma, self.r_on, self.cutoff)  # zero at the cutoff
+        return d, r, phi.index_add(0, oo, e_lj), dphi.index_add(0, oo, de_lj)
+
+    def evaluate(
+        self, batch: AtomsBatch, neighbors: Neighbors | None = None, forces: bool = True, stress: bool = False
+    ) -> dict[str, Tensor]:
+        """Energy (B,) [eV], forces (N, 3) [eV/Å] and, with ``stress``, the stress (B, 3, 3) [eV/Å^3].
+
+        ``neighbors``: a full list (both directions) holding every pair closer than the cutoff (extra pairs are
+        fine); None builds one. The stress of a non-periodic system is NaN.
+        """
+        from .md.barostat import volumes
+
+        nbrs = neighbor_list(batch, self.cutoff) if neighbors is None else neighbors
+        pairs = self._half.get(nbrs, lambda nb: self._half_list(batch, nb))
+        e_intra, f_intra = self._bonded._intramolecular(batch)
+        d, r, phi, dphi = self._pairs(batch, pairs)
+        slices = [slice(a, b) for a, b in zip(pairs['bounds'][:-1], pairs['bounds'][1:], strict=True)]
+        energy = e_intra + torch.stack([phi[part].sum() for part in slices])
+        grad = d * (dphi / r.clamp(min=1e-12)).unsqueeze(-1)  # (P, 3) dE/d(r_j - r_i)
+        total_forces = f_intra.index_add(0, pairs['i'], grad).index_add(0, pairs['j'], -grad)
+        out = _outputs(batch, energy, total_forces)
+        if stress:
+            virial = torch.stack([grad[part].T @ d[part] for part in slices])  # (B, 3, 3) sum of dE/dd (x) d
+            d1, d2 = self._oh_vectors(batch)
+            f_mol = f_intra.reshape(-1, 3, 3)
+            bonded = -(f_mol[:, 1].unsqueeze(-1) * d1.unsqueeze(-2) + f_mol[:, 2].unsqueeze(-1) * d2.unsqueeze(-2))
+            virial = virial.index_add(0, batch.batch[0::3], bonded)
+            volume = volumes(batch.cell)
+            periodic = batch.pbc.all(-1) & (volume.abs() > 0)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            out['stress'] = torch.where(periodic.view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.nan)
+        return out
 
 
 class HarmonicBonds:
