@@ -21,6 +21,8 @@ from aiida_mlff.core.analytic import COULOMB, KCAL_MOL, ChargedFlexibleWater, wa
 from aiida_mlff.core.atoms import AtomsBatch
 from aiida_mlff.core.md import simulate
 
+from . import probes
+
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 TRICLINIC = np.array([[1.0, 0.0, 0.0], [0.18, 0.97, 0.0], [-0.12, 0.21, 0.93]])
@@ -117,20 +119,7 @@ def test_stress_is_strain_derivative_on_triclinic_cell():
     atoms = _box()
     pot = ChargedFlexibleWater()
     stress = pot.evaluate(AtomsBatch.from_atoms(atoms, dtype=torch.float64), stress=True)['stress'][0].numpy()
-    volume = atoms.get_volume()
-    h = 1e-6
-    numeric = np.zeros((3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            values = []
-            for sign in (1, -1):
-                strain = np.eye(3)
-                strain[a, b] += sign * h / 2
-                strain[b, a] += sign * h / 2
-                deformed = atoms.copy()
-                deformed.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-                values.append(_energy(pot, deformed))
-            numeric[a, b] = numeric[b, a] = (values[0] - values[1]) / (2 * h * volume)
+    numeric = probes.finite_strain_stress(lambda strained: _energy(pot, strained), atoms, h=1e-6)
     err = np.abs(stress - numeric).max() / np.abs(numeric).max()
     print(f'\nstress {stress.diagonal()} eV/Å^3; max relative deviation from finite strain {err:.1e}')
     assert err < 1e-6
