@@ -189,21 +189,26 @@ class FlexibleWater:
         self._topology_key, self._topology = key, topology
         return topology
 
+    def oh_vectors(self, batch: AtomsBatch) -> tuple[Tensor, Tensor]:
+        """(n_mol, 3) O->H1 and O->H2 vectors [Å], minimum image within the molecule's cell when periodic."""
+        topology = self._check(batch)
+        pos = batch.positions
+        d1, d2 = pos[1::3] - pos[0::3], pos[2::3] - pos[0::3]
+        if topology is None:
+            return d1, d2
+        pbc, inv, cell = topology
+
+        def mic(d: Tensor) -> Tensor:
+            frac = torch.bmm(d.unsqueeze(1), inv).squeeze(1)
+            frac = frac - torch.where(pbc, torch.round(frac), torch.zeros_like(frac))
+            return torch.bmm(frac.unsqueeze(1), cell).squeeze(1)
+
+        return mic(d1), mic(d2)
+
     def _intramolecular(self, batch: AtomsBatch) -> tuple[Tensor, Tensor]:
         pos = batch.positions
         n = pos.shape[0]
-        topology = self._check(batch)
-        o, h1, h2 = pos[0::3], pos[1::3], pos[2::3]
-        d1, d2 = h1 - o, h2 - o
-        if topology is not None:
-            pbc, inv, cell = topology
-
-            def mic(d: Tensor) -> Tensor:
-                frac = torch.bmm(d.unsqueeze(1), inv).squeeze(1)
-                frac = frac - torch.where(pbc, torch.round(frac), torch.zeros_like(frac))
-                return torch.bmm(frac.unsqueeze(1), cell).squeeze(1)
-
-            d1, d2 = mic(d1), mic(d2)
+        d1, d2 = self.oh_vectors(batch)
         r1 = d1.norm(dim=-1, keepdim=True)
         r2 = d2.norm(dim=-1, keepdim=True)
         u1, u2 = d1 / r1, d2 / r2
@@ -324,55 +329,29 @@ class ChargedFlexibleWater:
         q_o = torch.full(numbers.shape, self.charge_o, dtype=dtype, device=numbers.device)
         return torch.where(numbers == 8, q_o, -0.5 * q_o)
 
-    def _oh_vectors(self, batch: AtomsBatch) -> tuple[Tensor, Tensor]:
-        """(n_mol, 3) minimum-image O->H1 and O->H2 vectors [Å]."""
-        topology = self._bonded._check(batch)
-        pos = batch.positions
-        d1, d2 = pos[1::3] - pos[0::3], pos[2::3] - pos[0::3]
-        if topology is None:
-            return d1, d2
-        pbc, inv, cell = topology
-
-        def mic(d: Tensor) -> Tensor:
-            frac = torch.bmm(d.unsqueeze(1), inv).squeeze(1)
-            frac = frac - torch.where(pbc, torch.round(frac), torch.zeros_like(frac))
-            return torch.bmm(frac.unsqueeze(1), cell).squeeze(1)
-
-        return mic(d1), mic(d2)
-
-    def _half_list(self, batch: AtomsBatch, nbrs: Neighbors) -> dict:
-        """The pairs of a full list counted once, with their charge products [e^2], O-O subset and per-system slices.
+    def _half_list(self, batch: AtomsBatch, nbrs: Neighbors) -> tuple[Neighbors, dict]:
+        """The pairs of a full list counted once, and per pair: charge product [e^2], same molecule, O-O subset.
 
         Kept: i < j, and of an atom's pairs with its own images the half whose first nonzero shift is positive.
         """
-        i, j, shifts = nbrs.i, nbrs.j, nbrs.shifts
+        shifts = nbrs.shifts
         later = torch.where(shifts[:, 1] != 0, shifts[:, 1], shifts[:, 2])
         first = torch.where(shifts[:, 0] != 0, shifts[:, 0], later)
-        keep = (i < j) | ((i == j) & (first > 0))
-        i, j, shifts = i[keep], j[keep], shifts[keep]
-        numbers = batch.numbers
+        half = nbrs.select((nbrs.i < nbrs.j) | ((nbrs.i == nbrs.j) & (first > 0)))
+        i, j, numbers = half.i, half.j, batch.numbers
         q = self.charges(numbers, batch.positions.dtype)
-        owner = batch.batch[i]
-        counts = torch.bincount(owner, minlength=batch.n_systems).tolist()  # pairs come sorted by system
-        return {
-            'i': i,
-            'j': j,
-            'shifts': shifts,
-            'owner': owner,
-            'bounds': np.cumsum([0, *counts]).tolist(),
+        return half, {
             'qq': q[i] * q[j],
             'same_molecule': torch.div(i, 3, rounding_mode='floor') == torch.div(j, 3, rounding_mode='floor'),
             'oo': torch.nonzero((numbers[i] == 8) & (numbers[j] == 8)).squeeze(-1),
         }
 
-    def _pairs(self, batch: AtomsBatch, pairs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _pairs(self, batch: AtomsBatch, half: Neighbors, pairs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Pair vectors (P, 3) [Å], distances (P,) [Å], energies phi (P,) [eV] and phi'(r) (P,) [eV/Å] of a half list.
 
         The vectors are r_j - r_i. Excluded (intramolecular) pairs and pairs at or beyond the cutoff get zero.
         """
-        pos, cell, bounds = batch.positions, batch.cell, pairs['bounds']
-        shift = torch.cat([pairs['shifts'][bounds[s] : bounds[s + 1]] @ cell[s] for s in range(batch.n_systems)])
-        d = pos.index_select(0, pairs['j']) - pos.index_select(0, pairs['i']) + shift
+        d = pair_vectors(batch, half)
         r = d.norm(dim=-1)
         keep = ~(pairs['same_molecule'] & (r < self.exclusion)) & (r < self.cutoff)
         safe = torch.where(keep, r, torch.full_like(r, self.cutoff))
@@ -395,17 +374,17 @@ class ChargedFlexibleWater:
         from .md.barostat import volumes
 
         nbrs = neighbor_list(batch, self.cutoff) if neighbors is None else neighbors
-        pairs = self._half.get(nbrs, lambda nb: self._half_list(batch, nb))
+        half, pairs = self._half.get(nbrs, lambda nb: self._half_list(batch, nb))
         e_intra, f_intra = self._bonded._intramolecular(batch)
-        d, r, phi, dphi = self._pairs(batch, pairs)
-        slices = [slice(a, b) for a, b in zip(pairs['bounds'][:-1], pairs['bounds'][1:], strict=True)]
-        energy = e_intra + torch.stack([phi[part].sum() for part in slices])
+        d, r, phi, dphi = self._pairs(batch, half, pairs)
+        owner = batch.batch[half.i]  # the system of each pair
+        energy = e_intra.index_add(0, owner, phi)
         grad = d * (dphi / r.clamp(min=1e-12)).unsqueeze(-1)  # (P, 3) dE/d(r_j - r_i)
-        total_forces = f_intra.index_add(0, pairs['i'], grad).index_add(0, pairs['j'], -grad)
+        total_forces = f_intra.index_add(0, half.i, grad).index_add(0, half.j, -grad)
         out = _outputs(batch, energy, total_forces)
         if stress:
-            virial = torch.stack([grad[part].T @ d[part] for part in slices])  # (B, 3, 3) sum of dE/dd (x) d
-            d1, d2 = self._oh_vectors(batch)
+            virial = torch.zeros_like(batch.cell).index_add(0, owner, grad.unsqueeze(-1) * d.unsqueeze(-2))
+            d1, d2 = self._bonded.oh_vectors(batch)
             f_mol = f_intra.reshape(-1, 3, 3)
             bonded = -(f_mol[:, 1].unsqueeze(-1) * d1.unsqueeze(-2) + f_mol[:, 2].unsqueeze(-1) * d2.unsqueeze(-2))
             virial = virial.index_add(0, batch.batch[0::3], bonded)
