@@ -21,6 +21,7 @@ held-out errors against the referee and checks stability: Langevin MD at 300 K o
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +75,12 @@ REFERENCES = {
         'ChargedFlexibleWater (SPC/Fw with charges, DSF Coulomb alpha 0.2/Å, cutoff 9 Å), stress labels',
     ),
 }
+
+
+def cache_path(reference: str = 'flexible', seconds: float | None = None) -> Path:
+    """The temp-dir cache file of the model trained on ``reference`` (with ``seconds``: one per training budget)."""
+    name = 'aiida_mlff_water_bp' + ('' if reference == 'flexible' else f'_{reference}')
+    return Path(tempfile.gettempdir()) / (name + ('' if seconds is None else f'_{int(seconds)}s') + '.pt')
 
 
 def water_frames(
@@ -139,20 +146,14 @@ def _fit(pot: Potential, frames: list[Atoms], seconds: float, seed: int) -> dict
     """Train ``pot`` in place with the recipe of ``train_h2o.py`` within ``seconds`` of wall time.
 
     With stress labels, the descriptor Jacobians of all frames are stored even beyond ``training.JACOBIAN_BUDGET``
-    (about 8 MB per 96-atom frame in float64): without them every step differentiates the descriptors twice (strain
-    and weights). The budget is wall time: on a loaded machine (load 6-9 on two cores) 300 s gave only 10 epochs.
+    (``precompute`` as a budget of 10^10 floats; about 8 MB per 96-atom frame in float64): without them every step
+    differentiates the descriptors twice (strain and weights). The budget is wall time: on a loaded machine (load 6-9
+    on two cores) 300 s gave only 10 epochs.
     """
     from train_h2o import RECIPE
 
-    from aiida_mlff.core import training
-
-    budget = training.JACOBIAN_BUDGET
-    if any('stress' in atoms.calc.results for atoms in frames):
-        training.JACOBIAN_BUDGET = 10**10
-    try:
-        return train(pot, frames, **RECIPE, time_budget=seconds, seed=seed)
-    finally:
-        training.JACOBIAN_BUDGET = budget
+    with_stress = any('stress' in atoms.calc.results for atoms in frames)
+    return train(pot, frames, **RECIPE, time_budget=seconds, seed=seed, precompute=10**10 if with_stress else True)
 
 
 def stable_water_potential(
@@ -261,8 +262,7 @@ def main() -> None:
     parser.add_argument('--check-molecules', type=int, default=256, help='molecules of the stability run')
     args = parser.parse_args()
     if args.output is None:
-        suffix = '' if args.reference == 'flexible' else f'_{args.reference}'
-        args.output = Path(f'/tmp/aiida_mlff_water_bp{suffix}.pt')
+        args.output = cache_path(args.reference)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     pot = stable_water_potential(

@@ -41,7 +41,8 @@ __all__ = ['CALL_DEFAULTS', 'JOB_ONLY', 'evaluate_metrics', 'split_indices', 'tr
 CALL_DEFAULTS: dict = {
     'checkpoint': None,  # path; resumed from when it exists
     'stop_after': None,  # stop this call after this many epochs (as if interrupted), leaving a checkpoint
-    'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster)
+    'precompute': True,  # store descriptor Jacobians of the fixed training geometries (exact, faster); a number:
+    # the largest total size (floats) to store instead of JACOBIAN_BUDGET
     'verbose': False,
     'replay': None,  # labelled frames of the parent's data: errors before and after, rehearsal (replay_fraction)
 }
@@ -72,16 +73,17 @@ class _Frame:
 JACOBIAN_BUDGET = 50_000_000
 
 
-def _precompute(pot, items: Sequence[_Frame], chunk: int = 64) -> None:
+def _precompute(pot, items: Sequence[_Frame], chunk: int = 64, budget: float = JACOBIAN_BUDGET) -> None:
     """Store raw features and their per-pair Jacobians in ``items`` (fixed geometries: exact, and much faster).
 
     A feature of atom i depends only on the pair vectors centred on i, so ``dE/dvector_p = sum_f dE/dG_{i_p f}
-    J_pf`` reproduces the forces of the full autograd path exactly.
+    J_pf`` reproduces the forces of the full autograd path exactly. Nothing is stored when the Jacobians would hold
+    more than ``budget`` floats.
     """
     from .atoms import pair_vectors
 
     n_feat = pot.descriptor.n_features
-    if sum(f.nbrs.n_pairs for f in items) * n_feat * 3 > JACOBIAN_BUDGET:
+    if sum(f.nbrs.n_pairs for f in items) * n_feat * 3 > budget:
         return
     for start in range(0, len(items), chunk):
         group = items[start : start + chunk]
@@ -495,7 +497,8 @@ def train(pot, frames: Sequence[Atoms], **options) -> dict:
         present), ``checkpoint_every``, ``stop_after``, ``polish_steps``, ``precision`` (``'float64'``: optimise in
         float64 and return the model in its own dtype; ``'model'``: the model's dtype), ``uncertainty``
         (``'committee'``, ``'last_layer'`` or ``'both'``, see :func:`aiida_mlff.core.uncertainty.fit_uncertainty`),
-        ``precompute``, ``verbose``.
+        ``precompute`` (True: store the descriptor Jacobians when they fit in ``JACOBIAN_BUDGET`` floats; a number:
+        that budget instead; False: never), ``verbose``.
 
     Returns
     -------
@@ -588,8 +591,9 @@ def _train(pot, frames: Sequence[Atoms], opts: dict, start_time: float, model_dt
         state['statistics'] = _start(pot, train_items, opts['statistics'])
     replay_items, n_replay = _rehearsal(pot, opts, len(train_items))
     if opts['precompute'] and hasattr(pot, 'descriptor'):  # stored descriptor Jacobians: our BP networks only
-        _precompute(pot, train_items + replay_items)  # one set: they share mini-batches
-        _precompute(pot, val_items)
+        budget = JACOBIAN_BUDGET if opts['precompute'] is True else float(opts['precompute'])
+        _precompute(pot, train_items + replay_items, budget=budget)  # one set: they share mini-batches
+        _precompute(pot, val_items, budget=budget)
 
     def save_checkpoint() -> None:
         if checkpoint is None:
