@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,10 +40,10 @@ def _load_potential(path: Path | None, threads: int, seconds: float):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from water_model import stable_water_potential
+    from water_model import cache_path, stable_water_potential
 
     if path is None:
-        path = Path(tempfile.gettempdir()) / f'aiida_mlff_water_bp_{int(seconds)}s.pt'
+        path = cache_path('flexible', seconds)
     return stable_water_potential(path, seconds=seconds, threads=threads), path
 
 

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def load_potential(path: Path | None, threads: int, seconds: float, reference: s
     referee).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from water_model import REFERENCES, stable_water_potential
+    from water_model import REFERENCES, cache_path, stable_water_potential
 
     if referee:
         if reference != 'charged':
@@ -63,8 +62,7 @@ def load_potential(path: Path | None, threads: int, seconds: float, reference: s
         cls = REFERENCES[reference][0]
         return cls(), cls.__name__
     if path is None:
-        name = 'aiida_mlff_water_bp' + ('' if reference == 'flexible' else f'_{reference}')
-        path = Path(tempfile.gettempdir()) / f'{name}_{int(seconds)}s.pt'
+        path = cache_path(reference, seconds)
     return stable_water_potential(path, seconds=seconds, threads=threads, reference=reference), path
 
 
