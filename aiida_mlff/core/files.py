@@ -7,6 +7,7 @@ only these files. Units: Å, eV, fs, K.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     'JOB_FILE',
     'REPLAY_DATASET_FILE',
     'SUMMARY_FILE',
+    'file_sha256',
     'read_json',
     'validate_md_parameters',
     'validate_train_parameters',
@@ -159,3 +161,12 @@ def _cv_errors(cv, where: str) -> list[str]:
     from .colvars import cv_spec_errors
 
     return cv_spec_errors(cv, where=where)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of the bytes of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open('rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

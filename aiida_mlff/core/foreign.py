@@ -14,7 +14,6 @@ layers, ...) is refused with a :class:`ForeignModelError` naming every such feat
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -24,7 +23,9 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from torch import Tensor, nn
 
-__all__ = ['ForeignModelError', 'file_sha256', 'import_mace_model', 'mace_hyperparameters']
+from .files import file_sha256
+
+__all__ = ['ForeignModelError', 'import_mace_model', 'mace_hyperparameters']
 
 #: largest difference between the imported and the original model on the probe (float64), relative to 1 + max |value|
 AGREEMENT = 1e-8
@@ -45,15 +46,6 @@ _TRANSFORMS = {'AgnesiTransform': 'Agnesi', 'SoftTransform': 'Soft'}
 
 class ForeignModelError(ValueError):
     """A file is not a model this version can import, or the model uses a feature it cannot represent."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of the bytes of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open('rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_mace_model(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiida.orm import SinglefileData
+
+from aiida_mlff.core.files import file_sha256
 
 if TYPE_CHECKING:
     from aiida_mlff.core.contract import StoredPotential
@@ -54,7 +55,7 @@ class PotentialData(SinglefileData):
                 attributes.set(key, _jsonable(metadata[key]))
         for key in ('dtype', 'package_version', 'torch_version'):
             attributes.set(key, str(metadata.get(key, '')))
-        attributes.set('content_hash', hashlib.sha256(path.read_bytes()).hexdigest())
+        attributes.set('content_hash', file_sha256(path))
 
     @property
     def elements(self) -> list[str]:
