@@ -8,9 +8,11 @@ validation_loss, learning_rate, time_s), ``history`` (Dict: ``iterations`` and `
 x the CV in its file unit (degrees, Å), y ``free_energy`` and ``error`` in eV, optional ``member_<m>`` in eV),
 ``barriers`` (Dict of :func:`aiida_mlff.calculations.states.pmf_states`: ``unit``, ``states`` and ``transitions`` by
 name, ``experiment_kcal_mol``, ``warnings``), ``rates`` (Dict: transition name -> ``forward``/``backward`` in s^-1),
-``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum)
-and ``convergence`` (Dict: the verdict, see :func:`convergence_lines`). The PMF's ``estimator`` attribute (``'wham'``,
-``'mbar'`` or ``'metadynamics'``; absent means WHAM) is named in the report. Outputs that are missing are skipped and
+``scan`` (ArrayData: ``value`` in the CV's file unit, ``mlff`` and ``dft`` in kcal/mol relative to their minimum),
+``convergence`` (Dict: the verdict, see :func:`convergence_lines`) and ``comparison`` (Dict of
+:func:`aiida_mlff.calculations.states.compare_campaigns`: the barriers against another campaign's, by name). The
+PMF's ``estimator`` attribute (``'wham'``, ``'mbar'`` or ``'metadynamics'``; absent means WHAM) is named in the
+report. Outputs that are missing are skipped and
 named in the report. A ``barriers`` Dict of the older form (one ``{'eV', 'kcal_mol', 'error_kcal_mol'}`` entry per
 barrier, e.g. ``trans`` and ``cis``) is read as forward barriers.
 
@@ -37,6 +39,7 @@ __all__ = [
     'barrier_lines',
     'barrier_tables',
     'campaign_outputs',
+    'comparison_lines',
     'convergence_lines',
     'criterion_text',
     'failed_criteria_text',
@@ -505,6 +508,30 @@ def barrier_lines(barriers: Mapping[str, Any], rates: Mapping[str, Any] | None =
     return lines
 
 
+def _difference_text(d: Mapping[str, Any]) -> str:
+    """``'1.40 ± 0.12 (gas phase 1.12 ± 0.09): +0.28 ± 0.15'`` of one compared quantity (kcal/mol)."""
+    if d.get('difference') is None:
+        return f'{_pm(d.get("value"), d.get("error"))} against {_pm(d.get("reference"), d.get("reference_error"))}'
+    change = f'{d["difference"]:+.2f}' + (
+        f' ± {d["difference_error"]:.2f} ({d["z"]:.1f} sigma)' if d.get('difference_error') else ''
+    )
+    return f'{_pm(d["value"], d.get("error"))} against {_pm(d["reference"], d.get("reference_error"))}: {change}'
+
+
+def comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
+    """Lines of text of a campaign's ``comparison`` (its barriers minus another campaign's, by name; kcal/mol)."""
+    label = comparison.get('label', 'reference')
+    lines = [f'Compared with {label} (this - {label}, kcal/mol; errors of independent runs added in quadrature):']
+    for name, entry in (comparison.get('transitions') or {}).items():
+        lines.extend(f'  {name} {direction}: {_difference_text(d)}' for direction, d in entry.items())
+    for name, entry in (comparison.get('states') or {}).items():
+        lines.append(f'  state {name}: {_difference_text(entry["free_energy"])}')
+    for key, where in (('only_here', 'this campaign'), ('only_there', label)):
+        if comparison.get(key):
+            lines.append(f'  only in {where}: {", ".join(comparison[key])}')
+    return lines
+
+
 def _pmf_arrays(pmf) -> dict[str, np.ndarray]:
     """Arrays of a PMF ``XyData`` node (or a plain mapping) by name: the x array and every y array."""
     if isinstance(pmf, Mapping):
@@ -855,6 +882,8 @@ def _process_section(outputs: Mapping[str, Any], directory: Path, summary: dict)
         summary['rates_per_s'] = {**_identity(outputs['rates']), **outputs['rates'].get_dict()}
     if 'scan' in outputs:
         summary['scan'] = _identity(outputs['scan'])
+    if 'comparison' in outputs:
+        summary['comparison'] = {**_identity(outputs['comparison']), **outputs['comparison'].get_dict()}
     return paths
 
 
@@ -1109,6 +1138,21 @@ def _free_energy_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         rows.extend(_state_rows(barriers))
         rows.extend(_transition_rows(barriers, summary.get('rates_per_s')))
         rows.extend(('warning', html.escape(w), _node_cell(barriers)) for w in barriers.get('warnings') or [])
+    comparison = summary.get('comparison')
+    if comparison:
+        label = html.escape(str(comparison.get('label', 'reference')))
+        for name, entry in (comparison.get('transitions') or {}).items():
+            for direction, d in entry.items():
+                rows.append(
+                    (
+                        f'{html.escape(name)} {direction}, this &minus; {label}',
+                        html.escape(_difference_text(d)),
+                        _node_cell(comparison),
+                    )
+                )
+        for key in ('only_here', 'only_there'):
+            if comparison.get(key):
+                rows.append((f'not compared ({key})', html.escape(', '.join(comparison[key])), _node_cell(comparison)))
     history = summary.get('history')
     if history:
         rows.append(('active-learning iterations', _fmt(history['n_iterations']), _node_cell(history)))

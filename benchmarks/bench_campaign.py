@@ -128,6 +128,8 @@ def run_once(path: str, limit: float, json_path: Path | None = None, config: dic
         rows.append(('relaxed scan: max |MLFF - pw.x|', f'{diff:.2f} kcal/mol', '<= 0.5 kcal/mol', diff <= 0.5))
     if 'barriers' in out:
         rows += _barrier_rows(out.barriers.get_dict())
+    if 'comparison' in out:
+        rows += _comparison_rows(out.comparison.get_dict())
     if 'history' in out:
         h = out.history.get_dict()
         rows.append(('active-learning iterations', str(len(h['iterations'])), '-', None))
@@ -162,9 +164,33 @@ def _barrier_rows(barriers: dict) -> list[tuple]:
     experiment = barriers.get('experiment_kcal_mol', {})
     for name, t in barriers.get('transitions', {}).items():
         label = f'{name} ({t["from"]} -> {t["to"]}, exp. {experiment.get(name, "-")})'
-        forward = f'{t["forward_kcal_mol"]:.2f} +- {t["forward_error_kcal_mol"]:.2f}'
-        backward = f'{t["backward_kcal_mol"]:.2f} +- {t["backward_error_kcal_mol"]:.2f}'
+        forward = _pm(t['forward_kcal_mol'], t['forward_error_kcal_mol'])
+        backward = _pm(t['backward_kcal_mol'], t['backward_error_kcal_mol'])
         rows.append((label, f'{forward} / {backward} kcal/mol', 'fwd / bwd', None))
+    return rows
+
+
+def _pm(value: float | None, error: float | None) -> str:
+    """``'1.23 +- 0.04'``; '-' for an unknown value or error."""
+    return f'{_num(value)} +- {_num(error)}'
+
+
+def _num(value: float | None) -> str:
+    return '-' if value is None else f'{value:.2f}'
+
+
+def _comparison_rows(comparison: dict) -> list[tuple]:
+    """Rows of the campaign's barriers against the campaign it compares with (``reference.compare_with``)."""
+    label = comparison.get('label', 'reference')
+    rows = []
+    for name, entry in comparison.get('transitions', {}).items():
+        for direction, d in entry.items():
+            measured = f'{_pm(d["value"], d["error"])} vs {_pm(d["reference"], d["reference_error"])}'
+            rows.append((f'{name} {direction}: this vs {label}', measured, 'kcal/mol', None))
+            rows.append((f'{name} {direction}: this - {label}', _pm(d['difference'], d['difference_error']), '-', None))
+    for where in ('only_here', 'only_there'):
+        if comparison.get(where):
+            rows.append((f'not compared ({where})', ', '.join(comparison[where]), '-', None))
     return rows
 
 

@@ -14,10 +14,10 @@ from aiida.engine import calcfunction
 
 from aiida_mlff.calculations.wham import EV_TO_KCAL_MOL
 from aiida_mlff.core.colvars import CollectiveVariable, cv_from_spec
-from aiida_mlff.core.states import State, Transition, find_states, find_transitions, in_range
+from aiida_mlff.core.states import State, Transition, compare_barriers, find_states, find_transitions, in_range
 from aiida_mlff.core.wham import KB_EV
 
-__all__ = ['pmf_states']
+__all__ = ['compare_campaigns', 'pmf_states']
 
 
 def _number(value: float) -> float | None:
@@ -206,3 +206,18 @@ def pmf_states(pmf: orm.XyData, settings: orm.Dict) -> dict:
     }
     rates = {t.name: {'forward': t.rate_forward, 'backward': t.rate_backward} for t in transitions}
     return {'pmf': _pmf_in_file_units(pmf, cv, grid, columns), 'barriers': orm.Dict(barriers), 'rates': orm.Dict(rates)}
+
+
+@calcfunction
+def compare_campaigns(barriers: orm.Dict, reference: orm.Dict, label: orm.Str) -> orm.Dict:
+    """Barriers of this campaign against another's (``reference``, e.g. the gas phase), transition by transition.
+
+    :func:`aiida_mlff.core.states.compare_barriers` of the two tables, with ``label`` (how reports name the
+    reference) and the reference's own ``unit`` and temperature beside them. kcal/mol.
+    """
+    other = reference.get_dict()
+    out = compare_barriers(barriers.get_dict(), other)
+    out['label'] = label.value
+    out['temperature'] = barriers.get('temperature')
+    out['reference_temperature'] = other.get('temperature')
+    return orm.Dict(out)

@@ -97,6 +97,11 @@ def _summary(node) -> None:
         rates = outputs.rates.get_dict() if 'rates' in outputs else None
         for line in barrier_lines(outputs.barriers.get_dict(), rates):
             click.echo(line)
+    if 'comparison' in outputs:
+        from aiida_mlff.report import comparison_lines
+
+        for line in comparison_lines(outputs.comparison.get_dict()):
+            click.echo(line)
     diff = outputs.scan.base.attributes.get('max_abs_difference_kcal_mol', None) if 'scan' in outputs else None
     if diff is not None:
         click.echo(f'Relaxed scan: potential vs pw.x within {diff:.2f} kcal/mol (max abs difference)')

@@ -428,7 +428,20 @@ MD = Schema(
 )
 
 #: the MD options an umbrella window or an exploration replica takes from the MD schema
-_WINDOW_MD = ('ensemble', 'timestep', 'friction', 'stride', 'dtype', 'device', 'min_distance', 'max_energy_jump')
+_WINDOW_MD = (
+    'ensemble',
+    'pressure',
+    'compressibility',
+    'tau_p',
+    'barostat_mode',
+    'timestep',
+    'friction',
+    'stride',
+    'dtype',
+    'device',
+    'min_distance',
+    'max_energy_jump',
+)
 
 
 def _windows_problem(windows: Any) -> str | None:
@@ -729,6 +742,15 @@ LABEL = Schema(
             low=0,
             nullable=True,
             help='fixed n_up - n_down (pw.x tot_magnetization; nspin 2; needed with fixed occupations)',
+        ),
+        'kpoints_distance': Option(
+            0.3,
+            '1/Å',
+            low=0,
+            low_open=True,
+            help='k-point spacing of periodic cells (the mesh of PwBaseWorkChain, 2 pi/a per 1/Å along a lattice '
+            'vector of length a); molecules in boxes use the Gamma point. 2.0 gives the Gamma point (1x1x1) for '
+            'every cell vector of 3.2 Å and longer, as usual for liquid boxes',
         ),
         'molecule_vacuum': Option(
             5.0,

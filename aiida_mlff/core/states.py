@@ -36,7 +36,15 @@ import numpy as np
 
 from aiida_mlff.core.wham import KB_EV, tst_rate
 
-__all__ = ['DEFAULT_MIN_DEPTH_KT', 'State', 'Transition', 'find_states', 'find_transitions', 'in_range']
+__all__ = [
+    'DEFAULT_MIN_DEPTH_KT',
+    'State',
+    'Transition',
+    'compare_barriers',
+    'find_states',
+    'find_transitions',
+    'in_range',
+]
 
 #: Default ``min_depth`` of :func:`find_states`, in units of kT: shallower basins are merged into a neighbour.
 DEFAULT_MIN_DEPTH_KT = 1.0
@@ -548,3 +556,47 @@ def _name_transitions(
     for transition in transitions:
         if counts[transition.name] > 1:
             transition.name = f'{transition.name} @ {fmt(transition.transition_state)}'
+
+
+def _difference(this: float | None, this_error: float | None, other: float | None, other_error: float | None) -> dict:
+    """Difference of two independent estimates, error ``sqrt(e1**2 + e2**2)`` (None where unknown)."""
+    known = this is not None and other is not None
+    difference = this - other if known else None
+    errors_known = known and this_error is not None and other_error is not None
+    error = float(np.hypot(this_error, other_error)) if errors_known else None
+    z = abs(difference) / error if error else None
+    return {
+        'value': this,
+        'error': this_error,
+        'reference': other,
+        'reference_error': other_error,
+        'difference': difference,
+        'difference_error': error,
+        'z': z,
+    }
+
+
+def compare_barriers(this: Mapping, other: Mapping) -> dict:
+    """Every transition and state that two barrier tables share by name, as differences ``this - other``.
+
+    ``this`` and ``other`` are barrier tables as the campaign stores them (``transitions``: name ->
+    ``forward_kcal_mol``, ``forward_error_kcal_mol``, ``backward_*``; ``states``: name -> ``kcal_mol``,
+    ``error_kcal_mol``), e.g. a molecule in solution and the same molecule in the gas phase. The two are independent
+    runs, so the error of a difference is ``sqrt(e1**2 + e2**2)`` of their errors (whatever those are: the tables'
+    own, one sigma for ours); ``z`` is ``|difference| / error``. Names found in one table only are listed
+    (``only_here``, ``only_there``), never dropped silently. Units: kcal/mol.
+    """
+    out: dict = {'transitions': {}, 'states': {}, 'only_here': [], 'only_there': []}
+    for kind, keys in (('transitions', ('forward', 'backward')), ('states', ('',))):
+        here, there = dict(this.get(kind) or {}), dict(other.get(kind) or {})
+        for name in sorted(set(here) & set(there)):
+            entry = {}
+            for key in keys:
+                value, error = (f'{key}_kcal_mol', f'{key}_error_kcal_mol') if key else ('kcal_mol', 'error_kcal_mol')
+                entry[key or 'free_energy'] = _difference(
+                    here[name].get(value), here[name].get(error), there[name].get(value), there[name].get(error)
+                )
+            out[kind][name] = entry
+        out['only_here'] += [f'{kind}.{name}' for name in sorted(set(here) - set(there))]
+        out['only_there'] += [f'{kind}.{name}' for name in sorted(set(there) - set(here))]
+    return out

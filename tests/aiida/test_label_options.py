@@ -40,11 +40,19 @@ def system_of(builder) -> dict:
 
 def test_periodic_cell_gets_kpoints_and_stress(pw_code):
     builder = DftLabelWorkChain.get_builder_from_protocol(pw_code, [bulk('Si', 'diamond', a=5.43)], protocol='fast')
-    protocol_distance = DftLabelWorkChain.get_protocol_inputs('fast')['pw']['kpoints_distance']
+    protocol_distance = DftLabelWorkChain.get_protocol_inputs('fast')['kpoints_distance']
     assert builder.pw.kpoints_distance.value == pytest.approx(protocol_distance)
     assert 'kpoints' not in builder.pw
     assert builder.pw.pw.parameters['CONTROL']['tstress'] is True
     assert 'settings' not in builder.pw.pw
+    assert DftLabelWorkChain.get_protocol_inputs('stringent')['kpoints_distance'] < protocol_distance
+    # the option, checked and named, reaches the mesh (a campaign's dft section sets it the same way)
+    gamma = DftLabelWorkChain.get_builder_from_protocol(
+        pw_code, [bulk('Si', 'diamond', a=5.43)], protocol='fast', overrides={'kpoints_distance': 2.0}
+    )
+    assert gamma.pw.kpoints_distance.value == 2.0
+    with pytest.raises(OptionsError, match='kpoints_distance'):
+        DftLabelWorkChain.get_builder_from_protocol(pw_code, [bulk('Si')], overrides={'kpoints_distance': -1})
 
 
 @pytest.mark.parametrize('pbc', [True, False])

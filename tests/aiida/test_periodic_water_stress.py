@@ -66,7 +66,7 @@ def labelled_boxes(mlff_environment):
     """The boxes labelled by pw.x through the label work chain: (node, frames by key)."""
     boxes = _boxes()
     builder = DftLabelWorkChain.get_builder_from_protocol(
-        mlff_environment['code'], boxes, protocol='fast', overrides={'pw': {'kpoints_distance': KPOINTS_DISTANCE}}
+        mlff_environment['code'], boxes, protocol='fast', overrides={'kpoints_distance': KPOINTS_DISTANCE}
     )
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message

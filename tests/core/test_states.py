@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiida_mlff.core.states import _auto_name, find_states, find_transitions, in_range
+from aiida_mlff.core.states import _auto_name, compare_barriers, find_states, find_transitions, in_range
 from aiida_mlff.core.wham import KB_EV, tst_rate
 
 T = 300.0
@@ -226,3 +226,41 @@ def test_in_range_and_names():
     assert in_range(np.pi, -np.pi, np.pi, TWO_PI)  # the whole circle
     assert list(in_range(np.array([0.5, 2.5]), 0.0, 1.0)) == [True, False]
     assert [_auto_name(k) for k in (0, 1, 25, 26, 27)] == ['A', 'B', 'Z', 'AA', 'AB']
+
+
+def test_compare_barriers_by_name_with_independent_errors():
+    here = {
+        'transitions': {
+            'trans': {'forward_kcal_mol': 1.5, 'forward_error_kcal_mol': 0.3, 'backward_kcal_mol': 1.4},
+            'only_in_solution': {'forward_kcal_mol': 2.0, 'forward_error_kcal_mol': 0.1},
+        },
+        'states': {'A': {'kcal_mol': 0.5, 'error_kcal_mol': 0.12}},
+    }
+    there = {
+        'transitions': {
+            'trans': {
+                'forward_kcal_mol': 1.1,
+                'forward_error_kcal_mol': 0.4,
+                'backward_kcal_mol': 1.0,
+                'backward_error_kcal_mol': 0.1,
+            },
+            'cis': {'forward_kcal_mol': 7.0},
+        },
+        'states': {'A': {'kcal_mol': 0.0, 'error_kcal_mol': 0.05}},
+    }
+    out = compare_barriers(here, there)
+    forward = out['transitions']['trans']['forward']
+    assert forward['difference'] == pytest.approx(0.4)
+    assert forward['difference_error'] == pytest.approx(0.5)  # sqrt(0.3^2 + 0.4^2)
+    assert forward['z'] == pytest.approx(0.8)
+    backward = out['transitions']['trans']['backward']
+    assert backward['difference'] == pytest.approx(0.4)
+    assert backward['difference_error'] is None
+    assert backward['z'] is None
+    assert out['states']['A']['free_energy']['difference_error'] == pytest.approx(0.13)
+    assert out['only_here'] == ['transitions.only_in_solution']
+    assert out['only_there'] == ['transitions.cis']
+    # antisymmetric
+    back = compare_barriers(there, here)['transitions']['trans']['forward']
+    assert back['difference'] == pytest.approx(-0.4)
+    assert back['difference_error'] == pytest.approx(0.5)

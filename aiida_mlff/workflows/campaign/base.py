@@ -29,7 +29,7 @@ from aiida_mlff.calculations.functions import (
     rattle_structure,
     select_frames,
 )
-from aiida_mlff.calculations.states import pmf_states
+from aiida_mlff.calculations.states import compare_campaigns, pmf_states
 from aiida_mlff.core.colvars import cv_from_spec
 from aiida_mlff.core.enhanced import metadynamics_job_bias
 from aiida_mlff.core.options import CONVERGENCE, METADYNAMICS, UMBRELLA
@@ -45,12 +45,13 @@ from aiida_mlff.workflows.campaign.config import (
     FREE_ENERGY,
     SAMPLING,
     CampaignConfigError,
-    box_structure,
     build_structure,
     check_cv_span,
     check_cv_values,
     load_campaign,
     metadynamics_span,
+    place_structure,
+    uuid_like,
     validate_campaign,
 )
 from aiida_mlff.workflows.dft.label import DftLabelWorkChain
@@ -200,6 +201,13 @@ class CampaignWorkChain(WorkChain):
         )
         spec.input('check', valid_type=orm.Dict, default=lambda: orm.Dict(CHECK.defaults()), help='values, fmax.')
         spec.input('experiment_kcal_mol', valid_type=orm.Dict, required=False, help='Reference barriers by name.')
+        spec.input(
+            'compare_with',
+            valid_type=orm.Dict,
+            required=False,
+            help="Another campaign's `barriers` output (e.g. the gas phase): the answer is compared with it by name.",
+        )
+        spec.input('compare_label', valid_type=orm.Str, required=False, help='How reports name `compare_with`.')
         spec.inputs.validator = validate_inputs
         spec.outline(
             cls.setup,
@@ -229,6 +237,12 @@ class CampaignWorkChain(WorkChain):
         spec.output('barriers', valid_type=orm.Dict, required=False, help='States and every transition, named.')
         spec.output('rates', valid_type=orm.Dict, required=False)
         spec.output('scan', valid_type=orm.ArrayData, required=False, help='Relaxed scan: potential vs pw.x.')
+        spec.output(
+            'comparison',
+            valid_type=orm.Dict,
+            required=False,
+            help='Barriers minus those of `compare_with`, by name, with errors (kcal/mol).',
+        )
         spec.output(
             'convergence',
             valid_type=orm.Dict,
@@ -276,7 +290,7 @@ class CampaignWorkChain(WorkChain):
         """A builder from a checked campaign (:func:`validate_campaign`): each section fills its step's inputs."""
         pw_code = orm.load_code(pw_code) if isinstance(pw_code, str) else pw_code
         mlff_code = orm.load_code(mlff_code) if isinstance(mlff_code, str) else mlff_code
-        atoms = build_structure(config) if atoms is None else box_structure(atoms.copy(), config['system']['box'])
+        atoms = build_structure(config) if atoms is None else place_structure(atoms.copy(), config['system'])
         structure = orm.StructureData(ase=atoms)
         builder = cls.get_builder()
         builder.structure = structure
@@ -319,6 +333,9 @@ class CampaignWorkChain(WorkChain):
         builder.check = orm.Dict(config['check'])
         if config['reference']['experiment_kcal_mol']:
             builder.experiment_kcal_mol = orm.Dict(config['reference']['experiment_kcal_mol'])
+        if config['reference']['compare_with'] is not None:
+            builder.compare_with, label = reference_barriers(config['reference']['compare_with'])
+            builder.compare_label = orm.Str(config['reference']['compare_label'] or label)
         builder.metadata.label = config['name']
         builder.metadata.description = config['description']
         return builder
@@ -788,6 +805,11 @@ class CampaignWorkChain(WorkChain):
             if 'overlap' in answer['sampling'].outputs:  # umbrella methods only
                 self.out('overlap', answer['sampling'].outputs.overlap)
             self._report_barriers(answer['barriers'].get_dict())
+            if 'compare_with' in self.inputs:
+                label = self.inputs.compare_label if 'compare_label' in self.inputs else orm.Str('reference')
+                comparison = compare_campaigns(answer['barriers'], self.inputs.compare_with, label)
+                self.out('comparison', comparison)
+                self._report_comparison(comparison.get_dict())
         if 'scan' in self.ctx:
             self.out('scan', self.ctx.scan)
         verdict = self._convergence()
@@ -865,6 +887,19 @@ class CampaignWorkChain(WorkChain):
             **values,
         }
         self.node.base.extras.set(PROGRESS_EXTRA, progress)
+
+    def _report_comparison(self, comparison: dict) -> None:
+        for name, entry in comparison['transitions'].items():
+            parts = [
+                f'{direction} {_fmt2(d["difference"])} +- {_fmt2(d["difference_error"])}'
+                for direction, d in entry.items()
+            ]
+            self.report(f'transition {name} minus {comparison["label"]}: ' + ', '.join(parts) + ' kcal/mol')
+        if comparison['only_here'] or comparison['only_there']:
+            self.report(
+                f'not compared with {comparison["label"]}: only here {comparison["only_here"]}, only there '
+                f'{comparison["only_there"]}'
+            )
 
     def _report_barriers(self, barriers: dict) -> None:
         for name, t in barriers.get('transitions', {}).items():
@@ -994,3 +1029,31 @@ def _training_dataset(potential: PotentialData, depth: int = 3):
             if found is not None:
                 return found
     return None
+
+
+def reference_barriers(value) -> tuple[orm.Dict, str]:
+    """The ``barriers`` output and the label of the campaign that ``value`` names.
+
+    ``value``: a pk, a UUID, or a name (the latest campaign of that label with barriers). Raises
+    :class:`CampaignConfigError` naming ``reference.compare_with`` when there is none.
+    """
+    field = 'reference.compare_with'
+    node = None
+    if isinstance(value, int) or (isinstance(value, str) and (value.isdigit() or uuid_like(value))):
+        try:
+            node = orm.load_node(int(value) if str(value).isdigit() else value)
+        except Exception as exception:  # aiida raises several kinds; the message names the value
+            raise CampaignConfigError([f'{field}: no node {value!r} ({type(exception).__name__})']) from exception
+    else:
+        query = orm.QueryBuilder().append(
+            orm.WorkflowNode, filters={'label': value, 'attributes.process_label': CampaignWorkChain.__name__}
+        )
+        query.order_by({orm.WorkflowNode: {'ctime': 'desc'}})
+        node = next((n for (n,) in query.iterall() if 'barriers' in n.outputs), None)
+        if node is None:
+            raise CampaignConfigError(
+                [f'{field}: no campaign called {value!r} with barriers in this profile (run that campaign first)']
+            )
+    if not isinstance(node, orm.WorkflowNode) or 'barriers' not in node.outputs:
+        raise CampaignConfigError([f'{field}: node {value!r} is not a campaign with a barriers output'])
+    return node.outputs.barriers, node.label or str(node.pk)

@@ -46,6 +46,9 @@ __all__ = [
     'check_cv_values',
     'load_campaign',
     'metadynamics_span',
+    'place_structure',
+    'solvated',
+    'uuid_like',
     'validate_campaign',
 ]
 
@@ -95,11 +98,37 @@ def _method_problem(value: Any) -> str | None:
     return f'unknown method {value!r}{suggest(value, METHODS)} (known: {", ".join(METHODS)})'
 
 
+def _campaign_reference_problem(value: Any) -> str | None:
+    """A campaign named by pk (a positive integer), UUID or name (a non-empty string)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, int) and value < 1):
+        return f'a campaign pk, UUID or name, got {value!r}'
+    if isinstance(value, str) and not value.strip():
+        return 'a campaign pk, UUID or name, got an empty string'
+    return None
+
+
+SOLVENT = Schema(
+    {
+        'waters': Option(
+            None, kind='integer', low=1, nullable=True, help='waters around the solute; the box follows the density'
+        ),
+        'box': Option(
+            None, 'Å', low=0, low_open=True, nullable=True, help='cubic box length; the waters follow the density'
+        ),
+        'density': Option(0.997, 'g/cm^3', low=0, low_open=True, help='of the solution (solute and waters)'),
+        'min_distance': Option(2.0, 'Å', low=0, low_open=True, help='closest water atom to a solute atom'),
+        'seed': Option(0, kind='integer', low=0, help='of the water sites and orientations'),
+    }
+)
+
 SYSTEM = Schema(
     {
         'molecule': Option(None, kind='any', nullable=True, help='a name ase.build.molecule knows'),
         'file': Option(None, kind='any', nullable=True, help='a structure file ASE reads (relative to the campaign)'),
         'box': Option(None, 'Å', low=0, low_open=True, nullable=True, help='cubic box; none: the extent + 10 Å'),
+        'solvent': SOLVENT,
         'cv': Option(None, kind='any', nullable=True, help="the CV's spec, e.g. {type: dihedral, atoms: [2, 0, 1, 3]}"),
     }
 )
@@ -159,6 +188,11 @@ UMBRELLA_SECTION = Schema(
 )
 
 _UUID = re.compile(r'^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$')
+
+
+def uuid_like(value: str) -> bool:
+    """Whether ``value`` has the shape of a UUID (with or without dashes)."""
+    return bool(_UUID.match(value))
 
 
 def _file_or_node_problem(what: str):
@@ -228,7 +262,23 @@ CAMPAIGN = Schema(
                 'fmax': Option(0.01, 'eV/Å', low=0, low_open=True),
             }
         ),
-        'reference': Schema({'experiment_kcal_mol': Option({}, 'kcal/mol', kind='mapping')}),
+        'reference': Schema(
+            {
+                'experiment_kcal_mol': Option({}, 'kcal/mol', kind='mapping'),
+                'compare_with': Option(
+                    None,
+                    kind='any',
+                    nullable=True,
+                    check=_campaign_reference_problem,
+                    help='another campaign whose barriers this one is compared with, by name (transitions and states '
+                    'of the same name; e.g. the gas phase of a solvated campaign): its pk, UUID, or its name (the '
+                    'latest campaign of that name in the profile that has barriers)',
+                ),
+                'compare_label': Option(
+                    None, kind='any', nullable=True, help="how the report names it; none: the campaign's name"
+                ),
+            }
+        ),
     }
 )
 
@@ -297,17 +347,39 @@ def _read_structure(value: Any, field: str, errors: list[str]):
 
 
 def build_structure(config: dict):
-    """The campaign's structure (``ase.Atoms``): a molecule centred in its cubic periodic box, or the file's cell."""
-    system = config['system']
-    if system.get('molecule'):
-        from ase.build import molecule
+    """The campaign's structure (``ase.Atoms``).
 
-        atoms = molecule(system['molecule'])
-    else:
-        from ase.io import read
+    A molecule centred in its cubic periodic box, the molecule in a periodic box of water (``system.solvent``), or
+    the file's cell.
+    """
+    return place_structure(_read_system(config), config['system'])
 
-        atoms = read(system['file'])
-    return box_structure(atoms, system.get('box'))
+
+def solvated(system: dict) -> bool:
+    """Whether ``system`` (the checked section) puts the molecule in water."""
+    solvent = system.get('solvent') or {}
+    return solvent.get('waters') is not None or solvent.get('box') is not None
+
+
+def place_structure(atoms, system: dict):
+    """``atoms`` in the campaign's cell.
+
+    In a box of water (``system.solvent``; the solute's atoms first, in their order, so CV atom indices keep their
+    meaning), or boxed by ``system.box`` (:func:`box_structure`).
+    """
+    if not solvated(system):
+        return box_structure(atoms, system.get('box'))
+    from aiida_mlff.core.solvate import solvate
+
+    solvent = system['solvent']
+    return solvate(
+        atoms,
+        n_waters=solvent['waters'],
+        box_length=solvent['box'],
+        density=solvent['density'],
+        min_distance=solvent['min_distance'],
+        seed=solvent['seed'],
+    )
 
 
 def box_structure(atoms, box: float | None):
@@ -375,9 +447,28 @@ def _given_structure(config: dict, structure, errors: list[str]):
     if system.get('molecule') or system.get('file'):
         errors.append('system: the structure is given; system.molecule and system.file must be left out')
         return None
-    atoms = box_structure(structure.copy(), system.get('box'))
-    _check_box(config, atoms, errors)
+    atoms = _placed(config, structure.copy(), errors)
+    if atoms is not None:
+        _check_box(config, atoms, errors)
     return atoms
+
+
+def _placed(config: dict, atoms, errors: list[str]):
+    """``atoms`` boxed or solvated as the system section says; None (and the problem named) when that fails."""
+    system = config['system']
+    if solvated(system):
+        solvent = system['solvent']
+        if solvent['waters'] is not None and solvent['box'] is not None:
+            errors.append('system.solvent: give one of waters (the box follows) and box (the waters follow), not both')
+            return None
+        if system.get('box') is not None:
+            errors.append('system.box: leave it out with system.solvent (solvent.waters or solvent.box sizes the box)')
+            return None
+    try:
+        return place_structure(atoms, system)
+    except ValueError as exception:
+        errors.append(f'system.solvent: {exception}')
+        return None
 
 
 def _check_system(config: dict, errors: list[str]):
@@ -402,12 +493,26 @@ def _check_system(config: dict, errors: list[str]):
         return None
     elif _read_structure(system['file'], 'system.file', errors) is None:
         return None
-    atoms = build_structure(config)
+    atoms = _read_system(config)
     if len(atoms) == 0:
         errors.append('system.file: the structure has no atoms')
         return None
-    _check_box(config, atoms, errors)
+    atoms = _placed(config, atoms, errors)
+    if atoms is not None:
+        _check_box(config, atoms, errors)
     return atoms
+
+
+def _read_system(config: dict):
+    """The molecule or the file's structure, as given (not yet boxed or solvated)."""
+    system = config['system']
+    if system.get('molecule'):
+        from ase.build import molecule
+
+        return molecule(system['molecule'])
+    from ase.io import read
+
+    return read(system['file'])
 
 
 def _check_box(config: dict, atoms, errors: list[str]) -> None:

@@ -239,7 +239,7 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         molecule
             Use the Gamma point only (molecules in a box). Default: True when every structure is a molecule: no
             periodic direction, the extra ``molecule`` set, or at least ``molecule_vacuum`` Å of vacuum between
-            images along every periodic direction; otherwise k-points from ``pw.kpoints_distance``.
+            images along every periodic direction; otherwise k-points from ``kpoints_distance`` (1/Å).
         stress
             Compute the stress (``tstress``). Default: True for periodic cells (every structure fully periodic and
             not a molecule), False for molecules.
@@ -285,7 +285,7 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
             builder.pw.kpoints = kpoints
             builder.pw.pw.settings = orm.Dict({'gamma_only': True})
         else:
-            builder.pw.kpoints_distance = orm.Float(inputs['pw']['kpoints_distance'])
+            builder.pw.kpoints_distance = orm.Float(inputs['kpoints_distance'])
         builder.pseudo_family = orm.Str(inputs['pseudo_family'])
         builder.conv_thr_per_atom = orm.Float(inputs['conv_thr_per_atom'])
         builder.max_concurrent = orm.Int(inputs['max_concurrent'])
