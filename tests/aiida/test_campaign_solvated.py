@@ -8,6 +8,7 @@ fields, and the comparison with a campaign node found by name, pk or UUID.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,14 +125,18 @@ def _barriers(trans: float, cis: float, error: float | None = 0.1) -> orm.Dict:
         name: {
             'from': 'gauche_minus',
             'to': 'gauche_plus',
+            'transition_state': position,
             'forward_kcal_mol': value,
             'forward_error_kcal_mol': error,
             'backward_kcal_mol': value - 0.01,
             'backward_error_kcal_mol': error,
         }
-        for name, value in (('trans', trans), ('cis', cis))
+        for name, value, position in (('trans', trans, 180.0), ('cis', cis, 0.0))
     }
-    states = {'gauche_plus': {'kcal_mol': 0.0, 'error_kcal_mol': 0.0}, 'gauche_minus': {'kcal_mol': 0.01}}
+    states = {
+        'gauche_plus': {'range': [60, 150], 'minimum': 112.0, 'kcal_mol': 0.0, 'error_kcal_mol': 0.0},
+        'gauche_minus': {'range': [-150, -60], 'minimum': -112.0, 'kcal_mol': 0.01, 'error_kcal_mol': None},
+    }
     return orm.Dict({'unit': 'deg', 'temperature': 300.0, 'states': states, 'transitions': transitions})
 
 
@@ -169,7 +174,7 @@ def test_the_campaign_to_compare_with_is_found_by_name_pk_or_uuid(aiida_profile)
         reference_barriers(10**9)
 
 
-def test_the_comparison_is_a_calcfunction_of_both_barrier_nodes(aiida_profile):
+def test_the_comparison_is_a_calcfunction_of_both_barrier_nodes(aiida_profile, tmp_path):
     from aiida_mlff.calculations.states import compare_campaigns
     from aiida_mlff.report import comparison_lines
 
@@ -186,3 +191,12 @@ def test_the_comparison_is_a_calcfunction_of_both_barrier_nodes(aiida_profile):
     lines = '\n'.join(comparison_lines(comparison.get_dict()))
     assert 'Compared with gas phase' in lines
     assert 'trans forward: 1.50 ± 0.20 against 1.10 ± 0.10: +0.40 ± 0.22 (1.8 sigma)' in lines
+    # the report: the comparison in the summary (with its node) and on the page
+    from aiida_mlff.report import write_campaign_report
+
+    paths = write_campaign_report({'barriers': solution, 'comparison': comparison}, tmp_path / 'report')
+    summary = json.loads(paths['summary'].read_text())
+    assert summary['comparison']['uuid'] == comparison.uuid
+    assert summary['comparison']['transitions']['trans']['forward']['difference'] == pytest.approx(0.4)
+    text = paths['html'].read_text()
+    assert '<td>trans forward, this &minus; gas phase</td><td>1.50 ± 0.20 against 1.10 ± 0.10: +0.40 ± 0.22' in text
