@@ -51,6 +51,13 @@ def test_periodic_cell_gets_kpoints_and_stress(pw_code):
         pw_code, [bulk('Si', 'diamond', a=5.43)], protocol='fast', overrides={'kpoints_distance': 2.0}
     )
     assert gamma.pw.kpoints_distance.value == 2.0
+    # a mesh of one point is labelled with gamma_only (same numbers, about half the cost; see the stress test)
+    from aiida_mlff.workflows.dft.label import gamma_mesh
+
+    silicon = orm.StructureData(ase=bulk('Si', 'diamond', a=5.43))  # |b| = 2 pi sqrt(3) / a = 2.004 1/Å
+    assert not gamma_mesh(silicon, 0.3)
+    assert not gamma_mesh(silicon, 2.0)
+    assert gamma_mesh(silicon, 2.1)
     with pytest.raises(OptionsError, match='kpoints_distance'):
         DftLabelWorkChain.get_builder_from_protocol(pw_code, [bulk('Si')], overrides={'kpoints_distance': -1})
 

@@ -87,6 +87,7 @@ def test_periodic_labels_carry_stress_with_ases_sign(labelled_boxes):
     calcs = [c for c in node.called_descendants if c.process_class is PwCalculation]
     assert len(calcs) == len(frames)
     assert all(c.inputs.kpoints.get_kpoints_mesh()[0] == [1, 1, 1] for c in calcs)  # Gamma for these cells
+    assert all(c.inputs.settings['gamma_only'] for c in calcs)  # and pw.x's real-wavefunction tricks for it
     assert all(c.inputs.parameters['CONTROL']['tstress'] for c in calcs)
     for key, atoms in frames.items():
         stress = atoms.get_stress()  # eV/Å^3, Voigt, ASE's sign (positive: the cell wants to shrink)

@@ -369,6 +369,8 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
             electrons = parameters.setdefault('ELECTRONS', {})
             electrons['conv_thr'] = self.inputs.conv_thr_per_atom.value * len(structure.sites)
         inputs.pw.parameters = orm.Dict(parameters)
+        if 'kpoints_distance' in inputs and gamma_mesh(structure, inputs.kpoints_distance.value):
+            gamma_point(inputs)
         inputs.clean_workdir = self.inputs.clean_workdir
         inputs.metadata = AttributeDict(inputs.get('metadata', {}))
         inputs.metadata.call_link_label = f'label_{key}'
@@ -445,3 +447,26 @@ class DftLabelWorkChain(ProtocolMixin, WorkChain):
         family = self.inputs.pseudo_family.value if 'pseudo_family' in self.inputs else 'explicit pseudos'
         cutoff = f'{system["ecutwfc"]} Ry' if 'ecutwfc' in system else 'family cutoffs'
         return f'pw.x, functional {functional}, {family}, {cutoff}'
+
+
+def gamma_mesh(structure: orm.StructureData, distance: float) -> bool:
+    """Whether the k-point mesh of ``structure`` at ``distance`` (1/Å, PwBaseWorkChain's rule) is the Gamma point."""
+    kpoints = orm.KpointsData()
+    kpoints.set_cell_from_structure(structure)
+    kpoints.set_kpoints_mesh_from_density(distance)
+    mesh, offset = kpoints.get_kpoints_mesh()
+    return list(mesh) == [1, 1, 1] and not any(offset)
+
+
+def gamma_point(inputs: AttributeDict) -> None:
+    """Label at the Gamma point with pw.x's real-wavefunction tricks (``gamma_only``).
+
+    For a cell whose k-point mesh is a single point (a liquid box): the same energy, forces and stress as the 1x1x1
+    mesh at about half the cost (see ``tests/aiida/test_periodic_water_stress.py``).
+    """
+    del inputs['kpoints_distance']
+    kpoints = orm.KpointsData()
+    kpoints.set_kpoints_mesh([1, 1, 1])
+    inputs.kpoints = kpoints
+    settings = inputs.pw.settings.get_dict() if 'settings' in inputs.pw else {}
+    inputs.pw.settings = orm.Dict({**settings, 'gamma_only': True})
