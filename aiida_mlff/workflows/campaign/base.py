@@ -776,8 +776,10 @@ class CampaignWorkChain(WorkChain):
         if 'scan_labels' not in self.ctx:
             return None
         node = self.ctx.scan_labels
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_SCAN_LABELS_FAILED.format(message=node.exit_message)
+        if not node.is_finished_ok:  # the rounds stand: results() attaches them, then ends with this exit code
+            self.ctx.check_failed = f'{node.process_label}<{node.pk}> exit {node.exit_status}: {node.exit_message}'
+            self.report(f'the pw.x check of the relaxed scan failed ({self.ctx.check_failed}); every round is kept')
+            return None
         self.ctx.scan = compare_scan(self.ctx.scan_energies, node.outputs.dataset)
         diff = self.ctx.scan.base.attributes.get('max_abs_difference_kcal_mol')
         self.report(f'relaxed scan: potential vs pw.x differ by at most {diff:.2f} kcal/mol')
@@ -814,6 +816,8 @@ class CampaignWorkChain(WorkChain):
             self.out('scan', self.ctx.scan)
         verdict = self._convergence()
         self.out('convergence', orm.Dict(verdict).store())
+        if self.ctx.get('check_failed'):
+            return self.exit_codes.ERROR_SCAN_LABELS_FAILED.format(message=self.ctx.check_failed)
         if not verdict['converged']:
             self.report(f'NOT converged: {verdict["reason"]}')
             return self.exit_codes.ERROR_NOT_CONVERGED.format(message=verdict['reason'])
