@@ -6,7 +6,10 @@ Run after `bash scripts/setup`:
 One run (no ``--seeds``): targets: the demo (examples/h2o2-torsion.yaml) in at most 20 minutes on 2 CPU cores, the
 malonaldehyde proton transfer (examples/malonaldehyde-proton-transfer.yaml) in at most 40 (``--minutes``); the
 potential relaxed at fixed CV values within 0.5 kcal/mol of the pw.x single points there. Every state and every
-transition of the PMF is printed by name, and the campaign's report is written and checked.
+transition of the PMF is printed by name, and the campaign's report is written and checked. A campaign that compares
+itself with another (``reference.compare_with``, e.g. examples/h2o2-torsion-in-water.yaml against the gas-phase demo,
+which must have run in the same profile first) also prints each shared barrier beside the other campaign's and the
+difference with its error.
 
 ``--seeds N``: the campaign runs N times, one after another (never in parallel), with the active-learning seed (which
 seeds the committee training and the exploration) set to file_seed + k for k = 0..N-1 (file_seed: the file's

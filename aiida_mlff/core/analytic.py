@@ -129,6 +129,17 @@ class LennardJones:
         return _outputs(batch, energy, f)
 
 
+#: SPC/Fw's bonded and O-O Lennard-Jones parameters (Wu, Tepper and Voth 2006): eV/Å^2, Å, eV/rad^2, degrees, eV, Å
+SPCFW = {
+    'k_bond': 1059.162 * KCAL_MOL,
+    'r0': 1.012,
+    'k_angle': 75.90 * KCAL_MOL,
+    'theta0': 113.24,
+    'epsilon': 0.1554 * KCAL_MOL,
+    'sigma': 3.165492,
+}
+
+
 class FlexibleWater:
     """Flexible, charge-free water: SPC/Fw bonds and angle, Lennard-Jones O-O between molecules.
 
@@ -153,12 +164,12 @@ class FlexibleWater:
 
     def __init__(
         self,
-        k_bond: float = 1059.162 * KCAL_MOL,
-        r0: float = 1.012,
-        k_angle: float = 75.90 * KCAL_MOL,
-        theta0: float = 113.24,
-        epsilon: float = 0.1554 * KCAL_MOL,
-        sigma: float = 3.165492,
+        k_bond: float = SPCFW['k_bond'],
+        r0: float = SPCFW['r0'],
+        k_angle: float = SPCFW['k_angle'],
+        theta0: float = SPCFW['theta0'],
+        epsilon: float = SPCFW['epsilon'],
+        sigma: float = SPCFW['sigma'],
         cutoff: float = 6.0,
         r_on: float = 5.0,
     ) -> None:
@@ -309,12 +320,12 @@ class ChargedFlexibleWater:
         cutoff: float = 9.0,
         r_on: float = 8.0,
         exclusion: float = 3.0,
-        k_bond: float = 1059.162 * KCAL_MOL,
-        r0: float = 1.012,
-        k_angle: float = 75.90 * KCAL_MOL,
-        theta0: float = 113.24,
-        epsilon: float = 0.1554 * KCAL_MOL,
-        sigma: float = 3.165492,
+        k_bond: float = SPCFW['k_bond'],
+        r0: float = SPCFW['r0'],
+        k_angle: float = SPCFW['k_angle'],
+        theta0: float = SPCFW['theta0'],
+        epsilon: float = SPCFW['epsilon'],
+        sigma: float = SPCFW['sigma'],
     ) -> None:
         self.charge_o, self.alpha, self.cutoff = float(charge_o), float(alpha), float(cutoff)
         self.r_on, self.exclusion = float(r_on), float(exclusion)
