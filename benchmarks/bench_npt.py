@@ -128,12 +128,19 @@ def npt_statistics(sample, mass: float, temperature: float, n_blocks: int) -> di
     v_mean = float(volume.mean())
     squares = (volume - v_mean) ** 2  # about the pooled mean
     to_kappa = units.bar / (kt * v_mean)  # 1/bar per Å^6
+    t_total = volume.shape[0] * STRIDE * TIMESTEP * volume.shape[1]  # fs sampled, all replicas
     per_replica = squares.mean(0) * to_kappa
     per_block = block_means(squares, n_blocks) * to_kappa
     return {
         'density': mean_and_errors(density(volume, mass), n_blocks),
         'volume': mean_and_errors(volume, n_blocks),
         'pressure': mean_and_errors(sample.extra['pressure'][:, ok], n_blocks),
+        # the error bar the barostat itself sets on any pressure mean (Euler-Maruyama identity: mean(P - P0) =
+        # dlnV / (rate n) - noise / (rate n)): sqrt(2 kT tau_p / (<V> beta_T T_total)), T_total over all replicas
+        'pressure_se_barostat': float(
+            np.sqrt(2.0 * kt * MD['tau_p'].default / (v_mean * MD['compressibility'].default / units.bar * t_total))
+            / units.bar
+        ),
         'temperature_K': float(np.mean(np.asarray(sample.temperature)[:, ok])),
         'kappa': float(squares.mean() * to_kappa),
         'kappa_se_replicas': float(per_replica.std(ddof=1) / np.sqrt(len(per_replica)))
@@ -244,6 +251,10 @@ def print_report(npt: dict, fd: dict | None, info: dict) -> None:
         print(f'{r:8d} {rho:15.4f} {v:10.1f} {p:9.1f}')
     print(f'density  {_pm(npt["density"], ".4f")} g/cm^3')
     print(f'pressure {_pm(npt["pressure"], ".1f")} bar (barostat, instantaneous; target {info["pressure"]:g})')
+    print(
+        f'  error bar set by the barostat noise alone: {npt["pressure_se_barostat"]:.1f} bar (the recorded frames add '
+        f'the aliased intramolecular oscillations of a {STRIDE * TIMESTEP:g} fs stride)'
+    )
     first, second = npt['density_halves']
     print(f'<T> {npt["temperature_K"]:.1f} K; density first / second half of the sampling {first:.4f} / {second:.4f}')
     print(
