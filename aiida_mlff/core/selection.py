@@ -134,8 +134,10 @@ def select_candidates(
 ) -> tuple[list[int], Classification]:
     """Return the indices of at most ``k`` diverse candidate frames, and the classification of all frames.
 
-    With ``fill_from_failed``, an exploration with no candidate at all (a young committee that fails everywhere)
-    yields diverse frames among the ``3 k`` failed ones with the smallest deviation instead, so learning can start.
+    With ``fill_from_failed``, an exploration with fewer than ``k`` candidates (a young committee that fails almost
+    everywhere, as in a condensed phase whose largest per-atom deviation grows with the number of atoms) tops the
+    selection up to ``k`` with diverse frames among the ``3 m`` failed ones with the smallest deviation (``m`` the
+    number missing), so learning goes on at full pace instead of one frame per iteration.
     """
     deviations = np.asarray(deviations, dtype=float)
     if len(frames) != len(deviations):
@@ -143,13 +145,14 @@ def select_candidates(
     finite = np.isfinite(deviations)
     classification = classify(deviations[finite], lower, upper)
     index = np.flatnonzero(finite)[classification.labels == CANDIDATE]
-    if len(index) == 0 and fill_from_failed:
+    picked = [int(index[i]) for i in farthest_point_sampling(fingerprints([frames[i] for i in index]), k, seed)]
+    missing = k - len(picked)
+    if missing > 0 and fill_from_failed:
         failed = np.flatnonzero(finite)[classification.labels == FAILED]
-        index = failed[np.argsort(deviations[failed], kind='stable')[: 3 * k]]
-    if len(index) == 0:
-        return [], classification
-    picked = farthest_point_sampling(fingerprints([frames[i] for i in index]), k, seed)
-    return sorted(int(index[i]) for i in picked), classification
+        least = failed[np.argsort(deviations[failed], kind='stable')[: 3 * missing]]
+        chosen = farthest_point_sampling(fingerprints([frames[i] for i in least]), missing, seed)
+        picked += [int(least[i]) for i in chosen]
+    return sorted(picked), classification
 
 
 def sane_prefix(deviations: np.ndarray, limit: float | None) -> int:

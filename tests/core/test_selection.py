@@ -72,3 +72,14 @@ def test_candidates_come_from_the_trust_window_or_the_least_failed():
     filled, _ = select_candidates(frames, [0.9, 1.0, 2.0] + [5.0] * 9, 0.1, 0.6, k=2, fill_from_failed=True)
     assert len(filled) == 2
     assert set(filled) <= set(range(6))
+    # one candidate: it is kept, and the rest is topped up from the least-failed frames (3 per missing one)
+    few = [0.3, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4] + [5.0] * 5
+    topped, _ = select_candidates(frames, few, 0.1, 0.6, k=3, fill_from_failed=True)
+    assert len(topped) == 3
+    assert 0 in topped
+    assert set(topped) - {0} <= {1, 2, 3, 4, 5, 6}
+    only, _ = select_candidates(frames, few, 0.1, 0.6, k=3)
+    assert only == [0]
+    # enough candidates: no failed frame is taken
+    plenty, _ = select_candidates(frames, deviations, 0.1, 0.6, k=3, fill_from_failed=True)
+    assert all(0.1 <= deviations[i] < 0.6 for i in plenty)

@@ -103,7 +103,7 @@ class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
             'fill_from_failed',
             valid_type=orm.Bool,
             default=lambda: orm.Bool(True),
-            help='With no candidate at all, label the least-failed frames instead (a young committee).',
+            help='With fewer candidates than max_candidates, top up with the least-failed frames (a young committee).',
         )
         spec.input(
             'stop_deviation_factor',
