@@ -473,7 +473,7 @@ def find_transitions(
     list of Transition
         In CV order of their initial state; names ``'{initial}->{final}'`` (initial: the state lower on the CV, or
         the one before the period boundary for the pair that wraps around), a named range's name, and, when two
-        transitions would share a name, ``'{name} @ {TS position}'``.
+        transitions would share a name, ``'{name} @ {TS position}'`` (decimal comma: a name never holds a ``'.'``).
     """
     profile, err = _profile_and_error(grid, free_energy, period, error)
     ordered = sorted(states, key=lambda s: profile.nearest(s.minimum))
@@ -543,7 +543,8 @@ def _name_transitions(
     """Name the transitions, in place, after the user's ranges, and tell apart those that share a name.
 
     A transition whose TS lies in a named ``(lo, hi)`` range (CV units) takes its name (the first range that holds
-    it); ``' @ {TS position}'`` (written by ``fmt``) is then appended to any name two transitions share.
+    it); ``' @ {TS position}'`` (written by ``fmt``, with a decimal comma) is then appended to any name two
+    transitions share. Names are keys of the results (AiiDA attribute keys, JSON): they never contain a ``'.'``.
     """
     for transition in transitions:
         for name, r in (named or {}).items():
@@ -555,7 +556,8 @@ def _name_transitions(
         counts[transition.name] = counts.get(transition.name, 0) + 1
     for transition in transitions:
         if counts[transition.name] > 1:
-            transition.name = f'{transition.name} @ {fmt(transition.transition_state)}'
+            position = fmt(transition.transition_state).replace('.', ',')
+            transition.name = f'{transition.name} @ {position}'
 
 
 def _difference(this: float | None, this_error: float | None, other: float | None, other_error: float | None) -> dict:

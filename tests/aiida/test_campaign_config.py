@@ -67,6 +67,7 @@ def test_the_demo_is_valid_and_keeps_only_what_it_sets():
         ('dft.max_concurrent', 0, 'dft.max_concurrent: must be an integer >= 1'),
         ('dft.protocol', 'quick', "dft.protocol: must be one of [None, 'fast', 'balanced', 'stringent']"),
         ('states', {'a': [10]}, 'states: a: needs [low, high]'),
+        ('transitions', {'cis.1': [-30, 30]}, 'transitions: cis.1: a name must not contain a dot'),
         ('reference.experiment', {}, "reference.experiment: unknown option; did you mean 'experiment_kcal_mol'?"),
         ('umbrela', {}, "umbrela: unknown option; did you mean 'umbrella'?"),
         ('training.initial_potential', 'nowhere.pt', 'training.initial_potential: must be a potential file or the pk'),

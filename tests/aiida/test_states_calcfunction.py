@@ -117,6 +117,17 @@ def test_without_names_the_two_arcs_are_told_apart_in_file_units(h2o2):
     assert barriers['warnings'] == []
 
 
+def test_names_told_apart_at_fractional_positions_are_valid_keys(aiida_profile):
+    # the barrier tops at -57.5 and 122.5 degrees, between the same two basins, with names that hold neither
+    degrees = np.arange(-180.0, 180.0, 2.5)
+    free = knots(degrees, [(-180, 0.0), (-57.5, 0.2), (30, 0.02), (122.5, 0.1), (180, 0.0)])
+    pmf = xy(np.radians(degrees), free, np.full(degrees.shape, 0.002), 'rad')
+    result = pmf_states(pmf, orm.Dict({'cv': DIHEDRAL, 'temperature': 300.0}))
+    names = sorted(result['barriers']['transitions'])
+    assert names == ['A->B @ -57,5 deg', 'A->B @ 122,5 deg']
+    assert sorted(result['rates'].get_dict()) == names  # stored: no dot in a key
+
+
 def test_distance_cv_with_named_states(aiida_profile):
     r = np.linspace(1.0, 5.0, 81)  # Å, 0.05 apart
     free = knots(r, [(1.0, 0.5), (1.5, 0.0), (2.5, 0.4), (4.0, 0.1), (5.0, 0.05)])

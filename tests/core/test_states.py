@@ -99,7 +99,7 @@ def test_periodic_two_basins_have_two_transitions():
     assert by_ts[0].backward == pytest.approx(0.3)
     assert by_ts[-180].forward == pytest.approx(0.05)
     assert all((t.initial, t.final) == ('A', 'B') for t in transitions)
-    assert sorted(t.name for t in transitions) == ['A->B @ -3.142', 'A->B @ 0']  # same pair: told apart by the TS
+    assert sorted(t.name for t in transitions) == ['A->B @ -3,142', 'A->B @ 0']  # same pair: told apart by the TS
     # named ranges name the barriers, as the H2O2 demo's trans (through 180°) and cis (through 0°)
     named = {'trans': np.radians([150.0, -150.0]), 'cis': np.radians([-30.0, 30.0])}
     transitions = find_transitions(grid, f, None, states, period=TWO_PI, temperature=T, named=named)

@@ -81,6 +81,8 @@ def _ranges_problem(value: Any) -> str | None:
     if not isinstance(value, dict):
         return f'must map names to [low, high] CV ranges, got {value!r}'
     for name, bounds in value.items():
+        if '.' in str(name):
+            return f'{name}: a name must not contain a dot (names are keys of the results)'
         if (
             not isinstance(bounds, list | tuple)
             or len(bounds) != 2
